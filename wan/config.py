@@ -1,0 +1,73 @@
+"""Task configs: the sampling settings of a task, read from ``configs/<task>.json``.
+
+The architecture is not here: as in the official release it comes from the checkpoint's own
+config, so any task's sampling settings run on any compatible checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_TASK = "t2v-tiny"
+
+
+class ConfigError(ValueError):
+    """Bad user input about the task, size or sampling settings (one-line message, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    task: str
+    description: str
+    sizes: tuple[str, ...]
+    default_size: str
+    frame_num: int
+    fps: int
+    vae_stride: tuple[int, int, int]
+    patch_size: tuple[int, int, int]
+    sample_solver: str
+    sample_steps: int
+    sample_shift: float
+    boundary: float
+    guide_scale_high: float
+    guide_scale_low: float
+    num_train_timesteps: int
+    text_len: int
+    default_ckpt_dir: str | None
+    negative_prompt: str
+
+    def parse_size(self, size: str | None) -> tuple[int, int]:
+        """Return (width, height) for an official ``W*H`` string, refusing sizes the task lacks."""
+        size = size or self.default_size
+        if size not in self.sizes:
+            raise ConfigError(
+                f"size {size!r} is not supported by task {self.task}; use one of: {', '.join(self.sizes)}"
+            )
+        width, height = (int(v) for v in size.split("*"))
+        return width, height
+
+    def ckpt_dir(self) -> Path | None:
+        """The task's shipped checkpoint folder, if it has one (relative paths are from the repo root)."""
+        if self.default_ckpt_dir is None:
+            return None
+        path = Path(self.default_ckpt_dir)
+        return path if path.is_absolute() else REPO_ROOT / path
+
+
+def available_tasks() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_task_config(task: str = DEFAULT_TASK) -> TaskConfig:
+    path = CONFIG_DIR / f"{task}.json"
+    if not path.is_file():
+        raise ConfigError(f"unknown task {task!r}; choose one of: {', '.join(available_tasks())}")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw["sizes"] = tuple(raw["sizes"])
+    raw["vae_stride"] = tuple(raw["vae_stride"])
+    raw["patch_size"] = tuple(raw["patch_size"])
+    return TaskConfig(**raw)
