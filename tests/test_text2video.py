@@ -1,0 +1,162 @@
+import dataclasses
+
+import pytest
+import torch
+from diffusers import UniPCMultistepScheduler, WanPipeline
+
+from wan.checkpoints import WanComponents
+from wan.config import ConfigError
+from wan.guidance import HIGH, LOW
+from wan.text2video import GenerationSettings, NonFiniteLatentError, WanT2V, clean_prompt
+
+PROMPT = "a red square moving left"
+
+
+@pytest.fixture(scope="module")
+def pipe(parts, test_config):
+    components = WanComponents(
+        tokenizer=parts.tokenizer,
+        text_encoder=parts.text_encoder,
+        vae=parts.vae,
+        high_noise_model=parts.high_noise_model,
+        low_noise_model=parts.low_noise_model,
+        layout="diffusers",
+    )
+    return WanT2V(test_config, components)
+
+
+def record_frames(pipe):
+    """Forward hooks that record the latent frame count each expert receives."""
+    seen = {HIGH: [], LOW: []}
+    handles = [
+        expert.register_forward_pre_hook(
+            lambda _m, _a, kw, name=name: seen[name].append(kw["hidden_states"].shape[2]), with_kwargs=True
+        )
+        for name, expert in pipe.experts.items()
+    ]
+    return seen, handles
+
+
+def run(pipe, **kw):
+    return pipe.generate(GenerationSettings(prompt=PROMPT, seed=7, **kw), progress=False)
+
+
+def test_matches_diffusers_wan_pipeline(pipe, parts, test_config):
+    """Independent oracle for router, CFG and sampler: diffusers' WanPipeline on the same weights."""
+    oracle = WanPipeline(
+        tokenizer=parts.tokenizer,
+        text_encoder=parts.text_encoder,
+        vae=parts.vae,
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0),
+        transformer=parts.high_noise_model,
+        transformer_2=parts.low_noise_model,
+        boundary_ratio=0.875,
+    )
+    expected = oracle(
+        prompt=PROMPT,
+        negative_prompt="ugly, static",
+        height=32,
+        width=48,
+        num_frames=17,
+        num_inference_steps=12,
+        guidance_scale=4.0,
+        guidance_scale_2=3.0,
+        generator=torch.Generator("cpu").manual_seed(7),
+        max_sequence_length=test_config.text_len,
+        output_type="pt",
+    ).frames[0]  # [F, C, H, W] in [0, 1]
+    ours = run(pipe, negative_prompt="ugly, static", size="48*32")
+    assert ours.high_noise_steps > 0 and ours.low_noise_steps > 0
+    got = (ours.video / 2 + 0.5).clamp(0, 1).permute(1, 0, 2, 3)
+    assert got.shape == expected.shape == (17, 3, 32, 48)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_same_seed_same_video_bitwise(pipe):
+    a, b = run(pipe), run(pipe)
+    assert torch.equal(a.video, b.video) and torch.equal(a.latents, b.latents)
+    assert not torch.equal(a.video, pipe.generate(GenerationSettings(prompt=PROMPT, seed=8), progress=False).video)
+
+
+@pytest.mark.parametrize(("frame_num", "full", "half"), [(17, 5, 3), (13, 4, 2)])
+@pytest.mark.parametrize("method", ["repeat", "interpolate", "renoise", "renoise_fresh"])
+def test_half_frame_experts_see_half_then_full_frames(pipe, frame_num, full, half, method):
+    seen, handles = record_frames(pipe)
+    try:
+        result = run(pipe, frame_num=frame_num, half_frame=True, frame_completion=method)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen[HIGH] == [half] * (2 * result.high_noise_steps)
+    assert seen[LOW] == [full] * (2 * result.low_noise_steps)
+    assert result.latents.shape[2] == full
+    assert result.video.shape == (3, frame_num, 32, 32)
+    assert result.tokens[HIGH] == 2 * result.high_noise_steps * half * 4
+    assert "completion" in result.timings
+
+
+def test_completion_methods_give_different_videos(pipe):
+    videos = {m: run(pipe, half_frame=True, frame_completion=m).video for m in ("repeat", "interpolate", "renoise")}
+    assert not torch.equal(videos["repeat"], videos["interpolate"])
+    assert not torch.equal(videos["repeat"], videos["renoise"])
+
+
+def test_released_split_is_26_high_then_14_low(pipe):
+    seen, handles = record_frames(pipe)
+    try:
+        result = run(pipe, frame_num=5, sample_steps=40)
+    finally:
+        for h in handles:
+            h.remove()
+    assert (result.high_noise_steps, result.low_noise_steps) == (26, 14)
+    assert len(seen[HIGH]) == 52 and len(seen[LOW]) == 28
+
+
+def test_cfg_truncation_saves_exactly_the_skipped_passes(pipe):
+    base = run(pipe, sample_steps=40, frame_num=5)
+    cut = run(pipe, sample_steps=40, frame_num=5, cfg_truncate_steps=5, cfg_truncate_high_noise_steps=3)
+    assert base.forwards == {HIGH: 52, LOW: 28}
+    assert cut.forwards == {HIGH: 52 - 3, LOW: 28 - 5}
+    assert not torch.equal(base.video, cut.video)
+
+
+def test_single_guide_scale_applies_to_both_experts(pipe):
+    a = run(pipe, guide_scale_high=3.0, guide_scale_low=3.0)
+    b = run(pipe, guide_scale_high=4.0, guide_scale_low=3.0)
+    assert not torch.equal(a.video, b.video)
+
+
+def test_nan_is_reported_with_step_and_expert(pipe):
+    expert = pipe.experts[LOW]
+    handle = expert.register_forward_hook(lambda _m, _a, out: (out[0] * float("nan"),))
+    try:
+        with pytest.raises(NonFiniteLatentError, match=r"at step \d+ \(low_noise expert\)") as info:
+            run(pipe)
+    finally:
+        handle.remove()
+    first_low_step = run(pipe).high_noise_steps
+    assert (info.value.step, info.value.expert) == (first_low_step, LOW)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"size": "64*64"}, "not supported by task"),
+        ({"frame_num": 16}, "4n\\+1"),
+        ({"sample_steps": 0}, "must be >= 1"),
+        ({"frame_completion": "magic"}, "unknown --frame_completion"),
+    ],
+)
+def test_bad_settings_are_refused(pipe, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        run(pipe, **kw)
+
+
+def test_size_not_divisible_by_patch_is_refused(parts, test_config, pipe):
+    odd = WanT2V(dataclasses.replace(test_config, sizes=("40*32",)), pipe.parts)
+    with pytest.raises(ConfigError, match="multiple of 16 in width"):
+        run(odd, size="40*32")
+
+
+def test_clean_prompt():
+    assert clean_prompt("  a  red&amp;blue\n square ") == "a red&blue square"

@@ -1,0 +1,403 @@
+"""WanT2V: Wan2.2 text-to-video with two experts, half-frame generation and CFG truncation.
+
+The loop in ``WanT2V.generate`` is the product: each step is routed to the high-noise or the
+low-noise expert by its timestep (``wan.guidance``); with half-frame generation the high-noise
+steps run on half the latent frames and, at the expert switch, the latent is completed to the
+full frame count (``wan.frames``) before the low-noise expert runs. The experts are diffusers
+``WanTransformer3DModel``s, which derive sequence length and the RoPE grid from each input's
+shape, so the switch needs no model state to change: only the latent and the solver history.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import ftfy
+import torch
+from tqdm.auto import tqdm
+
+from wan.checkpoints import WanComponents, load_components
+from wan.config import ConfigError, TaskConfig
+from wan.frames import (
+    COMPLETIONS,
+    X0_COMPLETIONS,
+    complete_frames,
+    half_frame_indices,
+    latent_frame_count,
+    predict_x0,
+)
+from wan.guidance import HIGH, LOW, StepPlan, apply_cfg, plan_steps
+from wan.solvers import complete_history, make_scheduler, restart_history, step_sigmas
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMPLETION = "renoise"
+"""Completion used when none is named (chosen from the table in docs/QUALITY.md)."""
+IMPROVED_COMPLETION = "renoise"
+"""What ``--enable_improved_frame_completion`` selects."""
+
+
+class NonFiniteLatentError(RuntimeError):
+    """NaN or Inf appeared in the latent; names the step and the expert that produced it."""
+
+    def __init__(self, step: int, expert: str):
+        super().__init__(f"NaN/Inf in the latent at step {step} ({expert} expert); try another seed or dtype")
+        self.step = step
+        self.expert = expert
+
+
+@dataclass
+class GenerationSettings:
+    """Everything that decides a video (besides the weights); recorded in the JSON sidecar."""
+
+    prompt: str
+    negative_prompt: str | None = None  # None: the task's default
+    size: str | None = None  # "W*H"; None: the task's default
+    frame_num: int | None = None
+    seed: int = 0
+    sample_solver: str | None = None
+    sample_steps: int | None = None
+    sample_shift: float | None = None
+    guide_scale_high: float | None = None
+    guide_scale_low: float | None = None
+    half_frame: bool = False
+    frame_completion: str = DEFAULT_COMPLETION
+    cfg_truncate_steps: int = 0
+    cfg_truncate_high_noise_steps: int = 0
+
+    def resolved(self, config: TaskConfig) -> GenerationSettings:
+        """Fill every ``None`` from the task config and validate, so the sidecar holds real values."""
+        s = GenerationSettings(**asdict(self))
+        s.negative_prompt = config.negative_prompt if s.negative_prompt is None else s.negative_prompt
+        s.size = s.size or config.default_size
+        s.frame_num = config.frame_num if s.frame_num is None else s.frame_num
+        s.sample_solver = s.sample_solver or config.sample_solver
+        s.sample_steps = config.sample_steps if s.sample_steps is None else s.sample_steps
+        s.sample_shift = config.sample_shift if s.sample_shift is None else s.sample_shift
+        s.guide_scale_high = config.guide_scale_high if s.guide_scale_high is None else s.guide_scale_high
+        s.guide_scale_low = config.guide_scale_low if s.guide_scale_low is None else s.guide_scale_low
+        config.parse_size(s.size)
+        latent_frame_count(s.frame_num, config.vae_stride[0])
+        if s.sample_steps < 1:
+            raise ConfigError(f"--sample_steps must be >= 1, got {s.sample_steps}")
+        if s.frame_completion not in COMPLETIONS:
+            raise ConfigError(
+                f"unknown --frame_completion {s.frame_completion!r}; choose one of: {', '.join(COMPLETIONS)}"
+            )
+        if not s.prompt or not s.prompt.strip():
+            raise ConfigError('the prompt is empty; pass --prompt "..."')
+        return s
+
+
+@dataclass
+class GenerationResult:
+    video: torch.Tensor  # [3, F, H, W], float32 in [-1, 1], on the CPU
+    latents: torch.Tensor  # [1, C, T, h, w], float32, on the CPU
+    settings: GenerationSettings
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    forwards: dict[str, int] = field(default_factory=dict)  # DiT forwards per expert
+    tokens: dict[str, int] = field(default_factory=dict)  # tokens processed per expert, summed over forwards
+    high_noise_steps: int = 0
+    low_noise_steps: int = 0
+
+
+def clean_prompt(text: str) -> str:
+    """Fix mojibake, unescape HTML and squeeze white space, as Wan's text pipeline does before T5."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class WanT2V:
+    """Loaded Wan2.2 T2V model: text encoder, VAE and the two experts, plus the sampling loop."""
+
+    def __init__(
+        self,
+        config: TaskConfig,
+        components: WanComponents,
+        *,
+        device: str | torch.device = "cpu",
+        offload_model: bool = False,
+        t5_cpu: bool = False,
+    ):
+        self.config = config
+        self.parts = components
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.offload_model = offload_model
+        self.t5_cpu = t5_cpu
+        self.experts = {HIGH: components.high_noise_model, LOW: components.low_noise_model}
+        for module in (components.text_encoder, components.vae, *self.experts.values()):
+            module.eval().requires_grad_(False)
+        self.text_device = torch.device("cpu") if t5_cpu else self.device
+        self._check_parts()
+        if not offload_model:
+            components.text_encoder.to(self.text_device)
+            components.vae.to(self.device)
+            for expert in self.experts.values():
+                expert.to(self.device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        config: TaskConfig,
+        ckpt_dir: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        convert_model_dtype: bool = False,
+        offload_model: bool = False,
+        t5_cpu: bool = False,
+        attention_backend: str | None = None,
+    ) -> WanT2V:
+        """Load a checkpoint (official or diffusers layout); bf16 experts with ``convert_model_dtype``."""
+        components = load_components(ckpt_dir, transformer_dtype=torch.bfloat16 if convert_model_dtype else None)
+        pipe = cls(config, components, device=device, offload_model=offload_model, t5_cpu=t5_cpu)
+        if attention_backend:
+            pipe.set_attention_backend(attention_backend)
+        return pipe
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Pick a diffusers attention backend (e.g. native, _native_cudnn, flash) for both experts."""
+        try:
+            for expert in self.experts.values():
+                expert.set_attention_backend(backend)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"attention backend {backend!r} is not available here: {exc}".splitlines()[0]) from exc
+
+    def _check_parts(self) -> None:
+        """Refuse expert pairs that cannot share a latent or a text embedding."""
+        high, low = (e.config for e in self.experts.values())
+        for key in ("in_channels", "out_channels", "patch_size", "text_dim"):
+            if tuple(_as_tuple(high[key])) != tuple(_as_tuple(low[key])):
+                raise ConfigError(f"the experts disagree on {key}: {high[key]} vs {low[key]}; check the checkpoint")
+        text_dim = self.parts.text_encoder.config.d_model
+        if high["text_dim"] != text_dim:
+            raise ConfigError(
+                f"the experts expect text_dim {high['text_dim']} but the text encoder gives {text_dim}; "
+                "check the checkpoint's text_encoder"
+            )
+        if high["in_channels"] != self.parts.vae.config.z_dim:
+            raise ConfigError(
+                f"the experts take {high['in_channels']} latent channels but the VAE has z_dim "
+                f"{self.parts.vae.config.z_dim}; check the checkpoint's VAE"
+            )
+
+    # ----------------------------------------------------------------------------------- text
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """umT5 embeddings [B, text_len, dim], rows past each prompt's tokens set to zero."""
+        text_len = self.config.text_len
+        batch = self.parts.tokenizer(
+            [clean_prompt(t) for t in texts],
+            padding="max_length",
+            max_length=text_len,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        with self._on(self.parts.text_encoder, self.text_device):
+            ids, mask = batch.input_ids.to(self.text_device), batch.attention_mask.to(self.text_device)
+            hidden = self.parts.text_encoder(ids, mask).last_hidden_state
+        hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+        return hidden.to(self.device)
+
+    # ----------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        settings: GenerationSettings,
+        *,
+        progress: bool = True,
+        on_step: Callable[[StepPlan, torch.Tensor], None] | None = None,
+    ) -> GenerationResult:
+        """Sample one video. ``on_step(plan, latents)`` is called after every step (tests, batch tools)."""
+        s = settings.resolved(self.config)
+        timings: dict[str, float] = {}
+        width, height = self.config.parse_size(s.size)
+        stride_t, stride_h, stride_w = self.config.vae_stride
+        patch = _as_tuple(self.experts[HIGH].config.patch_size)
+        if height % (stride_h * patch[1]) or width % (stride_w * patch[2]):
+            raise ConfigError(
+                f"size {s.size} must be a multiple of {stride_w * patch[2]} in width and "
+                f"{stride_h * patch[1]} in height"
+            )
+        full_frames = latent_frame_count(s.frame_num, stride_t)
+        tokens_per_frame = (height // stride_h // patch[1]) * (width // stride_w // patch[2])
+
+        with self._stage(timings, "text_encoding"):
+            context = self.encode_text([s.prompt, s.negative_prompt])
+        transformer_dtype = self.experts[HIGH].dtype
+        cond_ctx, uncond_ctx = context[:1].to(transformer_dtype), context[1:].to(transformer_dtype)
+
+        # All noise comes from the seed up front at full frame count; the half-frame start latent is
+        # its frames 0, 2, 4, ... so the x0 completions can re-noise with the baseline's own noise.
+        generator = torch.Generator(device="cpu").manual_seed(s.seed)
+        shape = (1, self.experts[HIGH].config.in_channels, full_frames, height // stride_h, width // stride_w)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        latents = noise[:, :, half_frame_indices(full_frames)].contiguous() if s.half_frame else noise
+
+        scheduler = make_scheduler(s.sample_solver, s.sample_shift, self.config.num_train_timesteps)
+        scheduler.set_timesteps(s.sample_steps, device=self.device)
+        scheduler.set_begin_index(0)
+        sigmas = step_sigmas(scheduler)
+        plans = plan_steps(
+            scheduler.timesteps.tolist(),
+            boundary=self.config.boundary,
+            guide_scale_high=s.guide_scale_high,
+            guide_scale_low=s.guide_scale_low,
+            num_train_timesteps=self.config.num_train_timesteps,
+            cfg_truncate_steps=s.cfg_truncate_steps,
+            cfg_truncate_high_noise_steps=s.cfg_truncate_high_noise_steps,
+        )
+        if s.half_frame and all(p.expert == HIGH for p in plans):
+            raise ConfigError(
+                "half-frame generation needs low-noise steps to complete the frames; no step is below "
+                "the boundary with these --sample_steps/--sample_shift"
+            )
+
+        forwards = {HIGH: 0, LOW: 0}
+        tokens = {HIGH: 0, LOW: 0}
+        seconds = {HIGH: 0.0, LOW: 0.0, "completion": 0.0}
+        x0_estimate: torch.Tensor | None = None
+        completed = not s.half_frame
+        bar = tqdm(plans, desc="denoising", unit="step", disable=not progress, dynamic_ncols=True)
+        for plan in bar:
+            if not completed and plan.expert == LOW:
+                start = self._now()
+                latents = self._complete(
+                    s.frame_completion,
+                    latents,
+                    full_frames,
+                    x0_estimate,
+                    sigmas[plan.index],
+                    noise,
+                    scheduler,
+                    generator,
+                )
+                completed = True
+                seconds["completion"] += self._now() - start
+            start = self._now()
+            expert = self._activate(plan.expert)
+            frames = latents.shape[2]
+            bar.set_postfix(expert=plan.expert, frames=frames, tokens=frames * tokens_per_frame, cfg=plan.use_cfg)
+            model_input = latents.to(transformer_dtype)
+            timestep = torch.full((1,), plan.timestep, device=self.device)
+            velocity = self._forward(expert, model_input, timestep, cond_ctx)
+            if plan.use_cfg:
+                uncond = self._forward(expert, model_input, timestep, uncond_ctx)
+                velocity = apply_cfg(velocity.float(), uncond.float(), plan.guide_scale).to(velocity.dtype)
+            forwards[plan.expert] += plan.forwards
+            tokens[plan.expert] += plan.forwards * frames * tokens_per_frame
+            if not completed and s.frame_completion in X0_COMPLETIONS:
+                x0_estimate = predict_x0(latents, velocity.float(), sigmas[plan.index])
+            latents = scheduler.step(velocity, scheduler.timesteps[plan.index], latents, return_dict=False)[0]
+            if not torch.isfinite(latents).all():
+                raise NonFiniteLatentError(plan.index, plan.expert)
+            seconds[plan.expert] += self._now() - start
+            if on_step is not None:
+                on_step(plan, latents)
+        bar.close()
+        timings["high_noise"], timings["low_noise"] = seconds[HIGH], seconds[LOW]
+        if s.half_frame:
+            timings["completion"] = seconds["completion"]
+
+        with self._stage(timings, "vae_decode"):
+            video = self.decode(latents)
+        return GenerationResult(
+            video=video.cpu(),
+            latents=latents.float().cpu(),
+            settings=s,
+            timings=timings,
+            forwards=forwards,
+            tokens=tokens,
+            high_noise_steps=sum(p.expert == HIGH for p in plans),
+            low_noise_steps=sum(p.expert == LOW for p in plans),
+        )
+
+    def _complete(
+        self,
+        method: str,
+        latents: torch.Tensor,
+        full_frames: int,
+        x0_estimate: torch.Tensor | None,
+        switch_sigma: float,
+        noise: torch.Tensor,
+        scheduler,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """The expert switch of half-frame generation: complete latent and solver history to T frames."""
+        if method in X0_COMPLETIONS:
+            if method == "renoise_fresh":  # the seed's generator continues: new noise, same every run
+                noise = torch.randn(noise.shape, generator=generator, dtype=noise.dtype).to(noise.device)
+            full = complete_frames(method, latents, full_frames, x0=x0_estimate, switch_sigma=switch_sigma, noise=noise)
+            restart_history(scheduler)
+        else:
+            full = complete_frames(method, latents, full_frames)
+            complete_history(scheduler, lambda t: complete_frames(method, t, full_frames))
+        logger.debug("completed %d -> %d latent frames with %s", latents.shape[2], full.shape[2], method)
+        return full.to(latents.dtype)
+
+    def _forward(self, expert, hidden: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return expert(hidden_states=hidden, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latent -> video [3, F, H, W] in [-1, 1]; undoes the VAE's per-channel latent normalisation."""
+        vae = self.parts.vae
+        with self._on(vae, self.device):
+            z = latents.to(self.device, vae.dtype)
+            mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+            video = vae.decode(z / inv_std + mean, return_dict=False)[0]
+        return video[0].float().clamp(-1, 1)
+
+    # ----------------------------------------------------------------------------------- placement
+    def _activate(self, name: str):
+        """The expert for this step, on the device; with offload, the other one goes back to the CPU."""
+        expert = self.experts[name]
+        if self.offload_model:
+            for other_name, other in self.experts.items():
+                if other_name != name and _module_device(other) != torch.device("cpu"):
+                    other.to("cpu")
+            if _module_device(expert) != self.device:
+                expert.to(self.device)
+        return expert
+
+    @contextmanager
+    def _on(self, module: torch.nn.Module, device: torch.device):
+        """Run ``module`` on ``device``; with offload, move it there only for the duration."""
+        if self.offload_model and _module_device(module) != device:
+            module.to(device)
+            try:
+                yield
+            finally:
+                module.to("cpu")
+        else:
+            yield
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    @contextmanager
+    def _stage(self, timings: dict[str, float], name: str):
+        start = self._now()
+        yield
+        timings[name] = timings.get(name, 0.0) + self._now() - start
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _as_tuple(value) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
