@@ -98,7 +98,7 @@ class GenerationSettings:
 
 @dataclass
 class GenerationResult:
-    video: torch.Tensor  # [3, F, H, W], float32 in [-1, 1], on the CPU
+    video: torch.Tensor  # [3, F, H, W], float32 in [-1, 1], on the CPU (empty after ``sample`` alone)
     latents: torch.Tensor  # [1, C, T, h, w], float32, on the CPU
     settings: GenerationSettings
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
@@ -135,12 +135,15 @@ class WanT2V:
         self.t5_cpu = t5_cpu
         self.experts = {HIGH: components.high_noise_model, LOW: components.low_noise_model}
         for module in (components.text_encoder, components.vae, *self.experts.values()):
-            module.eval().requires_grad_(False)
+            if module is not None:
+                module.eval().requires_grad_(False)
         self.text_device = torch.device("cpu") if t5_cpu else self.device
         self._check_parts()
         if not offload_model:
-            components.text_encoder.to(self.text_device)
-            components.vae.to(self.device)
+            if components.text_encoder is not None:
+                components.text_encoder.to(self.text_device)
+            if components.vae is not None:
+                components.vae.to(self.device)
             for expert in self.experts.values():
                 expert.to(self.device)
 
@@ -177,6 +180,8 @@ class WanT2V:
         for key in ("in_channels", "out_channels", "patch_size", "text_dim"):
             if tuple(_as_tuple(high[key])) != tuple(_as_tuple(low[key])):
                 raise ConfigError(f"the experts disagree on {key}: {high[key]} vs {low[key]}; check the checkpoint")
+        if self.parts.text_encoder is None or self.parts.vae is None:
+            return  # sample() alone, on given embeddings (benchmarks)
         text_dim = self.parts.text_encoder.config.d_model
         if high["text_dim"] != text_dim:
             raise ConfigError(
@@ -218,7 +223,28 @@ class WanT2V:
         progress: bool = True,
         on_step: Callable[[StepPlan, torch.Tensor], None] | None = None,
     ) -> GenerationResult:
-        """Sample one video. ``on_step(plan, latents)`` is called after every step (tests, batch tools)."""
+        """Text -> video. ``on_step(plan, latents)`` is called after every step (tests, batch tools)."""
+        s = settings.resolved(self.config)
+        timings: dict[str, float] = {}
+        with self._stage(timings, "text_encoding"):
+            context = self.encode_text([s.prompt, s.negative_prompt])
+        result = self.sample(s, context[:1], context[1:], progress=progress, on_step=on_step)
+        with self._stage(timings, "vae_decode"):
+            result.video = self.decode(result.latents.to(self.device)).cpu()
+        result.timings = {**timings, **result.timings}
+        return result
+
+    @torch.no_grad()
+    def sample(
+        self,
+        settings: GenerationSettings,
+        cond_context: torch.Tensor,
+        uncond_context: torch.Tensor,
+        *,
+        progress: bool = True,
+        on_step: Callable[[StepPlan, torch.Tensor], None] | None = None,
+    ) -> GenerationResult:
+        """The denoising loop on given text embeddings [1, text_len, dim]; returns latents, no video."""
         s = settings.resolved(self.config)
         timings: dict[str, float] = {}
         width, height = self.config.parse_size(s.size)
@@ -231,11 +257,9 @@ class WanT2V:
             )
         full_frames = latent_frame_count(s.frame_num, stride_t)
         tokens_per_frame = (height // stride_h // patch[1]) * (width // stride_w // patch[2])
-
-        with self._stage(timings, "text_encoding"):
-            context = self.encode_text([s.prompt, s.negative_prompt])
         transformer_dtype = self.experts[HIGH].dtype
-        cond_ctx, uncond_ctx = context[:1].to(transformer_dtype), context[1:].to(transformer_dtype)
+        cond_ctx = cond_context.to(self.device, transformer_dtype)
+        uncond_ctx = uncond_context.to(self.device, transformer_dtype)
 
         # All noise comes from the seed up front at full frame count; the half-frame start latent is
         # its frames 0, 2, 4, ... so the x0 completions can re-noise with the baseline's own noise.
@@ -309,10 +333,8 @@ class WanT2V:
         if s.half_frame:
             timings["completion"] = seconds["completion"]
 
-        with self._stage(timings, "vae_decode"):
-            video = self.decode(latents)
         return GenerationResult(
-            video=video.cpu(),
+            video=torch.empty(0),
             latents=latents.float().cpu(),
             settings=s,
             timings=timings,
