@@ -1,0 +1,221 @@
+"""Score accelerated modes against the baseline: same prompts, same seeds, same weights.
+
+For each mode and prompt: MSE / PSNR / SSIM of the video against the baseline video, the number
+of DiT forwards and tokens processed (the speed proxy that holds on any machine), seconds, and on
+``t2v-tiny`` prompt adherence (``wan.adherence``). Writes ``report.json``, prints a table, and
+writes a side-by-side PNG (one row per mode) and mp4 for the first prompt.
+
+    python scripts/compare.py --prompts 64                                    # t2v-tiny, held-out prompts
+    python scripts/compare.py --task t2v-A14B --ckpt_dir DIR --prompt_file prompts.txt --modes baseline,half_renoise
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from wan.checkpoints import CheckpointError  # noqa: E402
+from wan.config import ConfigError, load_task_config  # noqa: E402
+from wan.frames import COMPLETIONS  # noqa: E402
+from wan.metrics import compare_videos  # noqa: E402
+from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
+from wan.video import frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
+
+logger = logging.getLogger("compare")
+
+PSNR_CAP = 100.0  # identical videos have infinite PSNR; JSON and means get this instead
+CFG_TRUNCATION = {"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3}
+MODES: dict[str, dict] = {
+    "baseline": {},
+    **{f"half_{m}": {"half_frame": True, "frame_completion": m} for m in COMPLETIONS},
+    "cfg_trunc": CFG_TRUNCATION,
+    "half_repeat+cfg_trunc": {"half_frame": True, "frame_completion": "repeat", **CFG_TRUNCATION},
+    "half_renoise+cfg_trunc": {"half_frame": True, "frame_completion": "renoise", **CFG_TRUNCATION},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="t2v-tiny")
+    p.add_argument("--ckpt_dir", default=None, help="default: the task's shipped checkpoint")
+    p.add_argument("--prompt_file", default=None, help="one prompt per line (default: t2v-tiny held-out prompts)")
+    p.add_argument("--prompts", type=int, default=16, help="how many prompts to use")
+    p.add_argument("--base_seed", type=int, default=0, help="prompt i uses seed base_seed + i in every mode")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from: {', '.join(MODES)}")
+    p.add_argument("--size", default=None)
+    p.add_argument("--frame_num", type=int, default=None)
+    p.add_argument("--sample_steps", type=int, default=None)
+    p.add_argument("--sample_solver", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--convert_model_dtype", action="store_true")
+    p.add_argument("--out_dir", default="outputs/compare")
+    return p.parse_args(argv)
+
+
+def load_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise ConfigError(f"prompt file {path} does not exist")
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return lines[: args.prompts]
+    if args.task != "t2v-tiny":
+        raise ConfigError("--prompt_file is needed for tasks other than t2v-tiny")
+    from wan.tiny_world import held_out_prompts
+
+    return [p.text for p in held_out_prompts(args.prompts)]
+
+
+def summarise(values: list[float], worst) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "worst": float(worst(values))}
+
+
+def adherence_check(task: str, video: torch.Tensor, prompt: str) -> bool | None:
+    """Prompt adherence where the task has a detector (the tiny world), else None."""
+    if task != "t2v-tiny":
+        return None
+    from wan.adherence import check
+
+    return check(video, prompt).matched
+
+
+def labelled_rows(rows: dict[str, np.ndarray], frames_per_row: int = 8) -> np.ndarray:
+    """One row of evenly spaced frames per mode, with the mode's name in a left margin."""
+    from PIL import Image, ImageDraw
+
+    strips = []
+    for name, frames in rows.items():
+        pick = np.linspace(0, len(frames) - 1, min(frames_per_row, len(frames))).round().astype(int)
+        strip = frame_grid(frames[pick], columns=len(pick))
+        label = Image.new("RGB", (150, strip.shape[0]), (255, 255, 255))
+        ImageDraw.Draw(label).text((4, strip.shape[0] // 2 - 6), name, fill=(0, 0, 0))
+        strips.append(np.concatenate([np.asarray(label), strip], axis=1))
+    return np.concatenate(strips, axis=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ConfigError(f"unknown mode {unknown[0]!r}; choose from: {', '.join(MODES)}")
+    if "baseline" not in modes:
+        modes.insert(0, "baseline")
+    config = load_task_config(args.task)
+    prompts = load_prompts(args)
+    ckpt_dir = args.ckpt_dir or config.ckpt_dir()
+    if ckpt_dir is None:
+        raise ConfigError(f"task {config.task} needs --ckpt_dir")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = WanT2V.from_pretrained(config, ckpt_dir, device=device, convert_model_dtype=args.convert_model_dtype)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    results: dict[str, list[dict]] = {m: [] for m in modes}
+    first_videos: dict[str, np.ndarray] = {}
+    for i, prompt in enumerate(prompts):
+        base = GenerationSettings(
+            prompt=prompt,
+            seed=args.base_seed + i,
+            size=args.size,
+            frame_num=args.frame_num,
+            sample_steps=args.sample_steps,
+            sample_solver=args.sample_solver,
+        )
+        baseline_frames = None
+        for mode in modes:
+            start = time.perf_counter()
+            result = pipe.generate(replace(base, **MODES[mode]), progress=False)
+            seconds = time.perf_counter() - start
+            frames = to_uint8_frames(result.video)
+            baseline_frames = frames if mode == "baseline" else baseline_frames
+            scores = compare_videos(frames, baseline_frames)
+            scores["psnr"] = min(scores["psnr"], PSNR_CAP)
+            results[mode].append(
+                {
+                    "prompt": prompt,
+                    "seed": base.seed,
+                    **scores,
+                    "forwards": sum(result.forwards.values()),
+                    "tokens": sum(result.tokens.values()),
+                    "seconds": seconds,
+                    "adherent": adherence_check(config.task, result.video, prompt),
+                }
+            )
+            if i == 0:
+                first_videos[mode] = frames
+        logger.info("prompt %d/%d done: %s", i + 1, len(prompts), prompt)
+
+    report = build_report(args, config.task, str(ckpt_dir), device, modes, results)
+    save_json(report, out_dir / "report.json")
+    write_png(labelled_rows(first_videos), out_dir / "side_by_side.png")
+    write_mp4(np.concatenate(list(first_videos.values()), axis=2), out_dir / "side_by_side.mp4", config.fps)
+    print(format_table(report))
+    logger.info("wrote %s", out_dir)
+    return 0
+
+
+def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], results: dict) -> dict:
+    base_tokens = np.mean([r["tokens"] for r in results["baseline"]])
+    base_forwards = np.mean([r["forwards"] for r in results["baseline"]])
+    summary = {}
+    for mode in modes:
+        rows = results[mode]
+        adherent = [r["adherent"] for r in rows if r["adherent"] is not None]
+        summary[mode] = {
+            "settings": MODES[mode],
+            "mse": summarise([r["mse"] for r in rows], max),
+            "psnr": summarise([r["psnr"] for r in rows], min),
+            "ssim": summarise([r["ssim"] for r in rows], min),
+            "forwards": float(np.mean([r["forwards"] for r in rows])),
+            "forwards_vs_baseline": float(np.mean([r["forwards"] for r in rows]) / base_forwards),
+            "tokens": float(np.mean([r["tokens"] for r in rows])),
+            "tokens_vs_baseline": float(np.mean([r["tokens"] for r in rows]) / base_tokens),
+            "seconds": float(np.mean([r["seconds"] for r in rows])),
+            "adherence": float(np.mean(adherent)) if adherent else None,
+            "videos": rows,
+        }
+    return {
+        "command": "python scripts/compare.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "task": task,
+        "ckpt_dir": ckpt_dir,
+        "device": device,
+        "prompts": len(results["baseline"]),
+        "psnr_cap": PSNR_CAP,
+        "modes": summary,
+    }
+
+
+def format_table(report: dict) -> str:
+    head = (
+        f"{'mode':<24} {'MSE mean':>9} {'PSNR mean':>9} {'PSNR min':>8} {'SSIM mean':>9} {'SSIM min':>8} "
+        f"{'fwd':>6} {'tokens':>7} {'sec':>6} {'adher.':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for mode, m in report["modes"].items():
+        adherence = "-" if m["adherence"] is None else f"{m['adherence']:.0%}"
+        lines.append(
+            f"{mode:<24} {m['mse']['mean']:>9.5f} {m['psnr']['mean']:>9.2f} {m['psnr']['worst']:>8.2f} "
+            f"{m['ssim']['mean']:>9.4f} {m['ssim']['worst']:>8.4f} {m['forwards']:>6.1f} "
+            f"{m['tokens_vs_baseline']:>6.2f}x {m['seconds']:>6.2f} {adherence:>6}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
