@@ -1,0 +1,180 @@
+"""wan.distributed: single-process behaviour, validation, and 2 CPU ranks (gloo) against one process.
+
+The 2-rank test runs diffusers' Ulysses context parallel and FSDP2 for real on gloo; it checks that
+the latents and the rank-0 video equal the single-process ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from tiny_models import TinyParts, tiny_parts
+
+from wan.checkpoints import WanComponents
+from wan.config import ConfigError, load_task_config
+from wan.distributed import (
+    DistContext,
+    broadcast_seed,
+    generate,
+    init_distributed,
+    is_main,
+    parallelize,
+    token_counts,
+    validate,
+)
+from wan.text2video import GenerationSettings, WanT2V
+
+PROMPT = "a red square moving left"
+STEPS = 6  # with shift 12: 4 high-noise steps, then 2 low-noise ones (half-frame needs both)
+# 48*32 at 9 frames: 3 latent frames x 6 = 18 tokens, half-frame 2 x 6 = 12: both split over 2 ranks
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def make_pipe(config, parts: TinyParts | None = None) -> WanT2V:
+    parts = copy.deepcopy(parts) if parts is not None else tiny_parts(0)
+    components = WanComponents(
+        tokenizer=parts.tokenizer,
+        text_encoder=parts.text_encoder,
+        vae=parts.vae,
+        high_noise_model=parts.high_noise_model,
+        low_noise_model=parts.low_noise_model,
+        layout="diffusers",
+    )
+    return WanT2V(config, components)
+
+
+def settings(half_frame: bool = False) -> GenerationSettings:
+    return GenerationSettings(
+        prompt=PROMPT, size="48*32", frame_num=9, seed=3, sample_steps=STEPS, half_frame=half_frame
+    )
+
+
+def two_ranks(world: int = 2) -> DistContext:
+    return DistContext(rank=0, world_size=world, local_rank=0, device=torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------------- one process
+def test_single_process_without_torchrun(monkeypatch):
+    for name in TORCHRUN_VARS:
+        monkeypatch.delenv(name, raising=False)
+    ctx = init_distributed("cpu")
+    assert ctx == DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    assert is_main(ctx)
+    assert broadcast_seed(1234, ctx) == 1234
+    assert not torch.distributed.is_initialized()
+
+
+def test_parallelize_is_a_no_op_on_one_process(test_config):
+    pipe = make_pipe(test_config)
+    before = {k: v.clone() for k, v in pipe.experts["high_noise"].state_dict().items()}
+    parallelize(pipe, DistContext(), settings=settings(half_frame=True))
+    assert pipe.experts["high_noise"]._parallel_config is None
+    after = pipe.experts["high_noise"].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ----------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    ("ctx", "kwargs", "message"),
+    [
+        (DistContext(), {"ulysses_size": 2}, "torchrun"),
+        (DistContext(), {"dit_fsdp": True}, "torchrun"),
+        (DistContext(), {"t5_fsdp": True}, "torchrun"),
+        (two_ranks(4), {"ulysses_size": 3}, "must divide the world size 4"),
+        (two_ranks(), {"ulysses_size": 0}, ">= 1"),
+        (two_ranks(), {"t5_fsdp": True, "t5_cpu": True}, "exclude each other"),
+        (two_ranks(4), {"ulysses_size": 4, "num_heads": 2}, "2 attention heads"),
+        (two_ranks(), {"ulysses_size": 2, "num_heads": 2, "tokens": (30, 15)}, "sequence length 15"),
+    ],
+)
+def test_validation_errors_are_one_line(ctx, kwargs, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(ctx, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_valid_settings_pass():
+    validate(two_ranks(4), ulysses_size=2, dit_fsdp=True, t5_fsdp=True, num_heads=40, tokens=(32760, 17160))
+    validate(two_ranks(2), dit_fsdp=True)
+
+
+def test_parallelize_checks_heads_and_tokens(test_config):
+    pipe = make_pipe(test_config)  # 2 heads
+    with pytest.raises(ConfigError, match="attention heads"):
+        parallelize(pipe, two_ranks(4), ulysses_size=4)
+    odd = dataclasses.replace(test_config, sizes=("48*16",))  # 3 latent frames x 3 = 9 tokens
+    with pytest.raises(ConfigError, match="sequence length 9"):
+        parallelize(
+            make_pipe(odd), two_ranks(2), ulysses_size=2, settings=dataclasses.replace(settings(), size="48*16")
+        )
+
+
+def test_token_counts_of_a14b():
+    """The design's claim: 480p/720p at 81 frames and their half-frame lengths divide by 2, 4 and 8."""
+    config = load_task_config("t2v-A14B")
+    assert token_counts(config, GenerationSettings(prompt="x", size="832*480")) == (32760,)
+    assert token_counts(config, GenerationSettings(prompt="x", size="832*480", half_frame=True)) == (32760, 17160)
+    for size in config.sizes:
+        counts = token_counts(config, GenerationSettings(prompt="x", size=size, half_frame=True))
+        for ulysses in (2, 4, 8):
+            validate(two_ranks(8), ulysses_size=ulysses, num_heads=40, tokens=counts)
+
+
+# ----------------------------------------------------------------------------------- two ranks
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, config, parts: TinyParts, out_path: str) -> None:
+    """One torchrun-like rank: Ulysses alone on a copy of ``parts``, then Ulysses + FSDP of experts and umT5.
+
+    The parts come from the parent: the tiny tokenizer's vocabulary is not the same in every process.
+    """
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    results = {"seed": broadcast_seed(100 + rank, ctx)}
+    try:
+        pipe = make_pipe(config, parts)
+        parallelize(pipe, ctx, ulysses_size=2, settings=settings(half_frame=True))
+        context = pipe.encode_text([PROMPT, config.negative_prompt])
+        for half in (False, True):
+            sampled = pipe.sample(settings(half), context[:1], context[1:], progress=False)
+            results[f"ulysses_half{half}"] = sampled.latents
+        pipe = make_pipe(config, parts)
+        parallelize(pipe, ctx, ulysses_size=2, dit_fsdp=True, t5_fsdp=True, settings=settings(half_frame=True))
+        result = generate(pipe, settings(half_frame=True), ctx, progress=False)
+        results["fsdp_latents"], results["fsdp_video"] = result.latents, result.video
+        torch.save(results, f"{out_path}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_cpu_ranks_match_one_process(test_config, tmp_path):
+    out = str(tmp_path / "rank")
+    parts = tiny_parts(0)
+    mp.spawn(_worker, args=(2, _free_port(), test_config, parts, out), nprocs=2, join=True)
+    pipe = make_pipe(test_config, parts)
+    context = pipe.encode_text([PROMPT, test_config.negative_prompt])
+    expected = {half: pipe.sample(settings(half), context[:1], context[1:], progress=False) for half in (False, True)}
+    single = generate(pipe, settings(half_frame=True), DistContext(), progress=False)
+    torch.testing.assert_close(single.latents, expected[True].latents, rtol=0, atol=0)
+    assert {"text_encoding", "high_noise", "low_noise", "completion", "vae_decode"} <= single.timings.keys()
+    ranks = [torch.load(f"{out}.{r}") for r in range(2)]
+
+    assert [r["seed"] for r in ranks] == [100, 100]
+    for r in ranks:
+        for half in (False, True):
+            torch.testing.assert_close(r[f"ulysses_half{half}"], expected[half].latents, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(r["fsdp_latents"], expected[True].latents, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ranks[0]["fsdp_video"], single.video, rtol=1e-5, atol=1e-5)
+    assert ranks[1]["fsdp_video"].numel() == 0  # rank 0 alone decodes
