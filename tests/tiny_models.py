@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,12 +86,97 @@ def save_diffusers_layout(parts: TinyParts, root: Path, boundary_ratio: float = 
         tokenizer=parts.tokenizer,
         text_encoder=parts.text_encoder,
         vae=parts.vae,
-        scheduler=UniPCMultistepScheduler(
-            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0
-        ),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0),
         transformer=parts.high_noise_model,
         transformer_2=parts.low_noise_model,
         boundary_ratio=boundary_ratio,
     )
     pipe.save_pretrained(root)
+    return root
+
+
+def tiny_parts_official(seed: int = 0) -> TinyParts:
+    """``tiny_parts`` whose text encoder uses relative_attention_max_distance 128.
+
+    Wan's T5 file stores no config, and its loader fixes the distance at 128 (as umT5-xxl); a tiny
+    encoder must use it too for both layouts to give the same outputs.
+    """
+    parts = tiny_parts(seed)
+    encoder = parts.text_encoder
+    encoder.config.relative_attention_max_distance = 128
+    encoder.encoder.config.relative_attention_max_distance = 128
+    for module in encoder.modules():
+        if hasattr(module, "relative_attention_max_distance"):
+            module.relative_attention_max_distance = 128
+    return parts
+
+
+def _official_expert_config(model: WanTransformer3DModel) -> dict:
+    """An official ``WanModel`` config.json for ``model`` (no text_dim: the release does not record it)."""
+    cfg = model.config
+    return {
+        "_class_name": "WanModel",
+        "_diffusers_version": "0.33.0",
+        "dim": cfg.num_attention_heads * cfg.attention_head_dim,
+        "eps": cfg.eps,
+        "ffn_dim": cfg.ffn_dim,
+        "freq_dim": cfg.freq_dim,
+        "in_dim": cfg.in_channels,
+        "model_type": "t2v",
+        "num_heads": cfg.num_attention_heads,
+        "num_layers": cfg.num_layers,
+        "out_dim": cfg.out_channels,
+        "text_len": 512,
+    }
+
+
+def _save_sharded(tensors: dict[str, torch.Tensor], folder: Path, shards: int) -> None:
+    """Write ``tensors`` as diffusion_pytorch_model[-0000i-of-0000n].safetensors (+ index json when sharded)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(tensors)
+    if shards <= 1:
+        save_file(tensors, folder / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+        return
+    per = -(-len(names) // shards)
+    weight_map, total = {}, 0
+    for i in range(shards):
+        chunk = names[i * per : (i + 1) * per]
+        fname = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: tensors[n] for n in chunk}, folder / fname, metadata={"format": "pt"})
+        for n in chunk:
+            weight_map[n] = fname
+            total += tensors[n].numel() * tensors[n].element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def save_official_layout(parts: TinyParts, root: Path, shards: int = 2, t5_dtype: torch.dtype | None = None) -> Path:
+    """Write ``parts`` in the layout of the official Wan2.2-T2V-A14B release (Wan key names).
+
+    ``t5_dtype`` casts the T5 file (the release stores bf16); None keeps the encoder's dtype so the
+    two layouts hold bit-identical weights.
+    """
+    from wan.checkpoints import diffusers_to_wan_transformer_key, diffusers_to_wan_vae_key, umt5_hf_to_wan
+
+    if parts.text_encoder.config.relative_attention_max_distance != 128:
+        warnings.warn("the official T5 format implies relative_attention_max_distance 128", stacklevel=2)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, model in (("high_noise_model", parts.high_noise_model), ("low_noise_model", parts.low_noise_model)):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            diffusers_to_wan_transformer_key(k): v.detach().clone().contiguous() for k, v in model.state_dict().items()
+        }
+        _save_sharded(tensors, folder, shards)
+        (folder / "config.json").write_text(json.dumps(_official_expert_config(model), indent=2))
+    vae = {diffusers_to_wan_vae_key(k): v.detach().clone() for k, v in parts.vae.state_dict().items()}
+    torch.save(vae, root / "Wan2.1_VAE.pth")
+    t5 = umt5_hf_to_wan({k: v.detach().clone() for k, v in parts.text_encoder.state_dict().items()})
+    if t5_dtype is not None:
+        t5 = {k: v.to(t5_dtype) for k, v in t5.items()}
+    torch.save(t5, root / "models_t5_umt5-xxl-enc-bf16.pth")
+    parts.tokenizer.save_pretrained(root / "google" / "umt5-xxl")
     return root
