@@ -1,23 +1,31 @@
-"""Generate a video with Wan2.2 text-to-video (official CLI flags, plus half-frame and CFG truncation).
+"""Generate videos with Wan2.2 text-to-video (official CLI flags, plus half-frame and CFG truncation).
 
     python generate.py --prompt "a red square moving left"                      # t2v-tiny, shipped
     python generate.py --task t2v-A14B --ckpt_dir ./Wan2.2-T2V-A14B --prompt "..."   # the real model
+    python generate.py --prompt_file prompts.jsonl --save_dir out/              # a batch (wan.batch)
 
-Bad input exits with code 2 and a one-line error; no partial output is ever left behind.
+Bad input exits with code 2 and a one-line error, a failed run (NaN/Inf, a write error) with 1; no
+partial output is ever left behind. A batch exits with 0 when every item is complete, else with the
+number of items that are not (failed, or not reached after a full disk), at most 125.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import random
 import re
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wan.config import DEFAULT_TASK, ConfigError, TaskConfig, available_tasks, load_task_config
+
+if TYPE_CHECKING:
+    from wan.text2video import GenerationSettings, WanT2V
 
 logger = logging.getLogger("generate")
 
@@ -33,7 +41,11 @@ def str2bool(value: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Wan2.2 text-to-video generation", allow_abbrev=False)
     official = p.add_argument_group("official Wan2.2 flags")
-    official.add_argument("--task", default=DEFAULT_TASK, help=f"one of {', '.join(available_tasks())}")
+    official.add_argument(
+        "--task",
+        default=DEFAULT_TASK,
+        help=f"one of {', '.join(available_tasks())}, or the path of a task config .json",
+    )
     official.add_argument("--size", default=None, help="W*H, e.g. 1280*720 (default: the task's)")
     official.add_argument("--frame_num", type=int, default=None, help="pixel frames, 4n+1 (default: the task's)")
     official.add_argument("--ckpt_dir", default=None, help="checkpoint folder, official or diffusers layout")
@@ -89,64 +101,121 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+
+    batch = p.add_argument_group("batch (see README 'Batch generation')")
+    batch.add_argument(
+        "--prompt_file",
+        default=None,
+        help="one prompt per line, or JSON lines with per-item flags; loads the model once for all",
+    )
+    batch.add_argument(
+        "--save_dir",
+        default=None,
+        help="output folder: a batch's videos and manifest.jsonl (default: outputs/<prompt file name>), "
+        "or where a single video goes without --save_file",
+    )
     return p
 
 
-def settings_from_args(args: argparse.Namespace, config: TaskConfig):
+def load_task(task: str) -> TaskConfig:
+    """A task by name (configs/<task>.json), or a task config file by path (``--task my_task.json``).
+
+    A relative ``default_ckpt_dir`` in a config file is taken from the file's folder.
+    """
+    if not task.endswith(".json"):
+        return load_task_config(task)
+    path = Path(task)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw.update(sizes=tuple(raw["sizes"]), vae_stride=tuple(raw["vae_stride"]), patch_size=tuple(raw["patch_size"]))
+        if raw.get("default_ckpt_dir") and not Path(raw["default_ckpt_dir"]).is_absolute():
+            raw["default_ckpt_dir"] = str(path.resolve().parent / raw["default_ckpt_dir"])
+        return TaskConfig(**raw)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"task config {path} does not exist; --task takes a name or a .json file") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"task config {path} is not valid: {str(exc).splitlines()[0]}") from exc
+
+
+def generation_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's generation flags by CLI name: the defaults of every batch item."""
+    from wan.batch import GENERATION_FLAGS
+
+    return {name: getattr(args, name) for name in GENERATION_FLAGS}
+
+
+def settings_from_args(args: argparse.Namespace, config: TaskConfig) -> GenerationSettings:
     """The generation settings the flags ask for, validated against the task."""
-    from wan.text2video import DEFAULT_COMPLETION, IMPROVED_COMPLETION, GenerationSettings
+    from wan.batch import settings_from_flags
 
-    if args.enable_improved_frame_completion:
-        completion = IMPROVED_COMPLETION
-    else:
-        completion = args.frame_completion or DEFAULT_COMPLETION
     seed = args.base_seed if args.base_seed >= 0 else random.randint(0, 2**31 - 1)
-    guide = args.sample_guide_scale
-    settings = GenerationSettings(
-        prompt=args.prompt or "",
-        negative_prompt=args.negative_prompt,
-        size=args.size,
-        frame_num=args.frame_num,
-        seed=seed,
-        sample_solver=args.sample_solver,
-        sample_steps=args.sample_steps,
-        sample_shift=args.sample_shift,
-        guide_scale_high=guide,
-        guide_scale_low=guide,
-        half_frame=args.enable_half_frame_generation,
-        frame_completion=completion,
-        cfg_truncate_steps=args.cfg_truncate_steps,
-        cfg_truncate_high_noise_steps=args.cfg_truncate_high_noise_steps,
-    )
-    return settings.resolved(config)
+    return settings_from_flags(generation_flags(args), seed).resolved(config)
 
 
-def default_save_file(config: TaskConfig, settings) -> Path:
+def default_save_file(config: TaskConfig, settings: GenerationSettings, save_dir: str | None) -> Path:
     slug = re.sub(r"[^A-Za-z0-9]+", "_", settings.prompt)[:50].strip("_") or "video"
     stamp = time.strftime("%Y%m%d_%H%M%S")
-    return Path(f"{config.task}_{settings.size.replace('*', 'x')}_{slug}_{stamp}.mp4")
+    return Path(save_dir or ".") / f"{config.task}_{settings.size.replace('*', 'x')}_{slug}_{stamp}.mp4"
 
 
 def resolve_ckpt_dir(args: argparse.Namespace, config: TaskConfig) -> Path:
+    """The checkpoint folder, checked to exist before anything is loaded or logged."""
     if args.ckpt_dir:
-        return Path(args.ckpt_dir)
-    shipped = config.ckpt_dir()
-    if shipped is None:
-        raise ConfigError(f"task {config.task} needs --ckpt_dir (the folder with its checkpoint)")
-    return shipped
+        path = Path(args.ckpt_dir)
+    else:
+        path = config.ckpt_dir()
+        if path is None:
+            raise ConfigError(f"task {config.task} needs --ckpt_dir (the folder with its checkpoint)")
+    if not path.is_dir():
+        raise ConfigError(f"checkpoint folder {path} does not exist; pass --ckpt_dir")
+    return path
 
 
-def sidecar_path(video_path: Path) -> Path:
-    return video_path.with_suffix(".json")
+def check_single_process(args: argparse.Namespace) -> None:
+    if args.ulysses_size > 1 or args.dit_fsdp or args.t5_fsdp:
+        raise ConfigError("multi-GPU flags need torchrun; see README 'Multi-GPU'")
 
 
-def sidecar(config: TaskConfig, ckpt_dir: Path, result, video_path: Path, args: argparse.Namespace) -> dict:
-    """Everything needed to reproduce and account for a video."""
+def torchrun_rank() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) in a plain process."""
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(args: argparse.Namespace, local_rank: int = 0) -> None:
+    """Fill --device and --offload_model; under torchrun each process takes the GPU of its local rank."""
+    import torch
+
+    if torch.cuda.is_available() and local_rank:
+        torch.cuda.set_device(local_rank)  # "cuda" then means this rank's GPU
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.offload_model is None:
+        args.offload_model = args.device != "cpu"
+
+
+def load_pipeline(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path) -> tuple[WanT2V, float]:
+    """The loaded model and the seconds it took."""
+    from wan.text2video import WanT2V
+
+    logger.info("loading %s from %s on %s", config.task, ckpt_dir, args.device)
+    start = time.perf_counter()
+    pipe = WanT2V.from_pretrained(
+        config,
+        ckpt_dir,
+        device=args.device,
+        convert_model_dtype=args.convert_model_dtype,
+        offload_model=args.offload_model,
+        t5_cpu=args.t5_cpu,
+        attention_backend=args.attention_backend,
+    )
+    return pipe, time.perf_counter() - start
+
+
+def sidecar_context(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path) -> dict[str, Any]:
+    """What the sidecar records besides the video's own settings and timings."""
     return {
         "task": config.task,
         "ckpt_dir": str(ckpt_dir),
-        "save_file": str(video_path),
-        "settings": asdict(result.settings),
         "options": {
             "convert_model_dtype": args.convert_model_dtype,
             "offload_model": args.offload_model,
@@ -154,60 +223,91 @@ def sidecar(config: TaskConfig, ckpt_dir: Path, result, video_path: Path, args: 
             "attention_backend": args.attention_backend,
             "device": args.device,
         },
-        "steps": {"high_noise": result.high_noise_steps, "low_noise": result.low_noise_steps},
-        "forwards": result.forwards,
-        "tokens": result.tokens,
-        "seconds": {k: round(v, 4) for k, v in result.timings.items()},
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    """One video from --prompt: checks everything, then loads, generates and writes video + sidecar."""
+    from wan.batch import write_outputs
+    from wan.video import check_output_path
 
-    from wan.text2video import WanT2V
-    from wan.video import check_output_path, save_json, save_video
-
-    config = load_task_config(args.task)
+    config = load_task(args.task)
     settings = settings_from_args(args, config)
-    if args.ulysses_size > 1 or args.dit_fsdp or args.t5_fsdp:
-        raise ConfigError("multi-GPU flags need torchrun; see README 'Multi-GPU'")
-    save_file = check_output_path(args.save_file or default_save_file(config, settings))
+    check_single_process(args)
+    save_file = check_output_path(args.save_file or default_save_file(config, settings, args.save_dir))
     ckpt_dir = resolve_ckpt_dir(args, config)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.device = device
-    if args.offload_model is None:
-        args.offload_model = device != "cpu"
-    logger.info("loading %s from %s on %s", config.task, ckpt_dir, device)
-    start = time.perf_counter()
-    pipe = WanT2V.from_pretrained(
-        config,
-        ckpt_dir,
-        device=device,
-        convert_model_dtype=args.convert_model_dtype,
-        offload_model=args.offload_model,
-        t5_cpu=args.t5_cpu,
-        attention_backend=args.attention_backend,
-    )
-    load_seconds = time.perf_counter() - start
+    resolve_device(args)
+    pipe, load_seconds = load_pipeline(args, config, ckpt_dir)
     result = pipe.generate(settings, progress=not args.quiet)
     result.timings = {"load": load_seconds, **result.timings}
-    save_video(result.video, save_file, config.fps)
-    save_json(sidecar(config, ckpt_dir, result, save_file, args), sidecar_path(save_file))
+    write_outputs(result, save_file, config.fps, sidecar_context(args, config, ckpt_dir))
     logger.info("saved %s (seed %d) in %.1f s", save_file, settings.seed, sum(result.timings.values()))
     print(save_file)
     return 0
 
 
+def run_batch(args: argparse.Namespace) -> int:
+    """Every item of --prompt_file on one loaded model (``wan.batch``); returns the batch's exit code.
+
+    Batch-level input errors (no prompt file, unwritable --save_dir, bad flags) raise ``ConfigError``
+    before the model loads; under torchrun each rank takes every world_size-th item.
+    """
+    from wan.batch import MANIFEST_NAME, BatchRunner, Manifest, check_writable_dir, plan_jobs, read_prompt_file, shard
+
+    if args.prompt is not None:
+        raise ConfigError("--prompt and --prompt_file exclude each other; put every prompt in the file")
+    if args.save_file:
+        raise ConfigError("--save_file names one video; with --prompt_file use --save_dir (and save_file per item)")
+    config = load_task(args.task)
+    check_single_process(args)
+    prompt_file = Path(args.prompt_file)
+    items = read_prompt_file(prompt_file)
+    save_dir = check_writable_dir(Path(args.save_dir or Path("outputs") / prompt_file.stem), "--save_dir")
+    manifest = Manifest(save_dir / MANIFEST_NAME)
+    manifest.prepare()
+    ckpt_dir = resolve_ckpt_dir(args, config)
+    rank, world_size, local_rank = torchrun_rank()
+    jobs = shard(plan_jobs(items, generation_flags(args), config, save_dir), rank, world_size)
+    resolve_device(args, local_rank)
+    context = {**sidecar_context(args, config, ckpt_dir), "prompt_file": str(prompt_file)}
+    runner = BatchRunner(jobs, config, manifest, context, progress=not args.quiet and rank == 0)
+    summary = runner.run(lambda: load_pipeline(args, config, ckpt_dir)[0])
+    for path in summary.outputs:
+        print(path)
+    if summary.stop_error:
+        print(
+            f"error: {summary.stop_error}; batch stopped with {summary.not_reached} items not reached; "
+            "finished items are kept: fix this and re-run the same command",
+            file=sys.stderr,
+        )
+    return summary.exit_code
+
+
+def silence_library_progress() -> None:
+    """--quiet: also no weight-loading bars from diffusers and transformers."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if args.quiet:
+        silence_library_progress()
     from wan.checkpoints import CheckpointError
+    from wan.text2video import NonFiniteLatentError
 
     try:
-        return run(args)
-    except (ConfigError, CheckpointError) as exc:
+        return run_batch(args) if args.prompt_file else run(args)
+    except (ConfigError, CheckpointError) as exc:  # bad input
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (NonFiniteLatentError, OSError) as exc:  # a run that failed (a batch records these per item)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,378 @@
+"""Batch generation (generate.py --prompt_file, wan.batch) on a tiny random checkpoint.
+
+A batch must lose nothing: killed mid-way and re-run, every item ends done exactly once with no
+partial file; bad lines, NaN, out of memory and write errors are recorded per item; a full disk
+stops the batch cleanly and keeps what is finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import CAPTIONS, save_diffusers_layout, tiny_parts
+
+import generate
+import wan.batch
+from wan.batch import ITEM_FLAGS, Manifest, item_flags, item_seed, parse_item, plan_jobs
+from wan.config import ConfigError
+from wan.guidance import LOW
+from wan.text2video import WanT2V
+from wan.video import read_video
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "batch_generate.sh"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return save_diffusers_layout(tiny_parts(seed=0), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def task_file(tmp_path_factory, test_config) -> Path:
+    """The tests' task config as a file for --task: 32*32 or 48*32, 5 frames, 3 steps (2 high-noise, 1 low)."""
+    config = dataclasses.replace(test_config, task="t2v-test", frame_num=5, sample_steps=3, default_ckpt_dir=None)
+    path = tmp_path_factory.mktemp("task") / "t2v-test.json"
+    path.write_text(json.dumps(dataclasses.asdict(config)))
+    return path
+
+
+@pytest.fixture
+def cli(ckpt, task_file, tmp_path):
+    """Argument list for a batch of ``lines`` into tmp_path/out."""
+
+    def make(lines: list[str], *extra: str) -> list[str]:
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("\n".join(lines) + "\n")
+        base = ["--task", str(task_file), "--ckpt_dir", str(ckpt), "--device", "cpu", "--quiet"]
+        return [*base, "--prompt_file", str(prompts), "--save_dir", str(tmp_path / "out"), *extra]
+
+    return make
+
+
+def manifest(out: Path) -> list[dict]:
+    return Manifest(out / "manifest.jsonl").records()
+
+
+def temp_files(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def assert_complete(path: Path, frames: int = 5, height: int = 32, width: int = 32) -> None:
+    assert read_video(path).shape == (frames, height, width, 3)
+    assert json.loads(path.with_suffix(".json").read_text())["save_file"] == str(path)
+
+
+# ----------------------------------------------------------------------------------- resume
+def test_killed_batch_resumes_with_every_item_done_once(cli, tmp_path):
+    """SIGKILL mid-batch, then the same command: each item done exactly once, no partial file left."""
+    args = cli(CAPTIONS)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "generate.py", *args], cwd=REPO, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300  # generous: CI machines may be busy
+    while proc.poll() is None and time.monotonic() < deadline:
+        done = (out / "manifest.jsonl").read_text().count('"status": "done"') if out.exists() else 0
+        if done >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the batch ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = Counter(r["id"] for r in manifest(out) if r["status"] == "done")
+    assert 2 <= sum(first.values()) < len(CAPTIONS)
+
+    assert generate.main(args) == 0
+    records = manifest(out)
+    done = Counter(r["id"] for r in records if r["status"] == "done")
+    assert len(done) == len(CAPTIONS) and set(done.values()) == {1}
+    assert {r["id"] for r in records if r["status"] == "skipped"} == set(first)
+    videos = sorted(out.glob("*.mp4"))
+    assert len(videos) == len(CAPTIONS) and not temp_files(out)
+    for video in videos:
+        assert_complete(video)
+
+
+def test_rerun_verifies_outputs_and_records_lost_ones(cli, tmp_path, monkeypatch):
+    """A verified video without its manifest line is recorded, not redone; a broken one is redone."""
+    args = cli(CAPTIONS[:3])
+    out = tmp_path / "out"
+    assert generate.main(args) == 0
+    first = manifest(out)
+    lost, broken = first[1], first[2]
+    # A kill after item 1's sidecar (its line is lost) and while the manifest was being written;
+    # item 2's video is damaged; a temporary file is left by a kill mid-write.
+    (out / "manifest.jsonl").write_text(json.dumps(first[0]) + "\n" + json.dumps(broken) + "\n" + '{"index": 3, "st')
+    Path(broken["output"]).write_bytes(Path(broken["output"]).read_bytes()[:100])
+    stale = out / ".0009_x.abc123.tmp.mp4"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    generated = []
+    original = WanT2V.generate
+
+    def recording(self, settings, **kw):
+        generated.append(settings.prompt)
+        return original(self, settings, **kw)
+
+    monkeypatch.setattr(WanT2V, "generate", recording)
+
+    assert generate.main(args) == 0
+    assert generated == [broken["settings"]["prompt"]]
+    again = manifest(out)[2:]
+    assert [(r["id"], r["status"], r["recovered"]) for r in again] == [
+        (first[0]["id"], "skipped", False),
+        (lost["id"], "done", True),
+        (broken["id"], "done", False),
+    ]
+    assert again[2]["seed"] == broken["seed"]  # the same seed: a re-run makes the same video
+    assert_complete(Path(broken["output"]))
+    assert not temp_files(out)
+
+
+def test_changed_settings_are_generated_again(cli, tmp_path):
+    out = tmp_path / "out"
+    assert generate.main(cli(CAPTIONS[:1])) == 0
+    assert generate.main(cli(CAPTIONS[:1], "--sample_steps", "2")) == 0
+    assert [(r["status"], r["settings"]["sample_steps"]) for r in manifest(out)] == [("done", 3), ("done", 2)]
+
+
+# ----------------------------------------------------------------------------------- bad items
+def test_bad_lines_are_recorded_and_the_others_complete(cli, tmp_path, capsys):
+    lines = [
+        '{"prompt": "a red square moving left", "seed": 3}',
+        '{"prompt": "a blue circle moving right", "frame_num": 16}',
+        '{"prompt": "a green triangle moving up",',
+        "# a comment, then a blank line",
+        "",
+        '{"prompt": "a yellow square moving down", "colour": "red"}',
+        "two shapes bouncing",
+        '{"prompt": "a cat walking on grass", "size": "48*32", "save_file": "cat.png", '
+        '"enable_half_frame_generation": true}',
+    ]
+    args = cli(lines, "--base_seed", "100")
+    out = tmp_path / "out"
+    assert generate.main(args) == 3
+    records = {r["index"]: r for r in manifest(out)}
+    statuses = {i: r["status"] for i, r in records.items()}
+    assert statuses == {0: "done", 1: "failed", 2: "failed", 3: "failed", 4: "done", 5: "done"}
+    assert "frame_num 16 is not 4n+1" in records[1]["error"] and records[1]["line"] == 2
+    assert "not valid JSON" in records[2]["error"]
+    assert "unknown key 'colour'" in records[3]["error"] and records[3]["line"] == 6
+    assert (records[0]["seed"], records[4]["seed"]) == (3, 104)  # explicit, then base_seed + index
+    assert_complete(Path(records[0]["output"]))
+    assert Path(records[4]["output"]) == out / "0004_two_shapes_bouncing.mp4"
+    cat = json.loads((out / "cat.json").read_text())
+    assert cat["settings"]["half_frame"] and cat["settings"]["size"] == "48*32"
+    assert set(cat["seconds"]) >= {"text_encoding", "high_noise", "completion", "low_noise", "vae_decode"}
+    assert cat["item"] == {"index": 5, "id": "0005_a_cat_walking_on_grass", "line": 8}
+    printed = capsys.readouterr().out.split()
+    assert printed == [records[i]["output"] for i in (0, 4, 5)]
+
+    # The same command again: the finished items are skipped without loading the model.
+    assert generate.main([*args, "--ckpt_dir", str(tmp_path)]) == 3  # no checkpoint there: nothing loads
+    again = manifest(out)[len(records) :]
+    assert [r["status"] for r in again] == ["skipped", "failed", "failed", "failed", "skipped", "skipped"]
+
+
+def test_items_without_seed_get_a_fixed_one():
+    assert item_seed(4, "a", 100) == 104
+    assert item_seed(4, "a", -1) == item_seed(4, "a", -1) != item_seed(5, "a", -1)
+    assert 0 <= item_seed(0, "b", -1) < 2**31
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"prompt": "x", "colour": "red"}, "unknown key 'colour'"),
+        ({"prompt": "x", "frame_num": "5"}, "'frame_num' must be an integer"),
+        ({"prompt": "x", "sample_steps": True}, "'sample_steps' must be an integer"),
+        ({"prompt": "x", "enable_half_frame_generation": 1}, "must be true or false"),
+        ({"prompt": "x", "seed": 1, "base_seed": 2}, "both set the seed"),
+        ({"prompt": "x", "sample_solver": "ddim"}, "unknown sample_solver"),
+    ],
+)
+def test_invalid_items_name_the_key(item, message):
+    with pytest.raises(ConfigError, match=message):
+        item_flags(item)
+
+
+def test_items_take_every_generation_flag(tmp_path, test_config):
+    item = {
+        "prompt": "a cat",
+        "negative_prompt": "dull",
+        "seed": 11,
+        "size": "48*32",
+        "frame_num": 9,
+        "sample_steps": 4,
+        "sample_shift": 5,
+        "sample_solver": "euler",
+        "sample_guide_scale": 2.5,
+        "enable_half_frame_generation": True,
+        "frame_completion": "repeat",
+        "enable_improved_frame_completion": False,
+        "cfg_truncate_steps": 1,
+        "cfg_truncate_high_noise_steps": 2,
+        "save_file": "sub/a.png",
+    }
+    assert set(item) - {"seed"} == set(ITEM_FLAGS) - {"base_seed"}
+    defaults = generate.generation_flags(generate.build_parser().parse_args([]))
+    (job,) = plan_jobs([parse_item(0, 1, json.dumps(item))], defaults, test_config, tmp_path)
+    assert job.error is None and job.output == tmp_path / "sub" / "a.png"
+    assert dataclasses.asdict(job.settings) == {
+        "prompt": "a cat",
+        "negative_prompt": "dull",
+        "size": "48*32",
+        "frame_num": 9,
+        "seed": 11,
+        "sample_solver": "euler",
+        "sample_steps": 4,
+        "sample_shift": 5,
+        "guide_scale_high": 2.5,
+        "guide_scale_low": 2.5,
+        "half_frame": True,
+        "frame_completion": "repeat",
+        "cfg_truncate_steps": 1,
+        "cfg_truncate_high_noise_steps": 2,
+    }
+
+
+def test_two_items_cannot_share_an_output(tmp_path, test_config):
+    defaults = generate.generation_flags(generate.build_parser().parse_args([]))
+    items = [parse_item(i, i + 1, '{"prompt": "x", "save_file": "a.mp4"}') for i in range(2)]
+    first, second = plan_jobs(items, defaults, test_config, tmp_path)
+    assert first.error is None and "is already item 0's output" in second.error
+
+
+# ----------------------------------------------------------------------------------- failures in the loop
+def test_nan_and_out_of_memory_are_recorded_per_item(cli, tmp_path, monkeypatch):
+    """NaN from the low-noise expert on 48*32 items, out of memory on 9-frame items; the rest complete."""
+    original = WanT2V._forward
+
+    def faulty(self, expert, hidden, timestep, context):
+        if hidden.shape[2] == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        out = original(self, expert, hidden, timestep, context)
+        return out * float("nan") if hidden.shape[-1] == 48 // 8 and expert is self.experts[LOW] else out
+
+    monkeypatch.setattr(WanT2V, "_forward", faulty)
+    lines = [
+        '{"prompt": "a red square moving left", "size": "48*32"}',
+        '{"prompt": "a red square moving left", "frame_num": 9}',
+        "a blue circle moving right",
+    ]
+    assert generate.main(cli(lines)) == 2
+    nan, oom, ok = manifest(tmp_path / "out")
+    assert (nan["status"], nan["step"], nan["expert"]) == ("failed", 2, "low_noise")  # steps 0-1 are high-noise
+    assert "NaN/Inf in the latent at step 2 (low_noise expert)" in nan["error"]
+    assert oom["status"] == "failed" and oom["error"].startswith("out of memory at 32*32, 9 frames: OutOfMemoryError")
+    assert ok["status"] == "done"
+    assert not Path(nan["output"]).exists() and not Path(oom["output"]).exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code", "statuses"),
+    [
+        (errno.ENOSPC, 3, ["done", "failed"]),  # full disk: stop, 2 items not reached
+        (errno.EACCES, 1, ["done", "failed", "done", "done"]),  # one unwritable file: go on
+    ],
+)
+def test_write_errors_keep_finished_items(cli, tmp_path, monkeypatch, capsys, code, exit_code, statuses):
+    calls = []
+    original = wan.batch.save_video
+
+    def failing_second(video, path, fps):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(code, os.strerror(code), str(path))
+        return original(video, path, fps)
+
+    monkeypatch.setattr(wan.batch, "save_video", failing_second)
+    args = cli(CAPTIONS[:4])
+    out = tmp_path / "out"
+    assert generate.main(args) == exit_code
+    records = manifest(out)
+    assert [r["status"] for r in records] == statuses
+    assert f"cannot write {calls[1]}: {os.strerror(code)}" == records[1]["error"]
+    err = capsys.readouterr().err
+    if code == errno.ENOSPC:
+        assert err.count("\n") == 1 and "No space left on device" in err and "2 items not reached" in err
+    assert_complete(Path(records[0]["output"]))
+    assert not Path(records[1]["output"]).exists() and not temp_files(out)
+
+    monkeypatch.setattr(wan.batch, "save_video", original)
+    assert generate.main(args) == 0
+    finished = statuses.count("done")
+    assert Counter(r["status"] for r in manifest(out)[len(records) :]) == {"skipped": finished, "done": 4 - finished}
+
+
+# ----------------------------------------------------------------------------------- batch-level errors
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("missing_prompt_file", "prompt file .* does not exist"),
+        ("empty_prompt_file", "has no prompts"),
+        ("save_dir_under_a_file", "--save_dir .* is not writable"),
+        ("with_prompt", "--prompt and --prompt_file exclude each other"),
+        ("with_save_file", "--save_file names one video"),
+        ("bad_task", "unknown task"),
+    ],
+)
+def test_batch_input_errors_exit_2_before_loading(cli, tmp_path, monkeypatch, capsys, change, message):
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    args = cli(CAPTIONS[:2])
+    prompts = tmp_path / "prompts.txt"
+    if change == "missing_prompt_file":
+        prompts.unlink()
+    elif change == "empty_prompt_file":
+        prompts.write_text("\n# nothing\n")
+    elif change == "save_dir_under_a_file":
+        (tmp_path / "file").write_text("")
+        args += ["--save_dir", str(tmp_path / "file" / "out")]
+    elif change == "with_prompt":
+        args += ["--prompt", "x"]
+    elif change == "with_save_file":
+        args += ["--save_file", str(tmp_path / "x.mp4")]
+    else:
+        args += ["--task", "t2v-nope"]
+    assert generate.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert re.search(message, err)
+    assert not list(tmp_path.rglob("*.mp4"))
+
+
+def test_torchrun_ranks_split_the_items(cli, tmp_path, monkeypatch):
+    args = cli(CAPTIONS[:3])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert generate.main(args) == 0
+    assert [r["index"] for r in manifest(tmp_path / "out")] == [1, 0, 2]
+
+
+# ----------------------------------------------------------------------------------- script
+def test_batch_script_runs_each_file_and_mode(tmp_path):
+    files = [tmp_path / "a.txt", tmp_path / "b.jsonl"]
+    for f in files:
+        f.write_text("x\n")
+    cmd = [str(SCRIPT), "--dry_run", "--gpus", "2", "--modes", "baseline,half_cfg", "--out", "o", *map(str, files)]
+    result = subprocess.run(["bash", *cmd, "--", "--task", "t2v-A14B"], capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and all(line.startswith("torchrun --standalone --nproc_per_node 2 ") for line in lines)
+    assert "--prompt_file " + str(files[1]) + " --save_dir o/b/half_cfg --enable_half_frame_generation" in lines[3]
+    assert lines[3].endswith("--cfg_truncate_high_noise_steps 3 --task t2v-A14B ")
+    for bad in (["--modes", "fast", str(files[0])], [], [str(tmp_path / "none.txt")], ["--gpus", "0", str(files[0])]):
+        failed = subprocess.run(["bash", str(SCRIPT), *bad], capture_output=True, text=True)
+        assert failed.returncode == 2 and "error: " in failed.stderr

@@ -1,0 +1,127 @@
+"""generate.py, one video: outputs and sidecar on a tiny checkpoint; every bad input is exit 2, one line, no file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+from tiny_models import save_diffusers_layout, tiny_parts
+
+import generate
+from wan.text2video import WanT2V
+from wan.video import read_video
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPT = "a red square moving left"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return save_diffusers_layout(tiny_parts(seed=0), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def task_file(tmp_path_factory, test_config) -> Path:
+    """The tests' task config as a --task file: 32*32 or 48*32, 5 frames, 3 steps, no shipped checkpoint."""
+    config = dataclasses.replace(test_config, task="t2v-test", frame_num=5, sample_steps=3, default_ckpt_dir=None)
+    path = tmp_path_factory.mktemp("task") / "t2v-test.json"
+    path.write_text(json.dumps(dataclasses.asdict(config)))
+    return path
+
+
+@pytest.fixture
+def common(task_file) -> list[str]:
+    return ["--task", str(task_file), "--device", "cpu", "--quiet", "--prompt", PROMPT]
+
+
+@pytest.fixture
+def base(common, ckpt) -> list[str]:
+    return [*common, "--ckpt_dir", str(ckpt)]
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_writes_mp4_and_sidecar(base, tmp_path, capsys, half):
+    video = tmp_path / "a.mp4"
+    flags = ["--enable_half_frame_generation"] if half else []
+    assert generate.main([*base, "--save_file", str(video), "--base_seed", "5", "--size", "48*32", *flags]) == 0
+    assert capsys.readouterr().out == f"{video}\n"
+    assert read_video(video).shape == (5, 32, 48, 3)
+    meta = json.loads(video.with_suffix(".json").read_text())
+    assert meta["task"] == "t2v-test" and meta["save_file"] == str(video)
+    s = meta["settings"]
+    assert (s["prompt"], s["seed"], s["size"], s["frame_num"], s["sample_steps"]) == (PROMPT, 5, "48*32", 5, 3)
+    assert s["half_frame"] is half and meta["steps"] == {"high_noise": 2, "low_noise": 1}
+    stages = {"load", "text_encoding", "high_noise", "low_noise", "vae_decode"} | ({"completion"} if half else set())
+    assert set(meta["seconds"]) == stages and all(v >= 0 for v in meta["seconds"].values())
+    assert meta["options"]["device"] == "cpu"
+
+
+def test_default_name_in_save_dir(base, tmp_path):
+    assert generate.main([*base, "--save_dir", str(tmp_path / "d")]) == 0
+    (video,) = (tmp_path / "d").glob("*.mp4")
+    assert video.name.startswith("t2v-test_32x32_a_red_square_moving_left_")
+
+
+def test_png_grid_with_a_task_file_and_its_own_checkpoint(common, ckpt, task_file, tmp_path):
+    """A relative default_ckpt_dir in a --task file is found from the file's folder: no --ckpt_dir needed."""
+    own = ckpt.parent / "own-task.json"
+    own.write_text(json.dumps({**json.loads(task_file.read_text()), "default_ckpt_dir": ckpt.name}))
+    grid = tmp_path / "grid.png"
+    assert generate.main([*common, "--task", str(own), "--save_file", str(grid)]) == 0
+    assert iio.imread(grid).shape == (32, 5 * 32, 3)  # 5 frames in one row
+    assert json.loads(grid.with_suffix(".json").read_text())["save_file"] == str(grid)
+
+
+def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
+    original = WanT2V._forward
+    monkeypatch.setattr(WanT2V, "_forward", lambda self, *args: original(self, *args) * float("nan"))
+    assert generate.main([*base, "--save_file", str(tmp_path / "a.mp4")]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: NaN/Inf in the latent at step 0 (high_noise expert); try another seed or dtype\n"
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--task", "t2v-nope"], "unknown task 't2v-nope'"),
+        (["--task", "missing.json"], "task config missing.json does not exist"),
+        (["--size", "64*64"], "size '64\\*64' is not supported"),
+        (["--frame_num", "16"], "frame_num 16 is not 4n\\+1"),
+        (["--sample_steps", "0"], "--sample_steps must be >= 1"),
+        (["--prompt", " "], "the prompt is empty"),
+        (["--ckpt_dir", "NOPE"], "checkpoint folder NOPE does not exist"),
+        (None, "needs --ckpt_dir"),  # no --ckpt_dir, and the task ships no checkpoint
+        (["--save_file", "FILE/a.mp4"], "cannot create output folder"),
+        (["--save_file", "a.avi"], "must end in .mp4"),
+        (["--ulysses_size", "2"], "multi-GPU flags need torchrun"),
+    ],
+)
+def test_bad_input_is_exit_2_one_line_no_output(common, base, tmp_path, monkeypatch, capsys, flags, message):
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("")
+    args = [*common, "--save_file", "out.mp4"] if flags is None else [*base, "--save_file", "out.mp4", *flags]
+    assert generate.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
+def test_bad_input_in_a_real_process_prints_only_the_error():
+    """No warning, log line or traceback around it: the whole of stderr is the one line."""
+    result = subprocess.run(
+        [sys.executable, "generate.py", "--task", "t2v-nope", "--prompt", PROMPT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: unknown task 't2v-nope'") and result.stderr.count("\n") == 1
