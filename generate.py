@@ -172,8 +172,12 @@ def resolve_ckpt_dir(args: argparse.Namespace, config: TaskConfig) -> Path:
 
 
 def check_single_process(args: argparse.Namespace) -> None:
+    """Batch mode spreads whole items over the ranks; sharding one video is for single-video runs."""
     if args.ulysses_size > 1 or args.dit_fsdp or args.t5_fsdp:
-        raise ConfigError("multi-GPU flags need torchrun; see README 'Multi-GPU'")
+        raise ConfigError(
+            "--ulysses_size/--dit_fsdp/--t5_fsdp are for one video; a --prompt_file batch under torchrun "
+            "gives each GPU whole items instead"
+        )
 
 
 def torchrun_rank() -> tuple[int, int, int]:
@@ -227,22 +231,45 @@ def sidecar_context(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path
 
 
 def run(args: argparse.Namespace) -> int:
-    """One video from --prompt: checks everything, then loads, generates and writes video + sidecar."""
+    """One video from --prompt: checks everything, then loads, generates and writes video + sidecar.
+
+    Under torchrun (``--ulysses_size``, ``--dit_fsdp``, ``--t5_fsdp``) every rank loads and samples;
+    rank 0 decodes and writes.
+    """
+    from wan import distributed
     from wan.batch import write_outputs
     from wan.video import check_output_path
 
     config = load_task(args.task)
     settings = settings_from_args(args, config)
-    check_single_process(args)
-    save_file = check_output_path(args.save_file or default_save_file(config, settings, args.save_dir))
-    ckpt_dir = resolve_ckpt_dir(args, config)
-    resolve_device(args)
-    pipe, load_seconds = load_pipeline(args, config, ckpt_dir)
-    result = pipe.generate(settings, progress=not args.quiet)
-    result.timings = {"load": load_seconds, **result.timings}
-    write_outputs(result, save_file, config.fps, sidecar_context(args, config, ckpt_dir))
-    logger.info("saved %s (seed %d) in %.1f s", save_file, settings.seed, sum(result.timings.values()))
-    print(save_file)
+    ctx = distributed.init_distributed(args.device)
+    try:
+        distributed.validate(
+            ctx,
+            ulysses_size=args.ulysses_size,
+            dit_fsdp=args.dit_fsdp,
+            t5_fsdp=args.t5_fsdp,
+            t5_cpu=args.t5_cpu,
+            tokens=distributed.token_counts(config, settings),
+        )
+        settings.seed = distributed.broadcast_seed(settings.seed, ctx)
+        save_file = check_output_path(args.save_file or default_save_file(config, settings, args.save_dir))
+        ckpt_dir = resolve_ckpt_dir(args, config)
+        resolve_device(args, ctx.local_rank)
+        if ctx.world_size > 1:
+            args.offload_model = True  # load to the CPU; parallelize() shards or places every part
+        pipe, load_seconds = load_pipeline(args, config, ckpt_dir)
+        distributed.parallelize(
+            pipe, ctx, ulysses_size=args.ulysses_size, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp, settings=settings
+        )
+        result = distributed.generate(pipe, settings, ctx, progress=not args.quiet)
+        if distributed.is_main(ctx):
+            result.timings = {"load": load_seconds, **result.timings}
+            write_outputs(result, save_file, config.fps, sidecar_context(args, config, ckpt_dir))
+            logger.info("saved %s (seed %d) in %.1f s", save_file, settings.seed, sum(result.timings.values()))
+            print(save_file)
+    finally:
+        distributed.shutdown(ctx)
     return 0
 
 

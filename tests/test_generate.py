@@ -100,7 +100,7 @@ def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
         (None, "needs --ckpt_dir"),  # no --ckpt_dir, and the task ships no checkpoint
         (["--save_file", "FILE/a.mp4"], "cannot create output folder"),
         (["--save_file", "a.avi"], "must end in .mp4"),
-        (["--ulysses_size", "2"], "multi-GPU flags need torchrun"),
+        (["--ulysses_size", "2"], "need several processes: run with torchrun"),
     ],
 )
 def test_bad_input_is_exit_2_one_line_no_output(common, base, tmp_path, monkeypatch, capsys, flags, message):
