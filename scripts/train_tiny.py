@@ -1,0 +1,700 @@
+"""Train the shipped ``t2v-tiny`` model on the synthetic world of ``wan.tiny_world`` and save it.
+
+Stages (docs/TINY_MODEL.md has the why of each choice):
+
+1. tokenizer: a Unigram tokenizer whose pieces are the world's words (plus characters as fallback);
+2. text encoder: a small ``UMT5EncoderModel``, random init, frozen;
+3. VAE: a small ``AutoencoderKLWan`` trained as an autoencoder on rendered clips, weights rounded to
+   fp16, then held-out reconstruction PSNR;
+4. latents: a large set of train-split clips (17, 25, 33 frames) encoded once; per-channel
+   ``latents_mean``/``latents_std`` go into the VAE config;
+5. experts: two ``WanTransformer3DModel`` trained with rectified flow (Wan convention) on the latents,
+   the high-noise one on t >= 875 and the low-noise one below, in one loop with two optimizers;
+6. save as a diffusers ``WanPipeline`` folder (fp16 weights), then sample held-out and train prompts
+   with that pipeline and score them with ``wan.adherence``; everything goes to ``train_log.json``.
+
+Every stage stops on time or on a step cap, whichever comes first, inside ``--time_budget_min``
+counted from process start, so a GPU run always finishes, saving included. ``--quick`` runs every
+stage for a few steps on small clips (a CPU smoke test of the whole script).
+
+    python3 scripts/train_tiny.py                      # GPU: about 7.5 minutes on one H100
+    python3 scripts/train_tiny.py --quick --device cpu --out_dir /tmp/tiny_quick
+"""
+
+from __future__ import annotations
+
+import time
+
+_PROCESS_START = time.monotonic()  # before the heavy imports: the budget counts start-up too
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+from contextlib import AbstractContextManager, nullcontext  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import diffusers  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import transformers  # noqa: E402
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from wan.adherence import check  # noqa: E402
+from wan.tiny_world import (  # noqa: E402
+    TRAIN_FRAME_COUNTS,
+    Scene,
+    all_captions,
+    held_out_prompts,
+    render_scene,
+    sample_scene,
+)
+
+logger = logging.getLogger("train_tiny")
+
+TASK_CONFIG = json.loads((REPO_ROOT / "configs" / "t2v-tiny.json").read_text(encoding="utf-8"))
+SHIFT = float(TASK_CONFIG["sample_shift"])
+BOUNDARY = float(TASK_CONFIG["boundary"])
+NUM_TRAIN_TIMESTEPS = int(TASK_CONFIG["num_train_timesteps"])
+MAX_FILE_BYTES = 15 * 2**20
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Sizes, step caps and hyper-parameters; ``QUICK`` shrinks the steps and clips, not the models."""
+
+    height: int = 128
+    width: int = 128
+    text_len: int = int(TASK_CONFIG["text_len"])
+    # text encoder (random init, frozen)
+    text_dim: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_ff: int = 256
+    # VAE
+    vae_base_dim: int = 16
+    vae_steps: int = 8000
+    vae_batch: int = 24
+    vae_frames: int = 9  # first frame + two 4-frame chunks: every causal-cache case of a long clip
+    vae_lr: float = 1e-3
+    vae_warmup_steps: int = 100
+    kl_weight: float = 1e-6
+    vae_eval_clips: int = 16
+    # latents
+    num_clips: int = 12000
+    encode_batch: int = 64
+    # experts
+    dit_dim: int = 128
+    dit_heads: int = 4
+    dit_layers: int = 6
+    dit_freq_dim: int = 256
+    expert_steps: int = 30000
+    batch_size: int = 256
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    # evaluation with the saved pipeline
+    eval_heldout_prompts: int = 16
+    eval_train_prompts: int = 8
+    eval_frames: int = int(TASK_CONFIG["frame_num"])
+    eval_steps: int = int(TASK_CONFIG["sample_steps"])
+    log_every: int = 100
+    # wall-clock plan, as fractions of the budget measured from process start
+    vae_until: float = 0.30
+    encode_until: float = 0.37
+    reserve_min: float = 0.4  # kept after the experts for rounding, saving and evaluation
+
+
+QUICK = Recipe(
+    height=64,
+    width=64,
+    vae_steps=2,
+    vae_batch=1,
+    vae_eval_clips=1,
+    num_clips=3,
+    encode_batch=1,
+    expert_steps=3,
+    batch_size=2,
+    warmup_steps=1,
+    vae_warmup_steps=1,
+    eval_heldout_prompts=1,
+    eval_train_prompts=1,
+    eval_frames=17,
+    eval_steps=2,
+    log_every=1,
+)
+
+
+class Clock:
+    """Seconds since process start, and the deadlines of the stages."""
+
+    def __init__(self, budget_min: float, recipe: Recipe):
+        self.budget = budget_min * 60.0
+        self.recipe = recipe
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic() - _PROCESS_START
+
+    @property
+    def vae_deadline(self) -> float:
+        return self.budget * self.recipe.vae_until
+
+    @property
+    def encode_deadline(self) -> float:
+        return self.budget * self.recipe.encode_until
+
+    @property
+    def expert_deadline(self) -> float:
+        return self.budget - self.recipe.reserve_min * 60.0
+
+
+def autocast(device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on CUDA (fp32 master weights); plain fp32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def lr_factor(step: int, progress: float, warmup: int) -> float:
+    """Linear warm-up, then cosine from 1 to 0.1 over ``progress`` (0..1, by steps or by time)."""
+    warm = min(1.0, (step + 1) / max(warmup, 1))
+    return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def round_to_fp16(module: torch.nn.Module) -> None:
+    """Round weights to fp16 precision in place (dtype stays fp32): evaluate what gets shipped."""
+    with torch.no_grad():
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+
+
+# ----------------------------------------------------------------------------------------- text
+def build_tokenizer(captions: list[str]) -> PreTrainedTokenizerFast:
+    """T5-style Unigram tokenizer with one piece per caption word and single characters as fallback.
+
+    ``wan.tiny_tokenizer.train_caption_tokenizer`` learns only ~40 near-character pieces from this
+    corpus (a two-shape caption becomes ~46 tokens and text_len 32 would cut off its motion), so the
+    pieces are set explicitly: every template caption is at most 10 tokens, any other text still
+    tokenizes. Special ids as T5: <pad> 0, </s> 1 (appended), <unk> 2.
+    """
+    words = sorted({w for c in captions for w in c.lower().split()})
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789") | {ch for w in words for ch in w})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(f"\u2581{w}", -2.0) for w in words] + [("\u2581", -8.0)] + [(ch, -10.0) for ch in chars]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", padding_side="right"
+    )
+
+
+def build_text_encoder(vocab_size: int, recipe: Recipe, seed: int) -> UMT5EncoderModel:
+    torch.manual_seed(seed)
+    config = UMT5Config(
+        vocab_size=vocab_size,
+        d_model=recipe.text_dim,
+        d_kv=recipe.text_dim // recipe.text_heads,
+        d_ff=recipe.text_ff,
+        num_layers=recipe.text_layers,
+        num_heads=recipe.text_heads,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return UMT5EncoderModel(config).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_texts(
+    tokenizer: PreTrainedTokenizerFast, encoder: UMT5EncoderModel, texts: list[str], text_len: int
+) -> torch.Tensor:
+    """[B, text_len, dim] as ``WanPipeline`` makes them: masked encoder, rows past the tokens zeroed."""
+    batch = tokenizer(
+        texts,
+        padding="max_length",
+        max_length=text_len,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    hidden = encoder(batch.input_ids, batch.attention_mask).last_hidden_state
+    return hidden * batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
+
+
+# ----------------------------------------------------------------------------------------- VAE
+def render_batch(scenes: list[Scene], frames: int, recipe: Recipe, device: torch.device) -> torch.Tensor:
+    return torch.stack([render_scene(s, frames, recipe.height, recipe.width, device) for s in scenes])
+
+
+def build_vae(recipe: Recipe, seed: int) -> AutoencoderKLWan:
+    """Wan2.1 VAE layout at toy width (default dim_mult, 2 res blocks: the official converter's keys)."""
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=recipe.vae_base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2)
+
+
+def train_vae(vae: AutoencoderKLWan, recipe: Recipe, device: torch.device, clock: Clock, seed: int) -> dict:
+    """Autoencoder training (L1 + MSE + small KL) on freshly rendered train-split clips."""
+    rng = random.Random(seed)
+    vae.to(device).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    start, log, window = clock.now(), [], []
+    budget = max(clock.vae_deadline - start, 1e-6)
+    bar = tqdm(total=recipe.vae_steps, desc="vae", unit="step", dynamic_ncols=True)
+    step = 0
+    while step < recipe.vae_steps and (step == 0 or clock.now() < clock.vae_deadline):
+        progress = max(step / recipe.vae_steps, (clock.now() - start) / budget)
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.vae_lr * lr_factor(step, progress, recipe.vae_warmup_steps)
+        x = render_batch(
+            [sample_scene(rng, "train") for _ in range(recipe.vae_batch)], recipe.vae_frames, recipe, device
+        )
+        with autocast(device):
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+        recon = recon.float()
+        l1, mse = (recon - x).abs().mean(), F.mse_loss(recon, x)
+        kl = 0.5 * (posterior.mean.float().pow(2) + posterior.var.float() - 1 - posterior.logvar.float()).mean()
+        loss = l1 + mse + recipe.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        window.append(torch.stack([loss.detach(), l1.detach(), mse.detach(), kl.detach()]))
+        step += 1
+        bar.update()
+        if step % recipe.log_every == 0:
+            loss_v, l1_v, mse_v, kl_v = torch.stack(window).mean(0).tolist()
+            window.clear()
+            psnr = 10 * math.log10(4.0 / max(mse_v, 1e-12))  # [-1, 1] pixels: peak-to-peak 2
+            log.append({"step": step, "time_s": round(clock.now() - start, 2), "loss": loss_v, "l1": l1_v, "kl": kl_v})
+            log[-1]["train_psnr_db"] = round(psnr, 2)
+            bar.set_postfix(loss=f"{loss_v:.4f}", psnr=f"{psnr:.1f}")
+    bar.close()
+    vae.eval().requires_grad_(False)
+    seconds = clock.now() - start
+    logger.info("VAE: %d steps in %.1f s (%.0f ms/step)", step, seconds, 1000 * seconds / step)
+    return {"steps": step, "seconds": round(seconds, 1), "losses": log}
+
+
+@torch.no_grad()
+def evaluate_vae(vae: AutoencoderKLWan, recipe: Recipe, device: torch.device, seed: int) -> dict:
+    """PSNR of held-out (test-split) clips at the task's frame count, and the detector on them."""
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng, "test") for _ in range(recipe.vae_eval_clips)]
+    psnrs, detector_ok, detector_on_clean = [], 0, 0
+    for i in range(0, len(scenes), 8):
+        chunk = scenes[i : i + 8]
+        x = render_batch(chunk, recipe.eval_frames, recipe, device)
+        with autocast(device):
+            recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        recon = recon.float().clamp(-1, 1)
+        for scene, clean, out in zip(chunk, x, recon, strict=True):
+            mse = float(((out - clean) / 2).pow(2).mean())
+            psnrs.append(10 * math.log10(1.0 / max(mse, 1e-12)))
+            detector_ok += check(out.cpu(), scene.text).matched
+            detector_on_clean += check(clean.cpu(), scene.text).matched
+    result = {
+        "clips": len(scenes),
+        "frames": recipe.eval_frames,
+        "psnr_db_mean": round(sum(psnrs) / len(psnrs), 2),
+        "psnr_db_min": round(min(psnrs), 2),
+        "detector_on_reconstructions": detector_ok / len(scenes),
+        "detector_on_clean_clips": detector_on_clean / len(scenes),
+    }
+    logger.info("VAE held-out reconstruction: %s", result)
+    return result
+
+
+# ----------------------------------------------------------------------------------------- latents
+@torch.no_grad()
+def encode_dataset(
+    vae: AutoencoderKLWan, caption_index: dict[str, int], recipe: Recipe, device: torch.device, clock: Clock, seed: int
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], dict]:
+    """Encode train-split clips (posterior means), round-robin over the clip lengths, until cap or time.
+
+    Returns latents per latent-frame count [N, 16, T, h, w] (raw, not yet normalised), caption
+    indices per count [N], and the stage log.
+    """
+    rng = random.Random(seed)
+    start = clock.now()
+    latents: dict[int, list[torch.Tensor]] = {}
+    captions: dict[int, list[torch.Tensor]] = {}
+    per_length = max(1, recipe.num_clips // len(TRAIN_FRAME_COUNTS))
+    batches = math.ceil(per_length / recipe.encode_batch) * len(TRAIN_FRAME_COUNTS)
+    done = 0
+    for b in tqdm(range(batches), desc="encode", unit="batch", dynamic_ncols=True):
+        if b >= len(TRAIN_FRAME_COUNTS) and clock.now() > clock.encode_deadline:
+            logger.info("encoding stopped on time after %d batches", b)
+            break
+        frames = TRAIN_FRAME_COUNTS[b % len(TRAIN_FRAME_COUNTS)]
+        scenes = [sample_scene(rng, "train") for _ in range(recipe.encode_batch)]
+        with autocast(device):
+            mu = vae.encode(render_batch(scenes, frames, recipe, device)).latent_dist.mode()
+        t = mu.shape[2]
+        latents.setdefault(t, []).append(mu.float())
+        captions.setdefault(t, []).append(torch.tensor([caption_index[s.text] for s in scenes], device=device))
+        done += len(scenes)
+    out_latents = {t: torch.cat(v) for t, v in latents.items()}
+    out_captions = {t: torch.cat(v) for t, v in captions.items()}
+    seconds = clock.now() - start
+    counts = {str(t): int(v.shape[0]) for t, v in out_latents.items()}
+    logger.info("encoded %d clips in %.1f s: %s (latent frames: clips)", done, seconds, counts)
+    return out_latents, out_captions, {"clips": done, "clips_per_latent_frames": counts, "seconds": round(seconds, 1)}
+
+
+def latent_stats(latents: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over every training latent (all clips, frames and positions)."""
+    flat = torch.cat([v.transpose(0, 1).reshape(v.shape[1], -1) for v in latents.values()], dim=1)
+    return flat.mean(dim=1), flat.std(dim=1).clamp_min(1e-4)
+
+
+# ----------------------------------------------------------------------------------------- experts
+def build_expert(recipe: Recipe, seed: int) -> WanTransformer3DModel:
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=recipe.dit_heads,
+        attention_head_dim=recipe.dit_dim // recipe.dit_heads,
+        in_channels=16,
+        out_channels=16,
+        text_dim=recipe.text_dim,
+        freq_dim=recipe.dit_freq_dim,
+        ffn_dim=4 * recipe.dit_dim,
+        num_layers=recipe.dit_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+    )
+
+
+def sigma_from_uniform(u: torch.Tensor) -> torch.Tensor:
+    """The sampler's shift transform s = shift u / (1 + (shift - 1) u): training sigmas match sampling."""
+    return SHIFT * u / (1 + (SHIFT - 1) * u)
+
+
+def boundary_uniform() -> float:
+    """The u whose shifted sigma is the expert boundary (0.368 for shift 12, boundary 0.875)."""
+    return BOUNDARY / (SHIFT - (SHIFT - 1) * BOUNDARY)
+
+
+@dataclass
+class Expert:
+    name: str
+    model: WanTransformer3DModel
+    ema: WanTransformer3DModel
+    optimizer: torch.optim.Optimizer
+    u_range: tuple[float, float]
+    log: list[dict]
+
+
+def train_experts(
+    latents: dict[int, torch.Tensor],
+    captions: dict[int, torch.Tensor],
+    embeddings: torch.Tensor,
+    recipe: Recipe,
+    device: torch.device,
+    clock: Clock,
+    seed: int,
+) -> tuple[WanTransformer3DModel, WanTransformer3DModel, dict]:
+    """Rectified flow, Wan convention: x_s = (1 - s) x0 + s eps, target eps - x0, timestep 1000 s.
+
+    Both experts see the same clips each step, each with its own noise and its own sigma range
+    (high: s >= boundary, low: s < boundary, both through the shift transform); the caption is
+    replaced by the empty prompt (the negative prompt) with probability ``caption_dropout``.
+    Returns the EMA weights.
+    """
+    rng = random.Random(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    u_boundary = boundary_uniform()
+    experts = []
+    for k, (name, u_range) in enumerate((("high", (u_boundary, 1.0)), ("low", (0.0, u_boundary)))):
+        model = build_expert(recipe, seed + k).to(device).train()
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=recipe.lr,
+            betas=(0.9, 0.99),
+            weight_decay=recipe.weight_decay,
+            fused=device.type == "cuda",
+        )
+        experts.append(Expert(name, model, ema, optimizer, u_range, []))
+    params = sum(p.numel() for p in experts[0].model.parameters())
+    logger.info("experts: %.2fM parameters each; u boundary %.4f", params / 1e6, u_boundary)
+
+    lengths = sorted(latents)
+    weights = [latents[t].shape[0] for t in lengths]
+    start = clock.now()
+    budget = max(clock.expert_deadline - start, 1e-6)
+    sums = {e.name: torch.zeros((), device=device) for e in experts}
+    bar = tqdm(total=recipe.expert_steps, desc="experts", unit="step", dynamic_ncols=True)
+    step = 0
+    while step < recipe.expert_steps and (step == 0 or clock.now() < clock.expert_deadline):
+        progress = max(step / recipe.expert_steps, (clock.now() - start) / budget)
+        lr = recipe.lr * lr_factor(step, progress, recipe.warmup_steps)
+        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+        t = rng.choices(lengths, weights)[0]
+        index = torch.randint(weights[lengths.index(t)], (recipe.batch_size,), device=device, generator=generator)
+        x0 = latents[t][index]
+        caption = captions[t][index]
+        dropped = torch.rand(recipe.batch_size, device=device, generator=generator) < recipe.caption_dropout
+        context = embeddings[torch.where(dropped, torch.zeros_like(caption), caption)]
+        for expert in experts:
+            low, high = expert.u_range
+            u = low + (high - low) * torch.rand(recipe.batch_size, device=device, generator=generator)
+            sigma = sigma_from_uniform(u)
+            noise = torch.randn(x0.shape, device=device, generator=generator)
+            s = sigma.view(-1, 1, 1, 1, 1)
+            noisy = (1 - s) * x0 + s * noise
+            with autocast(device):
+                pred = expert.model(
+                    hidden_states=noisy,
+                    timestep=sigma * NUM_TRAIN_TIMESTEPS,
+                    encoder_hidden_states=context,
+                    return_dict=False,
+                )[0]
+            loss = F.mse_loss(pred.float(), noise - x0)
+            expert.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(expert.model.parameters(), 1.0)
+            for group in expert.optimizer.param_groups:
+                group["lr"] = lr
+            expert.optimizer.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(list(expert.ema.parameters()), list(expert.model.parameters()), 1 - decay)
+            sums[expert.name] += loss.detach()
+        step += 1
+        bar.update()
+        if step % recipe.log_every == 0:
+            now = round(clock.now() - start, 2)
+            means = {name: float(total) / recipe.log_every for name, total in sums.items()}
+            for expert in experts:
+                expert.log.append({"step": step, "time_s": now, "loss": means[expert.name], "lr": lr})
+                sums[expert.name].zero_()
+            bar.set_postfix(high=f"{means['high']:.4f}", low=f"{means['low']:.4f}")
+    bar.close()
+    seconds = clock.now() - start
+    logger.info("experts: %d steps in %.1f s (%.0f ms/step)", step, seconds, 1000 * seconds / step)
+    high, low = (e.ema for e in experts)
+    log = {
+        "steps": step,
+        "seconds": round(seconds, 1),
+        "batch_size": recipe.batch_size,
+        "samples_per_expert": step * recipe.batch_size,
+        "parameters_per_expert": params,
+        "high": experts[0].log,
+        "low": experts[1].log,
+    }
+    return high, low, log
+
+
+# ----------------------------------------------------------------------------------------- save, evaluate
+def make_pipeline(tokenizer, text_encoder, vae, high, low) -> WanPipeline:
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=SHIFT,
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+    )
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        transformer=high,
+        transformer_2=low,
+        boundary_ratio=BOUNDARY,
+    )
+
+
+def save(out_dir: Path, tokenizer, text_encoder, vae, high, low) -> dict[str, int]:
+    """Write the WanPipeline folder (VAE and experts in fp16, the tiny text encoder in fp32).
+
+    Written next to ``out_dir`` and renamed into place, so an interrupted run leaves the old model.
+    """
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    cpu = [copy.deepcopy(m).cpu() for m in (vae, high, low)]
+    half = [m.to(torch.float16) for m in cpu]
+    make_pipeline(tokenizer, copy.deepcopy(text_encoder).cpu(), *half).save_pretrained(staging)
+    sizes = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
+    too_big = {name: size for name, size in sizes.items() if size >= MAX_FILE_BYTES}
+    if too_big:
+        raise RuntimeError(f"files over 15 MiB: {too_big}; shrink the model")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    logger.info("saved %s (%.2f MB)", out_dir, sum(sizes.values()) / 1e6)
+    return sizes
+
+
+@torch.no_grad()
+def evaluate_adherence(pipe: WanPipeline, recipe: Recipe, device: torch.device, seed: int) -> dict:
+    """Sample held-out and train prompts with the task's sampling settings; score with wan.adherence."""
+    rng = random.Random(seed)
+    heldout = [p.text for p in held_out_prompts(recipe.eval_heldout_prompts, seed)]
+    train = [sample_scene(rng, "train").text for _ in range(recipe.eval_train_prompts)]
+    pipe.set_progress_bar_config(disable=True)
+    result = {"frames": recipe.eval_frames, "steps": recipe.eval_steps}
+    for split, prompts in (("heldout", heldout), ("train", train)):
+        if not prompts:
+            continue
+        videos = pipe(
+            prompt=prompts,
+            negative_prompt=TASK_CONFIG["negative_prompt"],
+            height=recipe.height,
+            width=recipe.width,
+            num_frames=recipe.eval_frames,
+            num_inference_steps=recipe.eval_steps,
+            guidance_scale=TASK_CONFIG["guide_scale_high"],
+            guidance_scale_2=TASK_CONFIG["guide_scale_low"],
+            max_sequence_length=recipe.text_len,
+            generator=torch.Generator(device=device).manual_seed(seed),
+            output_type="pt",
+        ).frames  # [B, F, 3, H, W] in [0, 1]
+        checks = [check(v.permute(1, 0, 2, 3).float().cpu() * 2 - 1, p) for v, p in zip(videos, prompts, strict=True)]
+        result[split] = {
+            "adherence": sum(c.matched for c in checks) / len(checks),
+            "colour_ok": sum(c.colour_ok for c in checks) / len(checks),
+            "motion_ok": sum(c.motion_ok for c in checks) / len(checks),
+            "videos": [
+                {"prompt": c.prompt, "colours": list(c.detection.colours), "motion": c.detection.motion} for c in checks
+            ],
+        }
+        logger.info(
+            "adherence (%s prompts, %d): %.3f (colour %.3f, motion %.3f)",
+            split,
+            len(prompts),
+            result[split]["adherence"],
+            result[split]["colour_ok"],
+            result[split]["motion_ok"],
+        )
+    return result
+
+
+# ----------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_dir", type=Path, default=REPO_ROOT / "models" / "t2v-tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=20250)
+    parser.add_argument(
+        "--time_budget_min",
+        type=float,
+        default=None,
+        help="wall-clock budget of the whole run from process start, saving included (default 7.5; quick 2.0)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a few steps of every stage on small clips (CPU smoke)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    recipe = QUICK if args.quick else Recipe()
+    budget = args.time_budget_min if args.time_budget_min is not None else (2.0 if args.quick else 7.5)
+    clock = Clock(budget, recipe)
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    logger.info("device %s, seed %d, budget %.1f min, recipe %s", device_name, args.seed, budget, recipe)
+    train_log: dict = {
+        "seed": args.seed,
+        "quick": args.quick,
+        "device": device_name,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        },
+        "time_budget_min": budget,
+        "recipe": asdict(recipe),
+        "stages": {},
+        "startup_s": round(clock.now(), 1),
+    }
+    stages = train_log["stages"]
+
+    # 1-2. tokenizer and frozen text encoder; the caption table row 0 is the empty (negative) prompt.
+    start = clock.now()
+    captions = all_captions()
+    tokenizer = build_tokenizer(captions)
+    text_encoder = build_text_encoder(len(tokenizer), recipe, args.seed)
+    table_texts = [TASK_CONFIG["negative_prompt"], *captions]
+    embeddings = encode_texts(tokenizer, text_encoder, table_texts, recipe.text_len).to(device)
+    caption_index = {text: i for i, text in enumerate(table_texts)}
+    longest = max(len(tokenizer(c).input_ids) for c in captions)
+    stages["text"] = {
+        "vocab_size": len(tokenizer),
+        "longest_caption_tokens": longest,
+        "captions": len(captions),
+        "text_encoder_parameters": sum(p.numel() for p in text_encoder.parameters()),
+        "seconds": round(clock.now() - start, 1),
+    }
+    logger.info("text: %s", stages["text"])
+
+    # 3. VAE, rounded to the fp16 that ships, then measured.
+    vae = build_vae(recipe, args.seed + 10)
+    stages["vae"] = train_vae(vae, recipe, device, clock, args.seed + 11)
+    round_to_fp16(vae)
+    stages["vae"]["heldout"] = evaluate_vae(vae, recipe, device, args.seed + 12)
+
+    # 4. latents of a large clip set, normalised per channel; the stats go into the VAE config.
+    latents, clip_captions, stages["latents"] = encode_dataset(
+        vae, caption_index, recipe, device, clock, args.seed + 13
+    )
+    mean, std = latent_stats(latents)
+    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    latents = {t: (v - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1) for t, v in latents.items()}
+    stages["latents"].update(latents_mean=mean.tolist(), latents_std=std.tolist())
+
+    # 5. the two experts.
+    high, low, stages["experts"] = train_experts(
+        latents, clip_captions, embeddings, recipe, device, clock, args.seed + 20
+    )
+    del latents
+    for model in (high, low):
+        round_to_fp16(model)
+
+    # 6. save first (the run's product), then evaluate the same weights through WanPipeline.
+    start = clock.now()
+    sizes = save(args.out_dir, tokenizer, text_encoder, vae, high, low)
+    stages["save"] = {"seconds": round(clock.now() - start, 1), "files": sizes, "total_bytes": sum(sizes.values())}
+    log_path = args.out_dir / "train_log.json"
+    train_log["total_s"] = round(clock.now(), 1)
+    log_path.write_text(json.dumps(train_log, indent=1), encoding="utf-8")
+
+    start = clock.now()
+    pipe = make_pipeline(tokenizer, text_encoder.to(device), vae, high.eval(), low.eval()).to(device)
+    stages["eval"] = evaluate_adherence(pipe, recipe, device, args.seed + 30)
+    stages["eval"]["seconds"] = round(clock.now() - start, 1)
+    train_log["total_s"] = round(clock.now(), 1)
+    log_path.write_text(json.dumps(train_log, indent=1), encoding="utf-8")
+    logger.info("done in %.1f s (budget %.0f s); log: %s", clock.now(), clock.budget, log_path)
+
+
+if __name__ == "__main__":
+    main()
