@@ -86,10 +86,10 @@ class Recipe:
     # VAE
     vae_base_dim: int = 16
     vae_steps: int = 8000
-    vae_batch: int = 64  # steps are host-bound (the causal VAE's chunk loop): a bigger batch is nearly free
+    vae_batch: int = 32
     vae_frames: int = 9  # first frame + two 4-frame chunks: every causal-cache case of a long clip
     vae_crop: int = 64  # train on random crops (the VAE is convolutional): 4x cheaper steps, 4x more of them
-    vae_lr: float = 2e-3
+    vae_lr: float = 1e-3
     vae_warmup_steps: int = 100
     kl_weight: float = 1e-6
     vae_eval_clips: int = 16
@@ -103,7 +103,7 @@ class Recipe:
     dit_freq_dim: int = 256
     expert_steps: int = 30000
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.01
     warmup_steps: int = 200
     caption_dropout: float = 0.1
@@ -115,8 +115,8 @@ class Recipe:
     eval_steps: int = int(TASK_CONFIG["sample_steps"])
     log_every: int = 100
     # wall-clock plan, as fractions of the budget measured from process start
-    vae_until: float = 0.45
-    encode_until: float = 0.51
+    vae_until: float = 0.42
+    encode_until: float = 0.48
     reserve_min: float = 0.4  # kept after the experts for rounding, saving and evaluation
 
 
