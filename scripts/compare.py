@@ -156,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             if i == 0:
                 first_videos[mode] = frames
         logger.info("prompt %d/%d done: %s", i + 1, len(prompts), prompt)
+        # Rewritten after every prompt: a run cut short still leaves a report of what it finished.
+        report = build_report(args, config.task, str(ckpt_dir), device, modes, results)
+        save_json(report, out_dir / "report.json")
 
-    report = build_report(args, config.task, str(ckpt_dir), device, modes, results)
-    save_json(report, out_dir / "report.json")
     write_png(labelled_rows(first_videos), out_dir / "side_by_side.png")
     write_mp4(np.concatenate(list(first_videos.values()), axis=2), out_dir / "side_by_side.mp4", config.fps)
     print(format_table(report))

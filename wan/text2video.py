@@ -159,8 +159,17 @@ class WanT2V:
         t5_cpu: bool = False,
         attention_backend: str | None = None,
     ) -> WanT2V:
-        """Load a checkpoint (official or diffusers layout); bf16 experts with ``convert_model_dtype``."""
-        components = load_components(ckpt_dir, transformer_dtype=torch.bfloat16 if convert_model_dtype else None)
+        """Load a checkpoint (official or diffusers layout); bf16 experts with ``convert_model_dtype``.
+
+        Otherwise the weights keep their stored dtype on a GPU and become float32 on the CPU.
+        """
+        if convert_model_dtype:
+            dtype = torch.bfloat16
+        elif torch.device(device).type == "cpu":
+            dtype = torch.float32  # CPUs have no fast half-precision kernels: fp16 weights run ~10x slower
+        else:
+            dtype = None  # as stored
+        components = load_components(ckpt_dir, transformer_dtype=dtype, text_encoder_dtype=dtype)
         pipe = cls(config, components, device=device, offload_model=offload_model, t5_cpu=t5_cpu)
         if attention_backend:
             pipe.set_attention_backend(attention_backend)
