@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import imageio.v3 as iio
-import imageio_ffmpeg
 import numpy as np
 import torch
 
@@ -85,6 +84,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> None:
     """H.264 (libx264, yuv420p) through imageio-ffmpeg's bundled ffmpeg."""
+    import imageio_ffmpeg  # only mp4 needs ffmpeg; PNG output works without it
+
     count, height, width, _ = frames.shape
     with atomic_path(path) as tmp:
         writer = imageio_ffmpeg.write_frames(
@@ -128,6 +129,8 @@ def save_json(data: dict, path: str | Path) -> Path:
 
 def read_video(path: str | Path) -> np.ndarray:
     """Decode an mp4 to [F, H, W, 3] uint8 (raises if the file is not a complete video)."""
+    import imageio_ffmpeg
+
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
     width, height = meta["size"]
