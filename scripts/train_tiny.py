@@ -53,6 +53,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from wan.adherence import check  # noqa: E402
+from wan.text2video import encode_prompts  # noqa: E402
 from wan.tiny_world import (  # noqa: E402
     TRAIN_FRAME_COUNTS,
     Scene,
@@ -227,23 +228,6 @@ def build_text_encoder(vocab_size: int, recipe: Recipe, seed: int) -> UMT5Encode
 
 
 @torch.no_grad()
-def encode_texts(
-    tokenizer: PreTrainedTokenizerFast, encoder: UMT5EncoderModel, texts: list[str], text_len: int
-) -> torch.Tensor:
-    """[B, text_len, dim] as ``WanPipeline`` makes them: masked encoder, rows past the tokens zeroed."""
-    batch = tokenizer(
-        texts,
-        padding="max_length",
-        max_length=text_len,
-        truncation=True,
-        add_special_tokens=True,
-        return_attention_mask=True,
-        return_tensors="pt",
-    )
-    hidden = encoder(batch.input_ids, batch.attention_mask).last_hidden_state
-    return hidden * batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
-
-
 # ----------------------------------------------------------------------------------------- VAE
 def render_batch(scenes: list[Scene], frames: int, recipe: Recipe, device: torch.device) -> torch.Tensor:
     return torch.stack([render_scene(s, frames, recipe.height, recipe.width, device) for s in scenes])
@@ -663,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_tokenizer(captions)
     text_encoder = build_text_encoder(len(tokenizer), recipe, args.seed)
     table_texts = [TASK_CONFIG["negative_prompt"], *captions]
-    embeddings = encode_texts(tokenizer, text_encoder, table_texts, recipe.text_len).to(device)
+    embeddings = encode_prompts(tokenizer, text_encoder, table_texts, recipe.text_len).to(device)
     caption_index = {text: i for i, text in enumerate(table_texts)}
     longest = max(len(tokenizer(c).input_ids) for c in captions)
     stages["text"] = {

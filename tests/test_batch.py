@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import CAPTIONS, save_diffusers_layout, tiny_parts
+from tiny_models import CAPTIONS
 
 import generate
 import wan.batch
@@ -33,20 +33,6 @@ from wan.video import read_video
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "batch_generate.sh"
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return save_diffusers_layout(tiny_parts(seed=0), tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def task_file(tmp_path_factory, test_config) -> Path:
-    """The tests' task config as a file for --task: 32*32 or 48*32, 5 frames, 3 steps (2 high-noise, 1 low)."""
-    config = dataclasses.replace(test_config, task="t2v-test", frame_num=5, sample_steps=3, default_ckpt_dir=None)
-    path = tmp_path_factory.mktemp("task") / "t2v-test.json"
-    path.write_text(json.dumps(dataclasses.asdict(config)))
-    return path
 
 
 @pytest.fixture

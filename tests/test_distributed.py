@@ -14,9 +14,8 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from tiny_models import TinyParts, tiny_parts
+from tiny_models import TinyParts, as_components, tiny_parts
 
-from wan.checkpoints import WanComponents
 from wan.config import ConfigError, load_task_config
 from wan.distributed import (
     DistContext,
@@ -38,14 +37,7 @@ TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 
 def make_pipe(config, parts: TinyParts | None = None) -> WanT2V:
     parts = copy.deepcopy(parts) if parts is not None else tiny_parts(0)
-    components = WanComponents(
-        tokenizer=parts.tokenizer,
-        text_encoder=parts.text_encoder,
-        vae=parts.vae,
-        high_noise_model=parts.high_noise_model,
-        low_noise_model=parts.low_noise_model,
-        layout="diffusers",
-    )
+    components = as_components(parts)
     return WanT2V(config, components)
 
 

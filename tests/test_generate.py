@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
-from tiny_models import save_diffusers_layout, tiny_parts
 
 import generate
 from wan.text2video import WanT2V
@@ -19,20 +17,6 @@ from wan.video import read_video
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a red square moving left"
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return save_diffusers_layout(tiny_parts(seed=0), tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def task_file(tmp_path_factory, test_config) -> Path:
-    """The tests' task config as a --task file: 32*32 or 48*32, 5 frames, 3 steps, no shipped checkpoint."""
-    config = dataclasses.replace(test_config, task="t2v-test", frame_num=5, sample_steps=3, default_ckpt_dir=None)
-    path = tmp_path_factory.mktemp("task") / "t2v-test.json"
-    path.write_text(json.dumps(dataclasses.asdict(config)))
-    return path
 
 
 @pytest.fixture

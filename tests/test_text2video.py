@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import torch
 from diffusers import UniPCMultistepScheduler, WanPipeline
+from tiny_models import as_components
 
-from wan.checkpoints import WanComponents
 from wan.config import ConfigError
 from wan.guidance import HIGH, LOW
 from wan.text2video import GenerationSettings, NonFiniteLatentError, WanT2V, clean_prompt
@@ -14,14 +14,7 @@ PROMPT = "a red square moving left"
 
 @pytest.fixture(scope="module")
 def pipe(parts, test_config):
-    components = WanComponents(
-        tokenizer=parts.tokenizer,
-        text_encoder=parts.text_encoder,
-        vae=parts.vae,
-        high_noise_model=parts.high_noise_model,
-        low_noise_model=parts.low_noise_model,
-        layout="diffusers",
-    )
+    components = as_components(parts)
     return WanT2V(test_config, components)
 
 

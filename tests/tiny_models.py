@@ -180,3 +180,17 @@ def save_official_layout(parts: TinyParts, root: Path, shards: int = 2, t5_dtype
     torch.save(t5, root / "models_t5_umt5-xxl-enc-bf16.pth")
     parts.tokenizer.save_pretrained(root / "google" / "umt5-xxl")
     return root
+
+
+def as_components(parts: TinyParts, layout: str = "diffusers"):
+    """The parts as the pipeline takes them (``wan.checkpoints.WanComponents``), without a round trip to disk."""
+    from wan.checkpoints import WanComponents
+
+    return WanComponents(
+        tokenizer=parts.tokenizer,
+        text_encoder=parts.text_encoder,
+        vae=parts.vae,
+        high_noise_model=parts.high_noise_model,
+        low_noise_model=parts.low_noise_model,
+        layout=layout,
+    )

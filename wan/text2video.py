@@ -114,6 +114,26 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def encode_prompts(tokenizer, text_encoder, texts: list[str], text_len: int) -> torch.Tensor:
+    """[B, text_len, dim] as Wan's pipeline makes them: padded to ``text_len``, masked encoder, pad rows zeroed.
+
+    Shared with the tiny model's training, so the experts learn on exactly the embeddings they get.
+    """
+    batch = tokenizer(
+        texts,
+        padding="max_length",
+        max_length=text_len,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    device = next(text_encoder.parameters()).device
+    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    hidden = text_encoder(ids, mask).last_hidden_state
+    return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+
 class WanT2V:
     """Loaded Wan2.2 T2V model: text encoder, VAE and the two experts, plus the sampling loop."""
 
@@ -207,20 +227,10 @@ class WanT2V:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """umT5 embeddings [B, text_len, dim], rows past each prompt's tokens set to zero."""
-        text_len = self.config.text_len
-        batch = self.parts.tokenizer(
-            [clean_prompt(t) for t in texts],
-            padding="max_length",
-            max_length=text_len,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
         with self._on(self.parts.text_encoder, self.text_device):
-            ids, mask = batch.input_ids.to(self.text_device), batch.attention_mask.to(self.text_device)
-            hidden = self.parts.text_encoder(ids, mask).last_hidden_state
-        hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+            hidden = encode_prompts(
+                self.parts.tokenizer, self.parts.text_encoder, [clean_prompt(t) for t in texts], self.config.text_len
+            )
         return hidden.to(self.device)
 
     # ----------------------------------------------------------------------------------- sampling
