@@ -2,8 +2,7 @@ import dataclasses
 
 import pytest
 import torch
-from diffusers import UniPCMultistepScheduler, WanPipeline
-from tiny_models import as_components
+from tiny_models import as_components, wan_pipeline
 
 from wan.config import ConfigError
 from wan.guidance import HIGH, LOW
@@ -36,15 +35,7 @@ def run(pipe, **kw):
 
 def test_matches_diffusers_wan_pipeline(pipe, parts, test_config):
     """Independent oracle for router, CFG and sampler: diffusers' WanPipeline on the same weights."""
-    oracle = WanPipeline(
-        tokenizer=parts.tokenizer,
-        text_encoder=parts.text_encoder,
-        vae=parts.vae,
-        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0),
-        transformer=parts.high_noise_model,
-        transformer_2=parts.low_noise_model,
-        boundary_ratio=0.875,
-    )
+    oracle = wan_pipeline(parts)
     expected = oracle(
         prompt=PROMPT,
         negative_prompt="ugly, static",

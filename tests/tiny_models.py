@@ -78,11 +78,11 @@ def tiny_parts(seed: int = 0) -> TinyParts:
     return TinyParts(tokenizer, text_encoder, vae, tiny_transformer(seed + 2), tiny_transformer(seed + 3))
 
 
-def save_diffusers_layout(parts: TinyParts, root: Path, boundary_ratio: float = 0.875) -> Path:
-    """Write ``parts`` as a diffusers ``WanPipeline`` folder (model_index.json and one folder a part)."""
+def wan_pipeline(parts: TinyParts, boundary_ratio: float = 0.875):
+    """diffusers' own ``WanPipeline`` on ``parts`` with the released A14B scheduler (UniPC, flow, shift 12)."""
     from diffusers import WanPipeline
 
-    pipe = WanPipeline(
+    return WanPipeline(
         tokenizer=parts.tokenizer,
         text_encoder=parts.text_encoder,
         vae=parts.vae,
@@ -91,6 +91,11 @@ def save_diffusers_layout(parts: TinyParts, root: Path, boundary_ratio: float = 
         transformer_2=parts.low_noise_model,
         boundary_ratio=boundary_ratio,
     )
+
+
+def save_diffusers_layout(parts: TinyParts, root: Path, boundary_ratio: float = 0.875) -> Path:
+    """Write ``parts`` as a diffusers ``WanPipeline`` folder (model_index.json and one folder a part)."""
+    pipe = wan_pipeline(parts, boundary_ratio)
     pipe.save_pretrained(root)
     return root
 
