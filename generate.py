@@ -12,7 +12,6 @@ number of items that are not (failed, or not reached after a full disk), at most
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -115,26 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
         "or where a single video goes without --save_file",
     )
     return p
-
-
-def load_task(task: str) -> TaskConfig:
-    """A task by name (configs/<task>.json), or a task config file by path (``--task my_task.json``).
-
-    A relative ``default_ckpt_dir`` in a config file is taken from the file's folder.
-    """
-    if not task.endswith(".json"):
-        return load_task_config(task)
-    path = Path(task)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        raw.update(sizes=tuple(raw["sizes"]), vae_stride=tuple(raw["vae_stride"]), patch_size=tuple(raw["patch_size"]))
-        if raw.get("default_ckpt_dir") and not Path(raw["default_ckpt_dir"]).is_absolute():
-            raw["default_ckpt_dir"] = str(path.resolve().parent / raw["default_ckpt_dir"])
-        return TaskConfig(**raw)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"task config {path} does not exist; --task takes a name or a .json file") from exc
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"task config {path} is not valid: {str(exc).splitlines()[0]}") from exc
 
 
 def generation_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -240,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     from wan.batch import write_outputs
     from wan.video import check_output_path
 
-    config = load_task(args.task)
+    config = load_task_config(args.task)
     settings = settings_from_args(args, config)
     ctx = distributed.init_distributed(args.device)
     try:
@@ -285,7 +264,7 @@ def run_batch(args: argparse.Namespace) -> int:
         raise ConfigError("--prompt and --prompt_file exclude each other; put every prompt in the file")
     if args.save_file:
         raise ConfigError("--save_file names one video; with --prompt_file use --save_dir (and save_file per item)")
-    config = load_task(args.task)
+    config = load_task_config(args.task)
     check_single_process(args)
     prompt_file = Path(args.prompt_file)
     items = read_prompt_file(prompt_file)

@@ -63,11 +63,37 @@ def available_tasks() -> list[str]:
 
 
 def load_task_config(task: str = DEFAULT_TASK) -> TaskConfig:
+    """A task by name (``configs/<task>.json``), or a task config file by path (``my_task.json``).
+
+    A relative ``default_ckpt_dir`` in a config file given by path is taken from the file's folder.
+    """
+    if task.endswith(".json"):
+        return _read_task_file(Path(task))
     path = CONFIG_DIR / f"{task}.json"
     if not path.is_file():
         raise ConfigError(f"unknown task {task!r}; choose one of: {', '.join(available_tasks())}")
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    raw["sizes"] = tuple(raw["sizes"])
-    raw["vae_stride"] = tuple(raw["vae_stride"])
-    raw["patch_size"] = tuple(raw["patch_size"])
-    return TaskConfig(**raw)
+    return _task_config(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _read_task_file(path: Path) -> TaskConfig:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("default_ckpt_dir") and not Path(raw["default_ckpt_dir"]).is_absolute():
+            raw["default_ckpt_dir"] = str(path.resolve().parent / raw["default_ckpt_dir"])
+        return _task_config(raw)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"task config {path} does not exist; --task takes a name or a .json file") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"task config {path} is not valid: {str(exc).splitlines()[0]}") from exc
+
+
+def _task_config(raw: dict) -> TaskConfig:
+    """JSON lists become the config's tuples."""
+    return TaskConfig(
+        **{
+            **raw,
+            "sizes": tuple(raw["sizes"]),
+            "vae_stride": tuple(raw["vae_stride"]),
+            "patch_size": tuple(raw["patch_size"]),
+        }
+    )
