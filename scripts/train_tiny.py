@@ -36,8 +36,9 @@ import platform  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from contextlib import AbstractContextManager, nullcontext  # noqa: E402
-from dataclasses import asdict, dataclass, replace  # noqa: E402
+from dataclasses import asdict, dataclass, fields, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import diffusers  # noqa: E402
@@ -65,7 +66,7 @@ from wan.tiny_world import (  # noqa: E402
     Scene,
     all_captions,
     held_out_prompts,
-    render_scene,
+    render_scenes,
     sample_scene,
 )
 
@@ -93,14 +94,14 @@ class Recipe:
     # VAE
     vae_base_dim: int = 16
     vae_steps: int = 8000
-    vae_batch: int = 32
+    vae_batch: int = 64
     vae_frames: int = 9  # first frame + two 4-frame chunks: every causal-cache case of a long clip
     vae_crop: int = 64  # train on random crops (the VAE is convolutional): 4x cheaper steps, 4x more of them
-    vae_lr: float = 1e-3
-    vae_warmup_steps: int = 100
+    vae_lr: float = 1.5e-3
+    vae_warmup_steps: int = 200
     kl_weight: float = 1e-6
-    vae_init: str = "default"  # "default" (PyTorch's, as shipped) or "he": see init_vae_weights
-    vae_l1_weight: float = 1.0  # loss = MSE + this x L1 (+ KL); 0 learns faster (see train_vae)
+    vae_init: str = "he"  # "he" (see init_vae_weights) or "default" (PyTorch's)
+    vae_l1_weight: float = 0.0  # loss = MSE + this x L1 (+ KL); L1 holds the VAE at the background (train_vae)
     vae_eval_clips: int = 16
     # latents
     num_clips: int = 12000
@@ -117,16 +118,19 @@ class Recipe:
     warmup_steps: int = 200
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
-    # evaluation with the saved pipeline
-    eval_heldout_prompts: int = 16
+    # evaluation with the saved pipeline; a smaller probe of the EMA weights during training
+    eval_heldout_prompts: int = 64
     eval_train_prompts: int = 8
+    probe_every: int = 1000
+    probe_prompts: int = 16
     eval_frames: int = int(TASK_CONFIG["frame_num"])
     eval_steps: int = int(TASK_CONFIG["sample_steps"])
     log_every: int = 100
-    # wall-clock plan, as fractions of the budget measured from process start
+    # wall-clock plan, as fractions of the budget measured from process start (--stage all; a
+    # single stage gets the whole budget, encoding the same share as in all)
     vae_until: float = 0.42
     encode_until: float = 0.48
-    reserve_min: float = 0.4  # kept after the experts for rounding, saving and evaluation
+    reserve_min: float = 0.6  # kept after the last training stage for rounding, saving and evaluation
 
 
 QUICK = Recipe(
@@ -143,6 +147,8 @@ QUICK = Recipe(
     vae_warmup_steps=1,
     eval_heldout_prompts=1,
     eval_train_prompts=1,
+    probe_every=2,
+    probe_prompts=1,
     eval_frames=17,
     eval_steps=2,
     log_every=1,
@@ -150,27 +156,22 @@ QUICK = Recipe(
 
 
 class Clock:
-    """Seconds since process start, and the deadlines of the stages."""
+    """Seconds since process start, and the deadline of each training stage in those seconds."""
 
-    def __init__(self, budget_min: float, recipe: Recipe):
+    def __init__(self, budget_min: float, recipe: Recipe, stage: str):
         self.budget = budget_min * 60.0
-        self.recipe = recipe
+        end = self.budget - recipe.reserve_min * 60.0
+        if stage == "all":
+            self.vae_deadline, self.encode_deadline = self.budget * recipe.vae_until, self.budget * recipe.encode_until
+        elif stage == "vae":
+            self.vae_deadline, self.encode_deadline = end, end
+        else:  # experts: the VAE comes from --vae_from
+            self.vae_deadline, self.encode_deadline = 0.0, self.budget * (recipe.encode_until - recipe.vae_until)
+        self.expert_deadline = end
 
     @staticmethod
     def now() -> float:
         return time.monotonic() - _PROCESS_START
-
-    @property
-    def vae_deadline(self) -> float:
-        return self.budget * self.recipe.vae_until
-
-    @property
-    def encode_deadline(self) -> float:
-        return self.budget * self.recipe.encode_until
-
-    @property
-    def expert_deadline(self) -> float:
-        return self.budget - self.recipe.reserve_min * 60.0
 
 
 def autocast(device: torch.device) -> AbstractContextManager:
@@ -238,7 +239,7 @@ def build_text_encoder(vocab_size: int, recipe: Recipe, seed: int) -> UMT5Encode
 @torch.no_grad()
 # ----------------------------------------------------------------------------------------- VAE
 def render_batch(scenes: list[Scene], frames: int, recipe: Recipe, device: torch.device) -> torch.Tensor:
-    return torch.stack([render_scene(s, frames, recipe.height, recipe.width, device) for s in scenes])
+    return render_scenes(scenes, frames, recipe.height, recipe.width, device)
 
 
 def random_crops(clips: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor:
@@ -343,7 +344,7 @@ def train_vae(vae: AutoencoderKLWan, recipe: Recipe, device: torch.device, clock
     vae.eval().requires_grad_(False)
     seconds = clock.now() - start
     logger.info("VAE: %d steps in %.1f s (%.0f ms/step)", step, seconds, 1000 * seconds / step)
-    return {"steps": step, "seconds": round(seconds, 1), "losses": log}
+    return {"steps": step, "seconds": round(seconds, 1), "ms_per_step": round(1000 * seconds / step, 1), "losses": log}
 
 
 @torch.no_grad()
@@ -465,13 +466,15 @@ def train_experts(
     device: torch.device,
     clock: Clock,
     seed: int,
+    probe: Callable[[WanTransformer3DModel, WanTransformer3DModel], dict],
 ) -> tuple[WanTransformer3DModel, WanTransformer3DModel, dict]:
     """Rectified flow, Wan convention: x_s = (1 - s) x0 + s eps, target eps - x0, timestep 1000 s.
 
     Both experts see the same clips each step, each with its own noise and its own sigma range
     (high: s >= boundary, low: s < boundary, both through the shift transform); the caption is
     replaced by the empty prompt (the negative prompt) with probability ``caption_dropout``.
-    Returns the EMA weights.
+    Every ``probe_every`` steps ``probe`` scores the EMA weights (adherence over training, to see
+    whether more steps would pay). Returns the EMA weights.
     """
     rng = random.Random(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -496,6 +499,7 @@ def train_experts(
     start = clock.now()
     budget = max(clock.expert_deadline - start, 1e-6)
     sums = {e.name: torch.zeros((), device=device) for e in experts}
+    probes, probe_seconds = [], 0.0
     bar = tqdm(total=recipe.expert_steps, desc="experts", unit="step", dynamic_ncols=True)
     step = 0
     while step < recipe.expert_steps and (step == 0 or clock.now() < clock.expert_deadline):
@@ -541,14 +545,22 @@ def train_experts(
                 expert.log.append({"step": step, "time_s": now, "loss": means[expert.name], "lr": lr})
                 sums[expert.name].zero_()
             bar.set_postfix(high=f"{means['high']:.4f}", low=f"{means['low']:.4f}")
+        if step % recipe.probe_every == 0:
+            probe_start = clock.now()
+            probes.append({"step": step, "time_s": round(probe_start - start, 2), **probe(*(e.ema for e in experts))})
+            probe_seconds += clock.now() - probe_start
     bar.close()
     seconds = clock.now() - start
-    logger.info("experts: %d steps in %.1f s (%.0f ms/step)", step, seconds, 1000 * seconds / step)
+    per_step = 1000 * (seconds - probe_seconds) / step
+    logger.info("experts: %d steps in %.1f s (%.0f ms/step, probes %.1f s)", step, seconds, per_step, probe_seconds)
     high, low = (e.ema for e in experts)
     log = {
         "steps": step,
         "seconds": round(seconds, 1),
+        "ms_per_step": round(per_step, 1),
+        "probe_seconds": round(probe_seconds, 1),
         "batch_size": recipe.batch_size,
+        "probes": probes,
         "samples_per_expert": step * recipe.batch_size,
         "parameters_per_expert": params,
         "high": experts[0].log,
@@ -597,11 +609,17 @@ def save(out_dir: Path, tokenizer, text_encoder, vae, high, low) -> dict[str, in
 
 
 @torch.no_grad()
-def evaluate_adherence(pipe: WanPipeline, recipe: Recipe, device: torch.device, seed: int) -> dict:
-    """Sample held-out and train prompts with the task's sampling settings; score with wan.adherence."""
+def evaluate_adherence(
+    pipe: WanPipeline, heldout_count: int, train_count: int, recipe: Recipe, device: torch.device, seed: int
+) -> dict:
+    """Sample held-out and train prompts with the task's sampling settings; score with wan.adherence.
+
+    The held-out prompts are the first of ``held_out_prompts(64)``, the set ``scripts/compare.py``
+    scores by default, so the two report adherence on the same prompts.
+    """
     rng = random.Random(seed)
-    heldout = [p.text for p in held_out_prompts(recipe.eval_heldout_prompts, seed)]
-    train = [sample_scene(rng, "train").text for _ in range(recipe.eval_train_prompts)]
+    heldout = [p.text for p in held_out_prompts(max(heldout_count, 64))[:heldout_count]]
+    train = [sample_scene(rng, "train").text for _ in range(train_count)]
     pipe.set_progress_bar_config(disable=True)
     result = {"frames": recipe.eval_frames, "steps": recipe.eval_steps}
     for split, prompts in (("heldout", heldout), ("train", train)):
@@ -647,22 +665,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=20250)
     parser.add_argument(
+        "--stage",
+        choices=("all", "vae", "experts"),
+        default="all",
+        help="all (default); vae: train and save only the VAE (OUT_DIR/vae); experts: the rest, on --vae_from's VAE",
+    )
+    parser.add_argument(
+        "--vae_from", type=Path, default=None, help="folder written by --stage vae (with --stage experts)"
+    )
+    parser.add_argument(
         "--time_budget_min",
         type=float,
         default=None,
-        help="wall-clock budget of the whole run from process start, saving included (default 7.5; quick 2.0)",
+        help="wall-clock budget of this run from process start, saving included (default 7.5; quick 2.0)",
     )
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage on small clips (CPU smoke)")
     parser.add_argument(
-        "--vae_init",
-        choices=("default", "he"),
-        default=None,
-        help="VAE weight init: default (PyTorch's; the shipped weights) or he (faster start, see docs)",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a Recipe field, e.g. --set vae_batch=32 (repeatable)",
     )
-    parser.add_argument(
-        "--vae_l1_weight", type=float, default=None, help="weight of L1 in the VAE loss (default 1.0; 0: MSE only)"
-    )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.stage == "experts") != (args.vae_from is not None):
+        parser.error("--vae_from goes with --stage experts, and --stage experts needs it")
+    try:
+        args.recipe = build_recipe(args.quick, args.overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def build_recipe(quick: bool, overrides: list[str]) -> Recipe:
+    """The default (or quick) recipe with ``FIELD=VALUE`` overrides, each parsed as its field's type."""
+    recipe = QUICK if quick else Recipe()
+    kinds = {f.name: type(getattr(recipe, f.name)) for f in fields(Recipe)}
+    changes = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name not in kinds or not value:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(kinds)}")
+        changes[name] = kinds[name](value)
+    return replace(recipe, **changes)
+
+
+def load_vae_stage(folder: Path) -> tuple[AutoencoderKLWan, dict]:
+    """The VAE and its stage log from a ``--stage vae`` folder (one-line error if it is not one)."""
+    try:
+        vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+        log = json.loads((folder / "train_log.json").read_text(encoding="utf-8"))["stages"]["vae"]
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"error: {folder} is not a folder written by --stage vae ({exc}); run --stage vae first", file=sys.stderr)
+        raise SystemExit(2) from exc
+    return vae.eval().requires_grad_(False), {**log, "from": str(folder)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -670,18 +727,20 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    recipe = QUICK if args.quick else Recipe()
-    overrides = {"vae_init": args.vae_init, "vae_l1_weight": args.vae_l1_weight}
-    recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    recipe = args.recipe
     budget = args.time_budget_min if args.time_budget_min is not None else (2.0 if args.quick else 7.5)
-    clock = Clock(budget, recipe)
+    clock = Clock(budget, recipe, args.stage)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True  # fixed clip shapes: pick the fastest conv3d algorithms once
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    logger.info("device %s, seed %d, budget %.1f min, recipe %s", device_name, args.seed, budget, recipe)
+    logger.info(
+        "device %s, seed %d, stage %s, budget %.1f min, recipe %s", device_name, args.seed, args.stage, budget, recipe
+    )
     train_log: dict = {
         "seed": args.seed,
+        "stage": args.stage,
         "quick": args.quick,
         "device": device_name,
         "versions": {
@@ -696,6 +755,7 @@ def main(argv: list[str] | None = None) -> None:
         "startup_s": round(clock.now(), 1),
     }
     stages = train_log["stages"]
+    log_path = args.out_dir / "train_log.json"
 
     # 1-2. tokenizer and frozen text encoder; the caption table row 0 is the empty (negative) prompt.
     start = clock.now()
@@ -715,11 +775,26 @@ def main(argv: list[str] | None = None) -> None:
     }
     logger.info("text: %s", stages["text"])
 
-    # 3. VAE, rounded to the fp16 that ships, then measured.
-    vae = build_vae(recipe, args.seed + 10)
-    stages["vae"] = train_vae(vae, recipe, device, clock, args.seed + 11)
-    round_to_fp16(vae)
-    stages["vae"]["heldout"] = evaluate_vae(vae, recipe, device, args.seed + 12)
+    # 3. VAE, rounded to the fp16 that ships, then measured (or taken from a --stage vae run).
+    if args.stage == "experts":
+        vae, stages["vae"] = load_vae_stage(args.vae_from)
+        vae.to(device)
+    else:
+        vae = build_vae(recipe, args.seed + 10)
+        stages["vae"] = train_vae(vae, recipe, device, clock, args.seed + 11)
+        round_to_fp16(vae)
+        stages["vae"]["heldout"] = evaluate_vae(vae, recipe, device, args.seed + 12)
+        stages["vae"]["peak_memory_gb"] = peak_memory_gb(device)
+    if args.stage == "vae":
+        staging = args.out_dir.with_name(args.out_dir.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        copy.deepcopy(vae).cpu().to(torch.float16).save_pretrained(staging / "vae")
+        train_log["total_s"] = round(clock.now(), 1)
+        (staging / "train_log.json").write_text(json.dumps(train_log, indent=1), encoding="utf-8")
+        shutil.rmtree(args.out_dir, ignore_errors=True)
+        staging.rename(args.out_dir)
+        logger.info("VAE stage done in %.1f s (budget %.0f s): %s", clock.now(), clock.budget, args.out_dir)
+        return
 
     # 4. latents of a large clip set, normalised per channel; the stats go into the VAE config.
     latents, clip_captions, stages["latents"] = encode_dataset(
@@ -730,10 +805,18 @@ def main(argv: list[str] | None = None) -> None:
     latents = {t: (v - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1) for t, v in latents.items()}
     stages["latents"].update(latents_mean=mean.tolist(), latents_std=std.tolist())
 
-    # 5. the two experts.
+    # 5. the two experts, probed on a few held-out prompts as they train.
+    text_encoder.to(device)
+
+    def probe(high: WanTransformer3DModel, low: WanTransformer3DModel) -> dict:
+        pipe = make_pipeline(tokenizer, text_encoder, vae, high, low)
+        result = evaluate_adherence(pipe, recipe.probe_prompts, 0, recipe, device, args.seed + 30)
+        return {"adherence": result["heldout"]["adherence"]}
+
     high, low, stages["experts"] = train_experts(
-        latents, clip_captions, embeddings, recipe, device, clock, args.seed + 20
+        latents, clip_captions, embeddings, recipe, device, clock, args.seed + 20, probe
     )
+    stages["experts"]["peak_memory_gb"] = peak_memory_gb(device)
     del latents
     for model in (high, low):
         round_to_fp16(model)
@@ -742,17 +825,23 @@ def main(argv: list[str] | None = None) -> None:
     start = clock.now()
     sizes = save(args.out_dir, tokenizer, text_encoder, vae, high, low)
     stages["save"] = {"seconds": round(clock.now() - start, 1), "files": sizes, "total_bytes": sum(sizes.values())}
-    log_path = args.out_dir / "train_log.json"
     train_log["total_s"] = round(clock.now(), 1)
     log_path.write_text(json.dumps(train_log, indent=1), encoding="utf-8")
 
     start = clock.now()
-    pipe = make_pipeline(tokenizer, text_encoder.to(device), vae, high.eval(), low.eval()).to(device)
-    stages["eval"] = evaluate_adherence(pipe, recipe, device, args.seed + 30)
+    pipe = make_pipeline(tokenizer, text_encoder, vae, high.eval(), low.eval()).to(device)
+    stages["eval"] = evaluate_adherence(
+        pipe, recipe.eval_heldout_prompts, recipe.eval_train_prompts, recipe, device, args.seed + 30
+    )
     stages["eval"]["seconds"] = round(clock.now() - start, 1)
     train_log["total_s"] = round(clock.now(), 1)
     log_path.write_text(json.dumps(train_log, indent=1), encoding="utf-8")
     logger.info("done in %.1f s (budget %.0f s); log: %s", clock.now(), clock.budget, log_path)
+
+
+def peak_memory_gb(device: torch.device) -> float | None:
+    """Peak allocated GPU memory so far (None off CUDA): the batch sizes' headroom."""
+    return round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if device.type == "cuda" else None
 
 
 if __name__ == "__main__":

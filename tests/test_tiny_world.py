@@ -22,6 +22,7 @@ from wan.tiny_world import (
     held_out_prompts,
     is_held_out,
     render_scene,
+    render_scenes,
     sample_scene,
 )
 
@@ -143,3 +144,14 @@ def test_render_draws_the_shape_at_its_position_and_size():
     assert float(area[0]) == pytest.approx(16 * 16, abs=1)
     assert float(cx[0]) == pytest.approx(31.5, abs=0.1) and float(cy[0]) == pytest.approx(15.5, abs=0.1)
     assert float(cx[1] - cx[0]) == pytest.approx(0.64, abs=0.2)
+
+
+def test_batch_render_equals_one_scene_at_a_time():
+    """A batch mixing one- and two-shape scenes renders each scene as it renders alone."""
+    rng = random.Random(11)
+    scenes = [sample_scene(rng, split) for split in ("train", "test") * 6]
+    assert {len(s.shapes) for s in scenes} == {1, 2}
+    batch = render_scenes(scenes, 9, 40, 56)
+    assert batch.shape == (len(scenes), 3, 9, 40, 56)
+    for scene, clip in zip(scenes, batch, strict=True):
+        assert torch.equal(clip, render_scene(scene, 9, 40, 56))

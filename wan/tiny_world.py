@@ -263,6 +263,61 @@ def _signed_distance(kind: str, u: torch.Tensor, v: torch.Tensor, r: torch.Tenso
     raise ValueError(f"unknown shape {kind!r}; choose one of: {', '.join(SHAPES)}")
 
 
+def _shape_table(scenes: list[Scene]) -> torch.Tensor:
+    """Per scene and shape slot: present, kind, r, g, b, x, y, size, dx * rate, dy * rate, log growth rate.
+
+    One small host tensor for the whole batch, so rendering a batch on a GPU is one copy and a
+    fixed number of kernels, whatever the batch size (no host-device sync per shape).
+    """
+    slots = max(len(scene.shapes) for scene in scenes)
+    table = torch.zeros(len(scenes), slots, 11, dtype=torch.float64)
+    for i, scene in enumerate(scenes):
+        dx, dy = TRANSLATIONS.get(scene.motion, (0.0, 0.0))
+        growth = 0.0 if scene.motion in TRANSLATIONS else scene.rate
+        for k, shape in enumerate(scene.shapes):
+            table[i, k] = torch.tensor(
+                [1.0, SHAPES.index(shape.kind), *COLOURS[shape.colour], shape.x, shape.y, shape.size]
+                + [dx * scene.rate, dy * scene.rate, growth]
+            )
+    return table.float()
+
+
+def render_scenes(
+    scenes: list[Scene],
+    num_frames: int = MAX_FRAMES,
+    height: int = 128,
+    width: int = 128,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The scenes' first ``num_frames`` frames as a float32 tensor [B, 3, F, H, W] in [-1, 1].
+
+    Edges are anti-aliased (coverage from the signed distance in pixels), so the clips have no
+    aliasing that the VAE would spend capacity on. Shapes are drawn in order, later on top.
+    """
+    device = torch.device(device or "cpu")
+    table = _shape_table(scenes)
+    slots = (table.pin_memory() if device.type == "cuda" else table).to(device, non_blocking=True)
+    scale = float(min(height, width))
+    frames = torch.arange(num_frames, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    ys = (torch.arange(height, dtype=torch.float32, device=device).view(1, 1, -1, 1) + 0.5) / scale
+    xs = (torch.arange(width, dtype=torch.float32, device=device).view(1, 1, 1, -1) + 0.5) / scale
+    shape = (len(scenes), num_frames, height, width)
+    video = torch.stack([torch.full(shape, c, dtype=torch.float32, device=device) for c in BACKGROUND], dim=1)
+    for k in range(table.shape[1]):
+        # Each parameter as [B, 1, 1, 1], broadcast against frames [1, F, 1, 1] and pixels.
+        present, kind, red, green, blue, x, y, size, vx, vy, growth = slots[:, k].T.reshape(11, -1, 1, 1, 1)
+        cx, cy = x + vx * frames, y + vy * frames
+        r = size * torch.exp(growth * frames)
+        distance = None
+        for index in sorted({int(i) for i in table[:, k, 1].tolist()}):  # only the kinds this slot draws
+            d = _signed_distance(SHAPES[index], xs - cx, ys - cy, r)
+            distance = d if distance is None else torch.where(kind == index, d, distance)
+        coverage = ((0.5 - distance * scale).clamp(0.0, 1.0) * present).unsqueeze(1)  # [B, 1, F, H, W]
+        colour = torch.stack((red, green, blue), dim=1)  # [B, 3, 1, 1, 1]
+        video = video + coverage * (colour - video)
+    return video * 2 - 1
+
+
 def render_scene(
     scene: Scene,
     num_frames: int = MAX_FRAMES,
@@ -270,29 +325,8 @@ def render_scene(
     width: int = 128,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The scene's first ``num_frames`` frames as a float32 tensor [3, F, H, W] in [-1, 1].
-
-    Edges are anti-aliased (coverage from the signed distance in pixels), so the clips have no
-    aliasing that the VAE would spend capacity on.
-    """
-    scale = float(min(height, width))
-    frames = torch.arange(num_frames, dtype=torch.float32, device=device).view(-1, 1, 1)
-    ys = (torch.arange(height, dtype=torch.float32, device=device).view(1, -1, 1) + 0.5) / scale
-    xs = (torch.arange(width, dtype=torch.float32, device=device).view(1, 1, -1) + 0.5) / scale
-    video = torch.tensor(BACKGROUND, device=device).view(3, 1, 1, 1).expand(3, num_frames, height, width).clone()
-    dx, dy = TRANSLATIONS.get(scene.motion, (0.0, 0.0))
-    for shape in scene.shapes:
-        if scene.motion in TRANSLATIONS:
-            cx, cy = shape.x + dx * scene.rate * frames, shape.y + dy * scene.rate * frames
-            r = torch.full_like(frames, shape.size)
-        else:
-            cx, cy = torch.full_like(frames, shape.x), torch.full_like(frames, shape.y)
-            r = shape.size * torch.exp(scene.rate * frames)
-        distance = _signed_distance(shape.kind, xs - cx, ys - cy, r) * scale
-        coverage = (0.5 - distance).clamp(0.0, 1.0)
-        colour = torch.tensor(COLOURS[shape.colour], device=device).view(3, 1, 1, 1)
-        video = video + coverage * (colour - video)
-    return video * 2 - 1
+    """One scene's clip [3, F, H, W] in [-1, 1]: ``render_scenes`` of a batch of one."""
+    return render_scenes([scene], num_frames, height, width, device)[0]
 
 
 @dataclass(frozen=True)

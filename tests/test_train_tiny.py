@@ -1,0 +1,74 @@
+"""scripts/train_tiny.py: the two-stage run (VAE, then experts on that VAE) makes a loadable model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from wan.config import load_task_config
+from wan.text2video import GenerationSettings, WanT2V
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_tiny.py"
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("train_tiny")
+    vae_dir, model_dir = root / "vae_stage", root / "model"
+    first = _train("--stage", "vae", "--out_dir", str(vae_dir), "--set", "vae_batch=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = _train("--stage", "experts", "--vae_from", str(vae_dir), "--out_dir", str(model_dir))
+    assert second.returncode == 0, second.stderr[-2000:]
+    return vae_dir, model_dir
+
+
+def test_vae_stage_writes_only_the_vae(trained):
+    vae_dir, _ = trained
+    assert sorted(p.name for p in vae_dir.iterdir()) == ["train_log.json", "vae"]
+    log = json.loads((vae_dir / "train_log.json").read_text())
+    assert log["recipe"]["vae_batch"] == 2  # the --set override reached the recipe
+    assert log["stages"]["vae"]["steps"] == 2 and "heldout" in log["stages"]["vae"]
+
+
+def test_experts_stage_builds_on_that_vae(trained):
+    vae_dir, model_dir = trained
+    log = json.loads((model_dir / "train_log.json").read_text())
+    assert log["stages"]["vae"]["from"] == str(vae_dir)
+    assert log["stages"]["experts"]["steps"] == 3
+    assert [p["step"] for p in log["stages"]["experts"]["probes"]] == [2]
+    assert set(log["stages"]["eval"]) >= {"heldout", "train"}
+    trained_vae = (vae_dir / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert (model_dir / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == trained_vae
+
+
+def test_the_result_loads_and_generates(trained):
+    _, model_dir = trained
+    config = replace(load_task_config("t2v-tiny"), sizes=("64*64",), default_size="64*64")
+    pipe = WanT2V.from_pretrained(config, model_dir, device="cpu")
+    result = pipe.generate(GenerationSettings(prompt="a red square moving left", sample_steps=2, frame_num=9))
+    assert result.video.shape == (3, 9, 64, 64) and torch.isfinite(result.video).all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--stage", "experts"], "--vae_from goes with --stage experts"),
+        (["--set", "no_such_field=1"], "expected FIELD=VALUE"),
+    ],
+)
+def test_bad_arguments_are_refused(args, message, tmp_path):
+    run = _train("--out_dir", str(tmp_path / "x"), *args)
+    assert run.returncode == 2 and message in run.stderr
+    assert not (tmp_path / "x").exists()
