@@ -5,15 +5,26 @@ of DiT forwards and tokens processed (the speed proxy that holds on any machine)
 ``t2v-tiny`` prompt adherence (``wan.adherence``). Writes ``report.json``, prints a table, and
 writes a side-by-side PNG (one row per mode) and mp4 for the first prompt.
 
+``--workers N`` runs N copies of this script (``--shard K/N``: prompts i with i % N == K, seeds still
+base_seed + i) with logs and reports under ``OUT_DIR/shards/K``, devices round-robin from
+``--devices``, then merges their reports in prompt order: the same report as one process, but for
+seconds. Small models are host-bound, so several processes fill one GPU (or spread over several).
+
     python scripts/compare.py --prompts 64                                    # t2v-tiny, held-out prompts
+    python scripts/compare.py --prompts 64 --workers 4 --devices cuda:0,cuda:1
     python scripts/compare.py --task t2v-A14B --ckpt_dir DIR --prompt_file prompts.txt --modes baseline,half_renoise
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import re
 import shlex
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -25,11 +36,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wan.checkpoints import CheckpointError  # noqa: E402
-from wan.config import ConfigError, load_task_config  # noqa: E402
+from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
 from wan.frames import COMPLETIONS  # noqa: E402
 from wan.metrics import compare_videos  # noqa: E402
 from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
-from wan.video import frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
+from wan.video import atomic_path, frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
 
 logger = logging.getLogger("compare")
 
@@ -56,10 +67,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frame_num", type=int, default=None)
     p.add_argument("--sample_steps", type=int, default=None)
     p.add_argument("--sample_solver", default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--convert_model_dtype", action="store_true")
     p.add_argument("--out_dir", default="outputs/compare")
+    p.add_argument("--workers", type=int, default=1, help="processes to spread the prompts over")
+    p.add_argument("--devices", default=None, help="comma-separated, given to workers round-robin (default: --device)")
+    p.add_argument("--shard", default=None, help="K/N: only prompts i with i %% N == K (set by --workers)")
     return p.parse_args(argv)
+
+
+class ShardError(RuntimeError):
+    """A worker process failed (one-line message naming its log, exit code 1)."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N); a worker keeps the global prompt indices, so seeds do not depend on N."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or int(match[1]) >= int(match[2]):
+        raise ConfigError(f"--shard must be K/N with 0 <= K < N, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def parse_modes(text: str) -> list[str]:
+    """The requested modes, baseline first: every other mode is scored against it."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ConfigError(f"unknown mode {unknown[0]!r}; choose from: {', '.join(MODES)}")
+    return modes if "baseline" in modes else ["baseline", *modes]
+
+
+def worker_devices(args: argparse.Namespace) -> list[str]:
+    """``--devices`` for workers to take round-robin; else the one ``--device`` (cuda where available)."""
+    listed = [d.strip() for d in (args.devices or "").split(",") if d.strip()]
+    return listed or [args.device or ("cuda" if torch.cuda.is_available() else "cpu")]
 
 
 def load_prompts(args: argparse.Namespace) -> list[str]:
@@ -104,27 +145,57 @@ def labelled_rows(rows: dict[str, np.ndarray], frames_per_row: int = 8) -> np.nd
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise ConfigError(f"unknown mode {unknown[0]!r}; choose from: {', '.join(MODES)}")
-    if "baseline" not in modes:
-        modes.insert(0, "baseline")
+    modes = parse_modes(args.modes)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    shard, shards = parse_shard(args.shard) if args.shard else (0, 1)
     config = load_task_config(args.task)
     prompts = load_prompts(args)
     ckpt_dir = args.ckpt_dir or config.ckpt_dir()
     if ckpt_dir is None:
         raise ConfigError(f"task {config.task} needs --ckpt_dir")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = WanT2V.from_pretrained(config, ckpt_dir, device=device, convert_model_dtype=args.convert_model_dtype)
+    if shard >= len(prompts):
+        raise ConfigError(f"no prompts for shard {shard}/{shards} ({len(prompts)} prompts in all)")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    workers = min(args.workers, len(prompts))
+    if args.shard is None and workers > 1:
+        devices = worker_devices(args)
+        reports = run_workers(argv, workers, devices, out_dir)
+        device = ",".join(dict.fromkeys(devices[k % len(devices)] for k in range(workers)))
+        report = build_report(args, config.task, str(ckpt_dir), device, modes, merge_videos(reports, modes))
+        save_json(report, out_dir / "report.json")
+        for name in ("side_by_side.png", "side_by_side.mp4"):  # shard 0 ran prompt 0
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(out_dir / "shards" / "0" / name, tmp)
+    else:
+        indices = range(shard, len(prompts), shards)
+        report = run_prompts(args, config, str(ckpt_dir), worker_devices(args)[0], modes, prompts, indices, out_dir)
+    print(format_table(report))
+    logger.info("wrote %s", out_dir)
+    return 0
+
+
+def run_prompts(
+    args: argparse.Namespace,
+    config: TaskConfig,
+    ckpt_dir: str,
+    device: str,
+    modes: list[str],
+    prompts: list[str],
+    indices: range,
+    out_dir: Path,
+) -> dict:
+    """Generate and score prompts[i] for i in ``indices`` (seed base_seed + i), in this process."""
+    pipe = WanT2V.from_pretrained(config, ckpt_dir, device=device, convert_model_dtype=args.convert_model_dtype)
     results: dict[str, list[dict]] = {m: [] for m in modes}
     first_videos: dict[str, np.ndarray] = {}
-    for i, prompt in enumerate(prompts):
+    for i in indices:
+        prompt = prompts[i]
         base = GenerationSettings(
             prompt=prompt,
             seed=args.base_seed + i,
@@ -157,14 +228,52 @@ def main(argv: list[str] | None = None) -> int:
                 first_videos[mode] = frames
         logger.info("prompt %d/%d done: %s", i + 1, len(prompts), prompt)
         # Rewritten after every prompt: a run cut short still leaves a report of what it finished.
-        report = build_report(args, config.task, str(ckpt_dir), device, modes, results)
+        report = build_report(args, config.task, ckpt_dir, device, modes, results)
         save_json(report, out_dir / "report.json")
 
-    write_png(labelled_rows(first_videos), out_dir / "side_by_side.png")
-    write_mp4(np.concatenate(list(first_videos.values()), axis=2), out_dir / "side_by_side.mp4", config.fps)
-    print(format_table(report))
-    logger.info("wrote %s", out_dir)
-    return 0
+    if first_videos:  # the process that ran prompt 0
+        write_png(labelled_rows(first_videos), out_dir / "side_by_side.png")
+        write_mp4(np.concatenate(list(first_videos.values()), axis=2), out_dir / "side_by_side.mp4", config.fps)
+    return report
+
+
+def run_workers(argv: list[str], workers: int, devices: list[str], out_dir: Path) -> list[dict]:
+    """Run shard K of ``workers`` as ``compare.py ARGV --shard K/N`` and return the shards' reports.
+
+    Waits for every shard even when one fails, so the others still leave their reports.
+    """
+    threads = max(1, (os.cpu_count() or 1) // workers)  # CPU workers share the cores instead of oversubscribing
+    procs: list[subprocess.Popen] = []
+    try:
+        for k in range(workers):
+            shard_dir = out_dir / "shards" / str(k)
+            shard_dir.mkdir(parents=True, exist_ok=True)
+            device = devices[k % len(devices)]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if torch.device(device).type == "cpu" else None
+            command = [sys.executable, str(Path(__file__).resolve()), *argv]
+            command += ["--shard", f"{k}/{workers}", "--devices", device, "--out_dir", str(shard_dir)]
+            with open(shard_dir / "log.txt", "w", encoding="utf-8") as log:
+                procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+            logger.info("shard %d/%d on %s: log in %s", k, workers, device, shard_dir / "log.txt")
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    failed = [k for k, code in enumerate(codes) if code != 0]
+    if failed:
+        k = failed[0]
+        more = f" ({len(failed) - 1} more shards failed)" if len(failed) > 1 else ""
+        log = out_dir / "shards" / str(k) / "log.txt"
+        raise ShardError(f"shard {k}/{workers} exited with code {codes[k]}; see {log}{more}")
+    return [json.loads((out_dir / "shards" / str(k) / "report.json").read_text()) for k in range(workers)]
+
+
+def merge_videos(reports: list[dict], modes: list[str]) -> dict[str, list[dict]]:
+    """Per mode, the shards' video rows in global prompt order: shard K's j-th row is prompt K + j * N."""
+    n = len(reports)
+    total = sum(r["prompts"] for r in reports)
+    return {mode: [reports[i % n]["modes"][mode]["videos"][i // n] for i in range(total)] for mode in modes}
 
 
 def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], results: dict) -> dict:
@@ -220,3 +329,6 @@ if __name__ == "__main__":
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except ShardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -8,19 +8,26 @@ from tiny_models import save_diffusers_layout
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import compare  # noqa: E402
 
+PROMPTS = ["a red square moving left", "a blue circle moving up"]
+
 
 @pytest.fixture(scope="module")
-def report(parts, tmp_path_factory):
+def common_argv(parts, tmp_path_factory) -> list[str]:
+    """The tiny setting every run here shares (checkpoint, prompts, steps, frames, CPU)."""
     root = tmp_path_factory.mktemp("compare")
     ckpt = save_diffusers_layout(parts, root / "ckpt")
     prompts = root / "prompts.txt"
-    prompts.write_text("a red square moving left\n\na blue circle moving up\n", encoding="utf-8")
-    out = root / "out"
-    argv = [
+    prompts.write_text(f"{PROMPTS[0]}\n\n{PROMPTS[1]}\n", encoding="utf-8")
+    return [
         "--task", "t2v-tiny", "--ckpt_dir", str(ckpt), "--prompt_file", str(prompts), "--prompts", "2",
-        "--modes", "half_repeat,cfg_trunc,half_renoise+cfg_trunc", "--sample_steps", "8", "--frame_num", "9",
-        "--device", "cpu", "--out_dir", str(out),
+        "--sample_steps", "8", "--frame_num", "9", "--device", "cpu",
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def report(common_argv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "out"
+    argv = [*common_argv, "--modes", "half_repeat,cfg_trunc,half_renoise+cfg_trunc", "--out_dir", str(out)]
     assert compare.main(argv) == 0
     return out, json.loads((out / "report.json").read_text())
 
@@ -61,3 +68,40 @@ def test_pictures_are_written(report):
 def test_unknown_mode_is_refused():
     with pytest.raises(compare.ConfigError, match="unknown mode"):
         compare.main(["--modes", "warp_speed"])
+
+
+def test_workers_merge_to_the_single_process_report(report, common_argv, tmp_path):
+    # Two worker processes, one prompt each; one mode besides the baseline keeps the test short.
+    out = tmp_path / "out"
+    assert compare.main([*common_argv, "--modes", "half_repeat", "--workers", "2", "--out_dir", str(out)]) == 0
+    merged = json.loads((out / "report.json").read_text())
+    _, single = report
+    assert merged["prompts"] == 2 and list(merged["modes"]) == ["baseline", "half_repeat"]
+    exact, scores = ("prompt", "seed", "forwards", "tokens", "adherent"), ("mse", "psnr", "ssim")
+    for mode, m in merged["modes"].items():
+        assert [v["prompt"] for v in m["videos"]] == PROMPTS and [v["seed"] for v in m["videos"]] == [0, 1]
+        for got, want in zip(m["videos"], single["modes"][mode]["videos"], strict=True):
+            assert {k: got[k] for k in exact} == {k: want[k] for k in exact}
+            # Same frames; the float64 scores' reductions may round differently with 1 thread than with 2.
+            assert {k: got[k] for k in scores} == pytest.approx({k: want[k] for k in scores}, rel=1e-12)
+    for k in (0, 1):
+        assert json.loads((out / "shards" / str(k) / "report.json").read_text())["prompts"] == 1
+        assert (out / "shards" / str(k) / "log.txt").stat().st_size > 0
+    assert (out / "side_by_side.png").stat().st_size > 0 and (out / "side_by_side.mp4").stat().st_size > 0
+
+
+def test_failed_shard_is_named_with_its_log(common_argv, tmp_path, monkeypatch):
+    fail = tmp_path / "fail.sh"
+    fail.write_text("#!/bin/sh\necho boom\nexit 3\n")
+    fail.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fail))  # each worker "crashes" at once
+    out = tmp_path / "out"
+    with pytest.raises(compare.ShardError, match=r"shard 0/2 exited with code 3; see .*shards/0/log.txt"):
+        compare.main([*common_argv, "--workers", "2", "--out_dir", str(out)])
+    assert (out / "shards" / "1" / "log.txt").read_text() == "boom\n"
+
+
+@pytest.mark.parametrize("flags", [["--workers", "0"], ["--shard", "2/2"], ["--shard", "1of2"]])
+def test_bad_workers_or_shard_is_refused(flags):
+    with pytest.raises(compare.ConfigError, match="--workers|--shard"):
+        compare.main(flags)
