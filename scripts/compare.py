@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         report = build_report(args, config.task, str(ckpt_dir), device, modes, merge_videos(reports, modes))
         save_json(report, out_dir / "report.json")
         for name in ("side_by_side.png", "side_by_side.mp4"):  # shard 0 ran prompt 0
+            if not (out_dir / "shards" / "0" / name).is_file():
+                continue
             with atomic_path(out_dir / name) as tmp:
                 shutil.copyfile(out_dir / "shards" / "0" / name, tmp)
     else:
@@ -233,7 +235,10 @@ def run_prompts(
 
     if first_videos:  # the process that ran prompt 0
         write_png(labelled_rows(first_videos), out_dir / "side_by_side.png")
-        write_mp4(np.concatenate(list(first_videos.values()), axis=2), out_dir / "side_by_side.mp4", config.fps)
+        try:
+            write_mp4(np.concatenate(list(first_videos.values()), axis=2), out_dir / "side_by_side.mp4", config.fps)
+        except ImportError:  # a GPU box without ffmpeg still gets the report and the PNG
+            logger.warning("imageio-ffmpeg is not installed: side_by_side.mp4 skipped (pip install imageio-ffmpeg)")
     return report
 
 

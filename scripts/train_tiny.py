@@ -14,10 +14,17 @@ Stages (docs/TINY_MODEL.md has the why of each choice):
    with that pipeline and score them with ``wan.adherence``; everything goes to ``train_log.json``.
 
 Every stage stops on time or on a step cap, whichever comes first, inside ``--time_budget_min``
-counted from process start, so a GPU run always finishes, saving included. ``--quick`` runs every
-stage for a few steps on small clips (a CPU smoke test of the whole script).
+counted from process start, so a GPU run always finishes, saving included. ``--stage`` splits the
+run into calls of under 10 minutes; the shipped weights came from these three (21 minutes on one
+H100; docs/TINY_MODEL.md):
 
-    python3 scripts/train_tiny.py                      # GPU: about 7.5 minutes on one H100
+    python3 scripts/train_tiny.py --stage vae --out_dir runs/vae --time_budget_min 9.0
+    python3 scripts/train_tiny.py --stage experts --vae_from runs/vae --out_dir runs/experts --time_budget_min 9.3
+    python3 scripts/train_tiny.py --stage experts --vae_from runs/experts --experts_from runs/experts \
+        --set lr=4e-4 --set warmup_steps=50 --set num_clips=6000 --time_budget_min 4.5   # -> models/t2v-tiny
+
+``--quick`` runs every stage for a few steps on small clips (a CPU smoke test of the whole script):
+
     python3 scripts/train_tiny.py --quick --device cpu --out_dir /tmp/tiny_quick
 """
 
@@ -113,11 +120,11 @@ class Recipe:
     dit_freq_dim: int = 256
     expert_steps: int = 30000
     batch_size: int = 256
-    lr: float = 5e-4
+    lr: float = 8e-4
     weight_decay: float = 0.01
     warmup_steps: int = 200
     caption_dropout: float = 0.1
-    ema_decay: float = 0.999
+    ema_decay: float = 0.998
     # evaluation with the saved pipeline; a smaller probe of the EMA weights during training
     eval_heldout_prompts: int = 64
     eval_train_prompts: int = 8
@@ -165,8 +172,8 @@ class Clock:
             self.vae_deadline, self.encode_deadline = self.budget * recipe.vae_until, self.budget * recipe.encode_until
         elif stage == "vae":
             self.vae_deadline, self.encode_deadline = end, end
-        else:  # experts: the VAE comes from --vae_from
-            self.vae_deadline, self.encode_deadline = 0.0, self.budget * (recipe.encode_until - recipe.vae_until)
+        else:  # experts: the VAE comes from --vae_from; the clip cap ends encoding well before this deadline
+            self.vae_deadline, self.encode_deadline = 0.0, self.budget * recipe.encode_until
         self.expert_deadline = end
 
     @staticmethod
@@ -467,6 +474,7 @@ def train_experts(
     clock: Clock,
     seed: int,
     probe: Callable[[WanTransformer3DModel, WanTransformer3DModel], dict],
+    init_from: Path | None = None,
 ) -> tuple[WanTransformer3DModel, WanTransformer3DModel, dict]:
     """Rectified flow, Wan convention: x_s = (1 - s) x0 + s eps, target eps - x0, timestep 1000 s.
 
@@ -474,14 +482,20 @@ def train_experts(
     (high: s >= boundary, low: s < boundary, both through the shift transform); the caption is
     replaced by the empty prompt (the negative prompt) with probability ``caption_dropout``.
     Every ``probe_every`` steps ``probe`` scores the EMA weights (adherence over training, to see
-    whether more steps would pay). Returns the EMA weights.
+    whether more steps would pay). ``init_from``: a saved model folder whose experts to continue
+    from (fresh optimizers, a new warm-up and cosine). Returns the EMA weights.
     """
     rng = random.Random(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     u_boundary = boundary_uniform()
     experts = []
     for k, (name, u_range) in enumerate((("high", (u_boundary, 1.0)), ("low", (0.0, u_boundary)))):
-        model = build_expert(recipe, seed + k).to(device).train()
+        model = build_expert(recipe, seed + k)
+        if init_from is not None:
+            subfolder = "transformer" if name == "high" else "transformer_2"
+            saved = WanTransformer3DModel.from_pretrained(init_from, subfolder=subfolder, torch_dtype=torch.float32)
+            model.load_state_dict(saved.state_dict())
+        model = model.to(device).train()
         ema = copy.deepcopy(model).eval().requires_grad_(False)
         optimizer = torch.optim.AdamW(
             model.parameters(),
@@ -560,6 +574,7 @@ def train_experts(
         "ms_per_step": round(per_step, 1),
         "probe_seconds": round(probe_seconds, 1),
         "batch_size": recipe.batch_size,
+        "continued_from": None if init_from is None else str(init_from),
         "probes": probes,
         "samples_per_expert": step * recipe.batch_size,
         "parameters_per_expert": params,
@@ -674,6 +689,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vae_from", type=Path, default=None, help="folder written by --stage vae (with --stage experts)"
     )
     parser.add_argument(
+        "--experts_from",
+        type=Path,
+        default=None,
+        help="with --stage experts: continue training the experts of this saved model folder",
+    )
+    parser.add_argument(
         "--time_budget_min",
         type=float,
         default=None,
@@ -691,6 +712,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.stage == "experts") != (args.vae_from is not None):
         parser.error("--vae_from goes with --stage experts, and --stage experts needs it")
+    if args.experts_from is not None and args.stage != "experts":
+        parser.error("--experts_from goes with --stage experts")
     try:
         args.recipe = build_recipe(args.quick, args.overrides)
     except ValueError as exc:
@@ -814,7 +837,7 @@ def main(argv: list[str] | None = None) -> None:
         return {"adherence": result["heldout"]["adherence"]}
 
     high, low, stages["experts"] = train_experts(
-        latents, clip_captions, embeddings, recipe, device, clock, args.seed + 20, probe
+        latents, clip_captions, embeddings, recipe, device, clock, args.seed + 20, probe, args.experts_from
     )
     stages["experts"]["peak_memory_gb"] = peak_memory_gb(device)
     del latents

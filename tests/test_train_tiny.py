@@ -53,6 +53,20 @@ def test_experts_stage_builds_on_that_vae(trained):
     assert (model_dir / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == trained_vae
 
 
+def test_experts_can_continue_from_a_saved_model(trained, tmp_path):
+    vae_dir, model_dir = trained
+    out = tmp_path / "continued"
+    run = _train(
+        "--stage", "experts", "--vae_from", str(model_dir), "--experts_from", str(model_dir), "--out_dir", str(out)
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["stages"]["experts"]["continued_from"] == str(model_dir)
+    # The first logged loss starts where the saved experts left off, not at a fresh model's.
+    fresh = json.loads((model_dir / "train_log.json").read_text())["stages"]["experts"]
+    assert log["stages"]["experts"]["high"][0]["loss"] < fresh["high"][0]["loss"]
+
+
 def test_the_result_loads_and_generates(trained):
     _, model_dir = trained
     config = replace(load_task_config("t2v-tiny"), sizes=("64*64",), default_size="64*64")
@@ -66,6 +80,8 @@ def test_the_result_loads_and_generates(trained):
     [
         (["--stage", "experts"], "--vae_from goes with --stage experts"),
         (["--set", "no_such_field=1"], "expected FIELD=VALUE"),
+        (["--experts_from", "somewhere"], "--experts_from goes with --stage experts"),
+        (["--stage", "experts", "--vae_from", "/nonexistent"], "is not a folder written by --stage vae"),
     ],
 )
 def test_bad_arguments_are_refused(args, message, tmp_path):
