@@ -43,8 +43,8 @@ import platform  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from contextlib import AbstractContextManager, nullcontext  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import AbstractContextManager, contextmanager, nullcontext  # noqa: E402
 from dataclasses import asdict, dataclass, fields, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -603,22 +603,29 @@ def make_pipeline(tokenizer, text_encoder, vae, high, low) -> WanPipeline:
     )
 
 
-def save(out_dir: Path, tokenizer, text_encoder, vae, high, low) -> dict[str, int]:
-    """Write the WanPipeline folder (VAE and experts in fp16, the tiny text encoder in fp32).
+@contextmanager
+def staged_folder(out_dir: Path) -> Iterator[Path]:
+    """Yield ``<out_dir>.partial`` to write into; it replaces ``out_dir`` only if the block succeeds.
 
-    Written next to ``out_dir`` and renamed into place, so an interrupted run leaves the old model.
+    So an interrupted or failed run leaves the previous folder (e.g. the shipped model) as it was.
     """
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    cpu = [copy.deepcopy(m).cpu() for m in (vae, high, low)]
-    half = [m.to(torch.float16) for m in cpu]
-    make_pipeline(tokenizer, copy.deepcopy(text_encoder).cpu(), *half).save_pretrained(staging)
-    sizes = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
-    too_big = {name: size for name, size in sizes.items() if size >= MAX_FILE_BYTES}
-    if too_big:
-        raise RuntimeError(f"files over 15 MiB: {too_big}; shrink the model")
+    yield staging
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
+
+
+def save(out_dir: Path, tokenizer, text_encoder, vae, high, low) -> dict[str, int]:
+    """Write the WanPipeline folder (VAE and experts in fp16, the tiny text encoder in fp32)."""
+    with staged_folder(out_dir) as staging:
+        cpu = [copy.deepcopy(m).cpu() for m in (vae, high, low)]
+        half = [m.to(torch.float16) for m in cpu]
+        make_pipeline(tokenizer, copy.deepcopy(text_encoder).cpu(), *half).save_pretrained(staging)
+        sizes = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
+        too_big = {name: size for name, size in sizes.items() if size >= MAX_FILE_BYTES}
+        if too_big:
+            raise RuntimeError(f"files over 15 MiB: {too_big}; shrink the model")
     logger.info("saved %s (%.2f MB)", out_dir, sum(sizes.values()) / 1e6)
     return sizes
 
@@ -809,13 +816,10 @@ def main(argv: list[str] | None = None) -> None:
         stages["vae"]["heldout"] = evaluate_vae(vae, recipe, device, args.seed + 12)
         stages["vae"]["peak_memory_gb"] = peak_memory_gb(device)
     if args.stage == "vae":
-        staging = args.out_dir.with_name(args.out_dir.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        copy.deepcopy(vae).cpu().to(torch.float16).save_pretrained(staging / "vae")
-        train_log["total_s"] = round(clock.now(), 1)
-        (staging / "train_log.json").write_text(json.dumps(train_log, indent=1), encoding="utf-8")
-        shutil.rmtree(args.out_dir, ignore_errors=True)
-        staging.rename(args.out_dir)
+        with staged_folder(args.out_dir) as staging:
+            copy.deepcopy(vae).cpu().to(torch.float16).save_pretrained(staging / "vae")
+            train_log["total_s"] = round(clock.now(), 1)
+            (staging / "train_log.json").write_text(json.dumps(train_log, indent=1), encoding="utf-8")
         logger.info("VAE stage done in %.1f s (budget %.0f s): %s", clock.now(), clock.budget, args.out_dir)
         return
 
