@@ -8,7 +8,7 @@ writes a side-by-side PNG (one row per mode) and mp4 for the first prompt.
 ``--workers N`` runs N copies of this script (``--shard K/N``: prompts i with i % N == K, seeds still
 base_seed + i) with logs and reports under ``OUT_DIR/shards/K``, devices round-robin from
 ``--devices``, then merges their reports in prompt order: the same report as one process, but for
-seconds. Give each worker its own GPU or CPU cores: eight workers sharing one H100 were no faster
+seconds. Give each worker its own GPU or CPU cores: eight workers sharing one H100 were slower
 in total than one process (docs/QUALITY.md).
 
     python scripts/compare.py --prompts 64                                    # t2v-tiny, held-out prompts
