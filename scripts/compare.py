@@ -2,7 +2,7 @@
 
 For each mode and prompt: MSE / PSNR / SSIM of the video against the baseline video, the number
 of DiT forwards and tokens processed (the speed proxy that holds on any machine), seconds, and on
-``t2v-tiny`` prompt adherence (``wan.adherence``). Writes ``report.json``, prints a table, and
+``t2v-tiny`` prompt adherence (``wan.eval.adherence``). Writes ``report.json``, prints a table, and
 writes a side-by-side PNG (one row per mode) and mp4 for the first prompt.
 
 ``--workers N`` runs N copies of this script (``--shard K/N``: prompts i with i % N == K, seeds still
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wan.checkpoints import CheckpointError  # noqa: E402
 from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
+from wan.eval.metrics import compare_videos  # noqa: E402
 from wan.frames import COMPLETIONS  # noqa: E402
-from wan.metrics import compare_videos  # noqa: E402
 from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
 from wan.video import atomic_path, frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
 
@@ -113,7 +113,7 @@ def load_prompts(args: argparse.Namespace) -> list[str]:
         return lines[: args.prompts]
     if args.task != "t2v-tiny":
         raise ConfigError("--prompt_file is needed for tasks other than t2v-tiny")
-    from wan.tiny_world import held_out_prompts
+    from wan.eval.tiny_world import held_out_prompts
 
     return [p.text for p in held_out_prompts(args.prompts)]
 
@@ -126,7 +126,7 @@ def adherence_check(task: str, video: torch.Tensor, prompt: str) -> bool | None:
     """Prompt adherence where the task has a detector (the tiny world), else None."""
     if task != "t2v-tiny":
         return None
-    from wan.adherence import check
+    from wan.eval.adherence import check
 
     return check(video, prompt).matched
 
