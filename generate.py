@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wan.config import DEFAULT_TASK, ConfigError, TaskConfig, available_tasks, load_task_config
+from wan.placement import PLACEMENTS
 
 if TYPE_CHECKING:
     from wan.text2video import GenerationSettings, WanT2V
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--offload_model",
         type=str2bool,
         default=None,
-        help="move models to the CPU when idle (default: true on one GPU, false otherwise)",
+        help="true: move whole models to the CPU when idle; false: keep everything on the GPU "
+        "(default: --placement auto)",
     )
     official.add_argument("--ulysses_size", type=int, default=1, help="Ulysses sequence-parallel degree (torchrun)")
     official.add_argument("--t5_fsdp", action="store_true", help="shard the text encoder with FSDP")
@@ -96,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="last M high-noise steps before the switch run the conditional pass only",
+    )
+    ours.add_argument(
+        "--placement",
+        default=None,
+        choices=list(PLACEMENTS),
+        help="where the parts live: auto (resident if it fits, else stream; the default), resident, "
+        "offload (= --offload_model True), stream (experts streamed block by block)",
     )
     ours.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
@@ -166,18 +175,30 @@ def torchrun_rank() -> tuple[int, int, int]:
 
 
 def resolve_device(args: argparse.Namespace, local_rank: int = 0) -> None:
-    """Fill --device and --offload_model; under torchrun each process takes the GPU of its local rank."""
+    """Fill --device and --placement; under torchrun each process takes the GPU of its local rank."""
     import torch
 
     if torch.cuda.is_available() and local_rank:
         torch.cuda.set_device(local_rank)  # "cuda" then means this rank's GPU
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.offload_model is None:
-        args.offload_model = args.device != "cpu"
+    args.placement = placement_choice(args)
 
 
-def load_pipeline(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path) -> tuple[WanT2V, float]:
-    """The loaded model and the seconds it took."""
+def placement_choice(args: argparse.Namespace) -> str:
+    """--placement, or what the official --offload_model means when only it is given; auto by default."""
+    official = None if args.offload_model is None else ("offload" if args.offload_model else "resident")
+    if args.placement is not None and official is not None and args.placement != official:
+        raise ConfigError(
+            f"--offload_model {args.offload_model} means --placement {official}, not {args.placement}; pass one of them"
+        )
+    return args.placement or official or "auto"
+
+
+def load_pipeline(
+    args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path, runs: list[GenerationSettings]
+) -> tuple[WanT2V, float]:
+    """The loaded model, placed for the largest of ``runs`` (unless under torchrun), and the seconds it took."""
+    from wan.placement import Placement, apply_placement, choose_placement
     from wan.text2video import WanT2V
 
     logger.info("loading %s from %s on %s", config.task, ckpt_dir, args.device)
@@ -187,11 +208,28 @@ def load_pipeline(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path) 
         ckpt_dir,
         device=args.device,
         convert_model_dtype=args.convert_model_dtype,
-        offload_model=args.offload_model,
+        placement=Placement(reason="loaded on the CPU"),
         t5_cpu=args.t5_cpu,
         attention_backend=args.attention_backend,
     )
+    if torchrun_rank()[1] == 1:
+        apply_placement(pipe, choose_placement(pipe, args.placement, **largest_run(config, runs)))
     return pipe, time.perf_counter() - start
+
+
+def largest_run(config: TaskConfig, runs: list[GenerationSettings]) -> dict[str, int]:
+    """Token count and video shape of the run that needs the most memory, for the placement estimate."""
+    from wan.frames import latent_frame_count
+
+    def shape(s: GenerationSettings) -> dict[str, int]:
+        width, height = config.parse_size(s.size)
+        frames = latent_frame_count(s.frame_num, config.vae_stride[0])
+        _, patch_h, patch_w = config.patch_size
+        tokens = frames * (height // config.vae_stride[1] // patch_h) * (width // config.vae_stride[2] // patch_w)
+        return {"tokens": tokens, "frames": s.frame_num, "height": height, "width": width}
+
+    empty = {"tokens": 0, "frames": 1, "height": 0, "width": 0}
+    return max((shape(s) for s in runs), key=lambda d: d["tokens"], default=empty)
 
 
 def sidecar_context(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path) -> dict[str, Any]:
@@ -201,7 +239,7 @@ def sidecar_context(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path
         "ckpt_dir": str(ckpt_dir),
         "options": {
             "convert_model_dtype": args.convert_model_dtype,
-            "offload_model": args.offload_model,
+            "placement": args.placement,
             "t5_cpu": args.t5_cpu,
             "attention_backend": args.attention_backend,
             "device": args.device,
@@ -235,9 +273,7 @@ def run(args: argparse.Namespace) -> int:
         save_file = check_output_path(args.save_file or default_save_file(config, settings, args.save_dir))
         ckpt_dir = resolve_ckpt_dir(args, config)
         resolve_device(args, ctx.local_rank)
-        if ctx.world_size > 1:
-            args.offload_model = True  # load to the CPU; parallelize() shards or places every part
-        pipe, load_seconds = load_pipeline(args, config, ckpt_dir)
+        pipe, load_seconds = load_pipeline(args, config, ckpt_dir, [settings])
         distributed.parallelize(
             pipe, ctx, ulysses_size=args.ulysses_size, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp, settings=settings
         )
@@ -277,7 +313,7 @@ def run_batch(args: argparse.Namespace) -> int:
     resolve_device(args, local_rank)
     context = {**sidecar_context(args, config, ckpt_dir), "prompt_file": str(prompt_file)}
     runner = BatchRunner(jobs, config, manifest, context, progress=not args.quiet and rank == 0)
-    summary = runner.run(lambda: load_pipeline(args, config, ckpt_dir)[0])
+    summary = runner.run(lambda: load_pipeline(args, config, ckpt_dir, [j.settings for j in jobs if j.settings])[0])
     for path in summary.outputs:
         print(path)
     if summary.stop_error:

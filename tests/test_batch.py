@@ -25,6 +25,7 @@ from tiny_models import CAPTIONS
 
 import generate
 import wan.batch
+from wan import text2video
 from wan.batch import ITEM_FLAGS, Manifest, item_flags, item_seed, parse_item, plan_jobs
 from wan.config import ConfigError
 from wan.guidance import LOW
@@ -243,15 +244,15 @@ def test_two_items_cannot_share_an_output(tmp_path, test_config):
 # ----------------------------------------------------------------------------------- failures in the loop
 def test_nan_and_out_of_memory_are_recorded_per_item(cli, tmp_path, monkeypatch):
     """NaN from the low-noise expert on 48*32 items, out of memory on 9-frame items; the rest complete."""
-    original = WanT2V._forward
+    original = text2video.call_expert
 
-    def faulty(self, expert, hidden, timestep, context):
+    def faulty(expert, branch, hidden, timestep, context, plan):
         if hidden.shape[2] == 3:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
-        out = original(self, expert, hidden, timestep, context)
-        return out * float("nan") if hidden.shape[-1] == 48 // 8 and expert is self.experts[LOW] else out
+        out = original(expert, branch, hidden, timestep, context, plan)
+        return out * float("nan") if hidden.shape[-1] == 48 // 8 and plan.expert == LOW else out
 
-    monkeypatch.setattr(WanT2V, "_forward", faulty)
+    monkeypatch.setattr(text2video, "call_expert", faulty)
     lines = [
         '{"prompt": "a red square moving left", "size": "48*32"}',
         '{"prompt": "a red square moving left", "frame_num": 9}',

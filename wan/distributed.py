@@ -25,6 +25,7 @@ import torch.distributed as dist
 from wan.config import ConfigError, TaskConfig
 from wan.frames import half_frame_count, latent_frame_count
 from wan.guidance import HIGH
+from wan.placement import Placement
 from wan.text2video import GenerationResult, GenerationSettings, WanT2V
 
 logger = logging.getLogger(__name__)
@@ -146,9 +147,9 @@ def parallelize(
 ) -> None:
     """Apply Ulysses sequence parallel and FSDP2 to a loaded pipeline, in place, on every rank.
 
-    The parts may still be on the CPU (load with ``offload_model=True`` so no rank holds both full
+    The parts may still be on the CPU (load with ``placement=Placement()`` so no rank holds both full
     experts on its GPU): FSDP moves each rank's shards to its device, and the unsharded parts are
-    moved here. Offload is switched off, since sharded modules must stay where FSDP put them.
+    moved here. The placement becomes "in place", since sharded modules must stay where FSDP put them.
     ``settings`` (optional) also checks that ``ulysses_size`` divides every sequence length of that run.
     """
     validate(
@@ -162,9 +163,9 @@ def parallelize(
     )
     if ctx.world_size == 1:
         return
-    if pipe.offload_model:
-        logger.info("model offload is off under torchrun: sharded modules stay on their GPUs")
-        pipe.offload_model = False
+    if pipe.placement.name != Placement.name:
+        logger.info("placement %s is off under torchrun: sharded modules stay on their GPUs", pipe.placement.name)
+        pipe.placement = Placement(reason="torchrun")
     if ulysses_size > 1:
         _enable_ulysses(pipe.experts.values(), ctx, ulysses_size)
     fsdp_mesh = _mesh(ctx, (ctx.world_size,), ("fsdp",)) if dit_fsdp or t5_fsdp else None

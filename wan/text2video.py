@@ -34,6 +34,7 @@ from wan.frames import (
     predict_x0,
 )
 from wan.guidance import HIGH, LOW, StepPlan, apply_cfg, plan_steps
+from wan.placement import Placement, Resident, apply_placement
 from wan.solvers import complete_history, make_scheduler, restart_history, step_sigmas
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,36 @@ def encode_prompts(tokenizer, text_encoder, texts: list[str], text_len: int) -> 
     return hidden * mask.unsqueeze(-1).to(hidden.dtype)
 
 
+VelocityFn = Callable[..., torch.Tensor]
+
+
+def call_expert(
+    expert, branch: str, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, plan: StepPlan
+) -> torch.Tensor:
+    """One DiT forward inside diffusers' cache context, so caching hooks keep cond and uncond apart.
+
+    The context is also keyed by the frame count: a cache must not mix half-frame and full-frame states.
+    """
+    with expert.cache_context(f"{branch}_{latents.shape[2]}", step_index=plan.index, timestep=plan.timestep):
+        return expert(hidden_states=latents, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
+
+
+def guided_velocity(
+    expert,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    plan: StepPlan,
+    cond_context: torch.Tensor,
+    uncond_context: torch.Tensor,
+) -> torch.Tensor:
+    """A step's velocity: the conditional pass and, on CFG steps, the unconditional one combined."""
+    velocity = call_expert(expert, "cond", latents, timestep, cond_context, plan)
+    if plan.use_cfg:
+        uncond = call_expert(expert, "uncond", latents, timestep, uncond_context, plan)
+        velocity = apply_cfg(velocity.float(), uncond.float(), plan.guide_scale).to(velocity.dtype)
+    return velocity
+
+
 class WanT2V:
     """Loaded Wan2.2 T2V model: text encoder, VAE and the two experts, plus the sampling loop."""
 
@@ -143,7 +174,7 @@ class WanT2V:
         components: WanComponents,
         *,
         device: str | torch.device = "cpu",
-        offload_model: bool = False,
+        placement: Placement | None = None,
         t5_cpu: bool = False,
     ):
         self.config = config
@@ -151,7 +182,6 @@ class WanT2V:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.offload_model = offload_model
         self.t5_cpu = t5_cpu
         self.experts = {HIGH: components.high_noise_model, LOW: components.low_noise_model}
         for module in (components.text_encoder, components.vae, *self.experts.values()):
@@ -159,13 +189,10 @@ class WanT2V:
                 module.eval().requires_grad_(False)
         self.text_device = torch.device("cpu") if t5_cpu else self.device
         self._check_parts()
-        if not offload_model:
-            if components.text_encoder is not None:
-                components.text_encoder.to(self.text_device)
-            if components.vae is not None:
-                components.vae.to(self.device)
-            for expert in self.experts.values():
-                expert.to(self.device)
+        self.velocity: VelocityFn = guided_velocity
+        """One step's model output; a lever (CFG parallel) may replace it."""
+        self.placement: Placement = Placement()
+        apply_placement(self, placement or Resident(keep_text_encoder=True))
 
     @classmethod
     def from_pretrained(
@@ -175,7 +202,7 @@ class WanT2V:
         *,
         device: str | torch.device = "cpu",
         convert_model_dtype: bool = False,
-        offload_model: bool = False,
+        placement: Placement | None = None,
         t5_cpu: bool = False,
         attention_backend: str | None = None,
     ) -> WanT2V:
@@ -190,7 +217,7 @@ class WanT2V:
         else:
             dtype = None  # as stored
         components = load_components(ckpt_dir, transformer_dtype=dtype, text_encoder_dtype=dtype)
-        pipe = cls(config, components, device=device, offload_model=offload_model, t5_cpu=t5_cpu)
+        pipe = cls(config, components, device=device, placement=placement, t5_cpu=t5_cpu)
         if attention_backend:
             pipe.set_attention_backend(attention_backend)
         return pipe
@@ -227,7 +254,7 @@ class WanT2V:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """umT5 embeddings [B, text_len, dim], rows past each prompt's tokens set to zero."""
-        with self._on(self.parts.text_encoder, self.text_device):
+        with self.placement.using(self.parts.text_encoder, self.text_device):
             hidden = encode_prompts(
                 self.parts.tokenizer, self.parts.text_encoder, [clean_prompt(t) for t in texts], self.config.text_len
             )
@@ -328,15 +355,12 @@ class WanT2V:
                 completed = True
                 seconds["completion"] += self._now() - start
             start = self._now()
-            expert = self._activate(plan.expert)
+            expert = self.placement.expert(self, plan.expert)
             frames = latents.shape[2]
             bar.set_postfix(expert=plan.expert, frames=frames, tokens=frames * tokens_per_frame, cfg=plan.use_cfg)
             model_input = latents.to(transformer_dtype)
             timestep = torch.full((1,), plan.timestep, device=self.device)
-            velocity = self._forward(expert, model_input, timestep, cond_ctx)
-            if plan.use_cfg:
-                uncond = self._forward(expert, model_input, timestep, uncond_ctx)
-                velocity = apply_cfg(velocity.float(), uncond.float(), plan.guide_scale).to(velocity.dtype)
+            velocity = self.velocity(expert, model_input, timestep, plan, cond_ctx, uncond_ctx)
             forwards[plan.expert] += plan.forwards
             tokens[plan.expert] += plan.forwards * frames * tokens_per_frame
             if not completed and s.frame_completion in X0_COMPLETIONS:
@@ -386,44 +410,18 @@ class WanT2V:
         logger.debug("completed %d -> %d latent frames with %s", latents.shape[2], full.shape[2], method)
         return full.to(latents.dtype)
 
-    def _forward(self, expert, hidden: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return expert(hidden_states=hidden, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
-
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latent -> video [3, F, H, W] in [-1, 1]; undoes the VAE's per-channel latent normalisation."""
         vae = self.parts.vae
-        with self._on(vae, self.device):
+        with self.placement.using(vae, self.device):
             z = latents.to(self.device, vae.dtype)
             mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
             inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
             video = vae.decode(z / inv_std + mean, return_dict=False)[0]
         return video[0].float().clamp(-1, 1)
 
-    # ----------------------------------------------------------------------------------- placement
-    def _activate(self, name: str):
-        """The expert for this step, on the device; with offload, the other one goes back to the CPU."""
-        expert = self.experts[name]
-        if self.offload_model:
-            for other_name, other in self.experts.items():
-                if other_name != name and _module_device(other) != torch.device("cpu"):
-                    other.to("cpu")
-            if _module_device(expert) != self.device:
-                expert.to(self.device)
-        return expert
-
-    @contextmanager
-    def _on(self, module: torch.nn.Module, device: torch.device):
-        """Run ``module`` on ``device``; with offload, move it there only for the duration."""
-        if self.offload_model and _module_device(module) != device:
-            module.to(device)
-            try:
-                yield
-            finally:
-                module.to("cpu")
-        else:
-            yield
-
+    # ----------------------------------------------------------------------------------- timing
     def _now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -434,10 +432,6 @@ class WanT2V:
         start = self._now()
         yield
         timings[name] = timings.get(name, 0.0) + self._now() - start
-
-
-def _module_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def _as_tuple(value) -> tuple[int, ...]:

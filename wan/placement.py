@@ -1,0 +1,228 @@
+"""Where each part of the pipeline lives while it works: the placement lever.
+
+Three placements, chosen once per run and applied to the loaded pipeline from outside the loop:
+
+- ``Resident``: everything on the device; the text encoder visits the device only while it encodes,
+  so the 11 GB umT5 of A14B does not sit beside the experts while they sample and decode.
+- ``ModelOffload``: the official ``--offload_model True``: every part lives on the CPU and moves to the
+  device as a whole while it works (the idle expert goes back to the CPU).
+- ``BlockStream``: the experts stay on the CPU in pinned memory and diffusers' group offloading
+  streams them to the device block by block on a side CUDA stream, overlapped with compute; the VAE
+  decodes in tiles. For GPUs too small to hold both experts.
+
+``choose_placement`` picks one when the user did not: resident if the estimate of the run's peak
+fits the device's free memory, else block streaming; the log says which and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from wan.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+GIB = 1024**3
+HEADROOM = 0.92
+"""Fraction of free device memory a resident estimate may use (allocator fragmentation, CUDA context)."""
+
+
+def module_bytes(module: torch.nn.Module | None) -> int:
+    """Bytes of a module's parameters and buffers."""
+    if module is None:
+        return 0
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def dit_activation_bytes(tokens: int, dim: int, ffn_dim: int, dtype_bytes: int = 2) -> int:
+    """Peak working memory of one expert forward: the FFN's hidden plus a handful of [tokens, dim] tensors.
+
+    Inference keeps no activations across blocks, so the peak is one block's working set: the FFN's
+    intermediate (tokens x ffn_dim, with its GELU copy) and about ten residual-stream-sized tensors.
+    """
+    return tokens * (2 * ffn_dim + 10 * dim) * dtype_bytes
+
+
+def vae_decode_bytes(frames: int, height: int, width: int, tiled: bool) -> int:
+    """Working memory of the Wan VAE decode: it runs frame by frame, so one frame's activations dominate.
+
+    About 4 KB per output pixel of one frame untiled (up to 384 channels at full resolution, with
+    its causal cache); tiling bounds it to a 256x256 tile's worth. ``frames`` sizes the output itself.
+    """
+    per_frame = (min(height, 256) * min(width, 256) if tiled else height * width) * 4096
+    return per_frame + frames * height * width * 3 * 4
+
+
+@dataclass
+class Placement:
+    """Everything stays where ``setup`` put it (the CPU, or a sharded multi-GPU layout)."""
+
+    name = "in_place"
+    reason: str = ""
+
+    def setup(self, pipe) -> None:
+        """Move the loaded parts to where this placement keeps them."""
+
+    def expert(self, pipe, name: str) -> torch.nn.Module:
+        """The expert for the next step, ready to run."""
+        return pipe.experts[name]
+
+    @contextmanager
+    def using(self, module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+        """Run ``module`` on ``device`` for the duration of the block."""
+        yield
+
+
+@dataclass
+class Resident(Placement):
+    """Experts and VAE on the device; the text encoder visits it only to encode (unless ``keep_text_encoder``)."""
+
+    name = "resident"
+    keep_text_encoder: bool = False
+
+    def setup(self, pipe) -> None:
+        for module in (*pipe.experts.values(), pipe.parts.vae):
+            _to(module, pipe.device)
+        text_home = pipe.text_device if self.keep_text_encoder else torch.device("cpu")
+        _to(pipe.parts.text_encoder, text_home)
+
+    @contextmanager
+    def using(self, module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+        with _visit(module, device, enabled=not self.keep_text_encoder):
+            yield
+
+
+@dataclass
+class ModelOffload(Placement):
+    """The official ``--offload_model True``: whole parts move to the device while they work."""
+
+    name = "model_offload"
+
+    def setup(self, pipe) -> None:
+        for module in (*pipe.experts.values(), pipe.parts.vae, pipe.parts.text_encoder):
+            _to(module, torch.device("cpu"))
+
+    def expert(self, pipe, name: str) -> torch.nn.Module:
+        for other_name, other in pipe.experts.items():
+            if other_name != name:
+                _to(other, torch.device("cpu"))
+        _to(pipe.experts[name], pipe.device)
+        return pipe.experts[name]
+
+    @contextmanager
+    def using(self, module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+        with _visit(module, device):
+            yield
+
+
+@dataclass
+class BlockStream(Placement):
+    """Experts streamed block by block from pinned CPU memory (diffusers group offloading); tiled decode."""
+
+    name = "block_stream"
+    blocks_per_group: int = 1
+
+    def setup(self, pipe) -> None:
+        if pipe.device.type != "cuda":
+            raise ConfigError("block streaming (--placement stream) needs a CUDA device; use --placement resident")
+        from diffusers.hooks import apply_group_offloading
+
+        for expert in pipe.experts.values():
+            _to(expert, torch.device("cpu"))
+            apply_group_offloading(
+                expert,
+                onload_device=pipe.device,
+                offload_type="block_level",
+                num_blocks_per_group=self.blocks_per_group,
+                use_stream=True,
+                record_stream=True,
+                non_blocking=True,
+            )
+        _to(pipe.parts.text_encoder, torch.device("cpu"))
+        if pipe.parts.vae is not None:
+            pipe.parts.vae.to(pipe.device)
+            pipe.parts.vae.enable_tiling()
+
+    @contextmanager
+    def using(self, module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+        with _visit(module, device):
+            yield
+
+
+PLACEMENTS = ("auto", "resident", "offload", "stream")
+
+
+def resident_peak_bytes(pipe, tokens: int, frames: int, height: int, width: int) -> int:
+    """Estimated device peak of a resident run: both experts and the VAE, plus the largest stage's working set.
+
+    The stages take turns: text encoding (the visiting encoder), one expert forward, the VAE decode.
+    """
+    expert_config = pipe.experts["high_noise"].config
+    weights = sum(module_bytes(e) for e in pipe.experts.values()) + module_bytes(pipe.parts.vae)
+    stages = (
+        module_bytes(pipe.parts.text_encoder) * 1.1,
+        dit_activation_bytes(
+            tokens, expert_config.num_attention_heads * expert_config.attention_head_dim, expert_config.ffn_dim
+        ),
+        vae_decode_bytes(frames, height, width, tiled=False),
+    )
+    return int(weights + max(stages))
+
+
+def choose_placement(pipe, choice: str, *, tokens: int, frames: int, height: int, width: int) -> Placement:
+    """The placement for ``choice`` (one of ``PLACEMENTS``); ``auto`` estimates the resident peak first."""
+    if choice not in PLACEMENTS:
+        raise ConfigError(f"unknown --placement {choice!r}; choose one of: {', '.join(PLACEMENTS)}")
+    if choice == "offload":
+        return ModelOffload(reason="--offload_model True / --placement offload")
+    if choice == "stream":
+        return BlockStream(reason="--placement stream")
+    if choice == "resident" or pipe.device.type != "cuda":
+        return Resident(reason=f"{choice} on {pipe.device.type}")
+    need = resident_peak_bytes(pipe, tokens, frames, height, width)
+    free, _total = torch.cuda.mem_get_info(pipe.device)
+    free += sum(module_bytes(m) for m in _on_device(pipe, pipe.device))  # what is already there counts as free
+    if need <= HEADROOM * free:
+        return Resident(reason=f"estimated peak {need / GIB:.1f} GiB fits {free / GIB:.1f} GiB free")
+    return BlockStream(reason=f"estimated resident peak {need / GIB:.1f} GiB exceeds {free / GIB:.1f} GiB free")
+
+
+def apply_placement(pipe, placement: Placement) -> None:
+    """Install ``placement`` on a loaded pipeline and move its parts accordingly."""
+    placement.setup(pipe)
+    pipe.placement = placement
+    logger.info("placement: %s (%s)", placement.name, placement.reason or "default")
+
+
+def _on_device(pipe, device: torch.device) -> Iterable[torch.nn.Module]:
+    parts = (*pipe.experts.values(), pipe.parts.vae, pipe.parts.text_encoder)
+    return [m for m in parts if m is not None and _device_of(m) == device]
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _to(module: torch.nn.Module | None, device: torch.device) -> None:
+    if module is not None and _device_of(module) != device:
+        module.to(device)
+
+
+@contextmanager
+def _visit(module: torch.nn.Module | None, device: torch.device, *, enabled: bool = True) -> Iterator[None]:
+    """Move ``module`` to ``device`` for the block and back to where it was after."""
+    home = _device_of(module) if module is not None else device
+    if not enabled or home == device:
+        yield
+        return
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to(home)
