@@ -49,6 +49,7 @@ from wan.checkpoints import WanComponents  # noqa: E402
 from wan.config import TaskConfig, load_task_config  # noqa: E402
 from wan.frames import half_frame_count, latent_frame_count  # noqa: E402
 from wan.guidance import HIGH, LOW, StepPlan, plan_steps, route  # noqa: E402
+from wan.levers.attention import set_attention_backend  # noqa: E402
 from wan.solvers import make_scheduler  # noqa: E402
 from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
 
@@ -396,7 +397,7 @@ class Bench:
 
     def measure_forwards(self, backend: str) -> None:
         """Median seconds of one forward per expert at the full and the half-frame token count."""
-        self.pipe.set_attention_backend(backend)
+        set_attention_backend(self.pipe, backend)
         results: dict[str, dict[str, dict]] = {HIGH: {}, LOW: {}}
         t = torch.full((1,), 900.0, device=self.device)
         for length, frames in (("full", self.full_frames), ("half", half_frame_count(self.full_frames))):
@@ -432,7 +433,7 @@ class Bench:
 
     def run_ours(self, mode: str, backend: str, steps: int) -> dict[str, Any]:
         """Our loop (``WanT2V.sample``) in ``mode``; seconds per step by expert from a per-step callback."""
-        self.pipe.set_attention_backend(backend)
+        set_attention_backend(self.pipe, backend)
         fields = mode_settings(mode, steps)
         settings = GenerationSettings(prompt="benchmark", seed=self.args.seed, sample_steps=steps, **fields)
         marks: list[tuple[str, float]] = []
@@ -453,7 +454,7 @@ class Bench:
 
     def run_diffusers(self, steps: int) -> dict[str, Any]:
         """diffusers' WanPipeline on the same experts and embeddings (same attention backend: native)."""
-        self.pipe.set_attention_backend(NATIVE)
+        set_attention_backend(self.pipe, NATIVE)
         width, height = self.task.parse_size(self.args.size)
         pipeline = WanPipeline(
             tokenizer=None,
@@ -642,7 +643,7 @@ def run_cudnn(bench: Bench, steps: int) -> None:
             continue
         with bench.stage(f"{name} ({steps} steps)"):
             bench.record(name, bench.run_ours(mode, CUDNN, steps))
-    bench.pipe.set_attention_backend(NATIVE)
+    set_attention_backend(bench.pipe, NATIVE)
 
 
 def print_table(report: dict[str, Any]) -> None:
