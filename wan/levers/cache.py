@@ -32,6 +32,8 @@ METHODS = ("fbc", "taylorseer")
 DEFAULT_FBC_THRESHOLD = 0.05
 DEFAULT_TAYLORSEER_INTERVAL = 3
 CALIBRATION_FILE = "cache_calibration.json"
+TAYLORSEER_MODULES = (r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn")
+"""Wan's attention and FFN modules (diffusers' default patterns expect modules named ``...attn``)."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,12 @@ def cache_config(method: str, value: float):
 
     if method == "fbc":
         return FirstBlockCacheConfig(threshold=value)
-    return TaylorSeerCacheConfig(cache_interval=int(value), disable_cache_before_step=2, taylor_factors_dtype=None)
+    return TaylorSeerCacheConfig(
+        cache_interval=int(value),
+        disable_cache_before_step=2,
+        taylor_factors_dtype=torch.float32,
+        cache_identifiers=list(TAYLORSEER_MODULES),
+    )
 
 
 def enable_cache(pipe, spec_text: str) -> dict[str, float]:
