@@ -121,8 +121,9 @@ PROJECTION_METHOD = (
     "40-step plan - forwards measured) x its steady-state seconds per forward (median over its steps after its "
     "first one, whose one-time costs stay in the measured stage)"
 )
-BUDGET_ALLOWANCE_S = {"fp8": 200.0, "compile": 90.0, "stream": 40.0, "offload": 30.0}
-"""Rough extra seconds a mode's setup may take, for the budget check only (fp8+compile: ~193 s first call, issue 9)."""
+BUDGET_ALLOWANCE_S = {"fp8": 200.0, "compile": 90.0, "stream": 60.0, "offload": 30.0}
+"""Rough extra seconds a mode's setup may take, for the budget check only (issue 9: fp8+compile ~193 s first
+call; block-streaming setup 17-28 s per expert); guesses, never reported as results."""
 
 
 @dataclass(frozen=True)
@@ -638,8 +639,8 @@ class Bench:
         if mode.placement in ("offload", "stream"):  # a real load leaves the weights in CPU memory
             for module in self.parts():
                 module.to("cpu")
-        else:
-            for module in self.parts():
+        else:  # built on the device; the placement decides where the text encoder waits
+            for module in (self.vae, *self.experts.values()):
                 module.to(self.device)
         setup["move_parts_s"] = now(self.device) - start
         components = WanComponents(
