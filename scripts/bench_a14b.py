@@ -534,6 +534,8 @@ class Bench:
         """diffusers' WanPipeline, everything resident, text encoding and decode included (output_type="np")."""
         rebuild_s = self.clean_experts()
         self.vae.disable_tiling()
+        for expert in self.experts.values():
+            expert.reset_attention_backend()
         for module in self.parts():
             module.to(self.device)
         pipeline = WanPipeline(
@@ -635,6 +637,8 @@ class Bench:
         """A WanT2V placed and levered as the product does it (``generate.load_pipeline``), with setup seconds."""
         setup: dict[str, Any] = {"rebuild_s": self.clean_experts()}
         self.vae.disable_tiling()
+        for expert in self.experts.values():  # an attention mode before this one set its backend
+            expert.reset_attention_backend()
         start = now(self.device)
         if mode.placement in ("offload", "stream"):  # a real load leaves the weights in CPU memory
             for module in self.parts():
