@@ -610,7 +610,7 @@ class Bench:
         """The product's resolution: a preset's levers (minus what this hardware lacks) or the explicit ones."""
         return resolve_levers(mode.preset, dict(mode.levers), self.device)
 
-    def unavailable(self, name: str, mode: Mode) -> str | None:
+    def unavailable(self, mode: Mode) -> str | None:
         """Why ``mode`` cannot run on this device (recorded as the skip reason), or None."""
         backend = mode.levers.get("attention_backend")
         if self.device.type != "cuda":
@@ -633,7 +633,7 @@ class Bench:
                 return str(exc).splitlines()[0]
         return None
 
-    def prepare(self, mode: Mode) -> tuple[WanT2V, dict[str, Any], dict[str, Any]]:
+    def prepare(self, mode: Mode, steps: int) -> tuple[WanT2V, dict[str, Any], dict[str, Any]]:
         """A WanT2V placed and levered as the product does it (``generate.load_pipeline``), with setup seconds."""
         setup: dict[str, Any] = {"rebuild_s": self.clean_experts()}
         self.vae.disable_tiling()
@@ -667,7 +667,7 @@ class Bench:
         if mode.vae_tiling:
             self.vae.enable_tiling()
         self.dirty = bool(levers.fp8 or levers.compile or levers.cache or pipe.placement.name == "block_stream")
-        generation = scaled_generation(preset_generation_defaults(mode.preset), self.args.steps)
+        generation = scaled_generation(preset_generation_defaults(mode.preset), steps)
         info = {
             "kind": "ours",
             "placement": pipe.placement.name,
@@ -683,7 +683,7 @@ class Bench:
 
     def run_ours(self, name: str, mode: Mode, steps: int) -> dict[str, Any]:
         """``WanT2V.generate`` (text + sampling + decode) after a warm-up; per-step marks from ``on_step``."""
-        pipe, setup, info = self.prepare(mode)
+        pipe, setup, info = self.prepare(mode, steps)
         self.pipe = pipe
         clock = StepClock(self.device, self.counter)
 
@@ -871,7 +871,7 @@ def run(args: argparse.Namespace, started: float) -> dict[str, Any]:
         bench.measure_matmul()
     for name in modes:
         mode = MODES[name]
-        if mode is not None and (reason := bench.unavailable(name, mode)):
+        if mode is not None and (reason := bench.unavailable(mode)):
             bench.skip(name, reason)
             continue
         if name != "peer" and not bench.fits(name, bench.estimate(mode)):
