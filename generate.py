@@ -74,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="one CFG scale for both experts (default: 4.0 high-noise, 3.0 low-noise)",
     )
-    official.add_argument("--convert_model_dtype", action="store_true", help="convert the experts to bf16")
+    official.add_argument(
+        "--convert_model_dtype",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="convert the experts to bf16 (a --preset turns it on)",
+    )
 
     ours = p.add_argument_group("acceleration and extras")
     ours.add_argument("--negative_prompt", default=None, help="default: the task's (the released one for A14B)")
@@ -107,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--placement",
         default=None,
         choices=list(PLACEMENTS),
-        help="where the parts live: auto (resident if it fits, else stream; the default), resident, "
-        "offload (= --offload_model True), stream (experts streamed block by block)",
+        help="where the parts live: auto (the fastest that fits; the default), resident (everything on the GPU), "
+        "resident_lean (the text encoder visits the GPU only to encode), offload (= --offload_model True), "
+        "stream (experts streamed block by block)",
     )
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
@@ -157,14 +163,19 @@ def generation_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def apply_preset_defaults(args: argparse.Namespace) -> None:
     """Fill the generation flags a --preset sets where the user gave none; the rest take their defaults."""
-    from wan.levers.presets import preset_generation_defaults
+    from wan.levers.presets import preset_generation_defaults, preset_load_defaults
 
-    for name, value in preset_generation_defaults(args.preset).items():
+    preset = {**preset_generation_defaults(args.preset), **preset_load_defaults(args.preset)}
+    for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("cfg_truncate_steps", "cfg_truncate_high_noise_steps"):
+    for name, default in (
+        ("cfg_truncate_steps", 0),
+        ("cfg_truncate_high_noise_steps", 0),
+        ("convert_model_dtype", False),
+    ):
         if getattr(args, name) is None:
-            setattr(args, name, 0)
+            setattr(args, name, default)
 
 
 def resolve_levers(args: argparse.Namespace) -> Levers:

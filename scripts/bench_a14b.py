@@ -143,6 +143,7 @@ MODES: dict[str, Mode | None] = {  # in the order they run: the most important f
     "preset_fast": Mode(preset="fast"),
     "offload": Mode(placement="offload"),
     "stream": Mode(placement="stream"),
+    "resident_lean": Mode(placement="resident_lean"),
     "vae_tiling": Mode(vae_tiling=True),
     "compile": Mode(levers={"compile": True}),
     "fp8": Mode(levers={"fp8": True}),

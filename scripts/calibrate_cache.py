@@ -35,7 +35,7 @@ from wan.video import save_json, to_uint8_frames  # noqa: E402
 
 logger = logging.getLogger("calibrate_cache")
 
-CANDIDATES = {"fbc": "0.01,0.02,0.03,0.05,0.08,0.12", "taylorseer": "2,3,4,5"}
+CANDIDATES = {"fbc": "0.02,0.03,0.05,0.08", "taylorseer": "2,3,4"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt_file", default=None, help="one prompt per line (t2v-tiny: its training captions)")
     p.add_argument("--prompts", type=int, default=6, help="how many calibration prompts")
     p.add_argument("--base_seed", type=int, default=1000, help="prompt i uses seed base_seed + i")
-    p.add_argument("--min_psnr", type=float, default=32.0, help="mean PSNR (dB) each expert's setting must keep")
+    p.add_argument("--min_psnr", type=float, default=34.0, help="mean PSNR (dB) each expert's setting must keep")
     p.add_argument("--sample_steps", type=int, default=None)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--out", default=None, help=f"default: CKPT_DIR/{CALIBRATION_FILE}")

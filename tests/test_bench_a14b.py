@@ -23,7 +23,17 @@ from wan.solvers import make_scheduler
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_a14b.py"
 STEPS = 6  # shift 12: 4 high-noise steps, then 2 low-noise ones
-RUN_ON_CPU = {"peer", "default", "preset_exact", "preset_fast", "offload", "vae_tiling", "cache", "attention:native"}
+RUN_ON_CPU = {
+    "peer",
+    "default",
+    "preset_exact",
+    "preset_fast",
+    "offload",
+    "resident_lean",
+    "vae_tiling",
+    "cache",
+    "attention:native",
+}
 CUDA_ONLY = {"stream", "compile", "fp8", "fp8+compile"} | {
     f"attention:{b}" for b in ("_native_cudnn", "flash", "_native_flash", "_native_efficient")
 }

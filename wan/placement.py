@@ -2,8 +2,9 @@
 
 Three placements, chosen once per run and applied to the loaded pipeline from outside the loop:
 
-- ``Resident``: everything on the device; the text encoder visits the device only while it encodes,
-  so the 11 GB umT5 of A14B does not sit beside the experts while they sample and decode.
+- ``Resident``: everything on the device (``resident``, the official ``--offload_model False``), or
+  with the text encoder visiting the device only while it encodes (``resident_lean``), so the 11 GB
+  umT5 of A14B does not sit beside the experts while they sample and decode.
 - ``ModelOffload``: the official ``--offload_model True``: every part lives on the CPU and moves to the
   device as a whole while it works (the idle expert goes back to the CPU).
 - ``BlockStream``: the experts stay on the CPU in pinned memory and diffusers' group offloading
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -91,6 +92,8 @@ class Resident(Placement):
             _to(module, pipe.device)
         text_home = pipe.text_device if self.keep_text_encoder else torch.device("cpu")
         _to(pipe.parts.text_encoder, text_home)
+        if not self.keep_text_encoder:
+            _pin(pipe.parts.text_encoder, pipe.device)
 
     @contextmanager
     def using(self, module: torch.nn.Module, device: torch.device) -> Iterator[None]:
@@ -100,19 +103,25 @@ class Resident(Placement):
 
 @dataclass
 class ModelOffload(Placement):
-    """The official ``--offload_model True``: whole parts move to the device while they work."""
+    """The official ``--offload_model True``: whole parts move to the device while they work.
+
+    The parts live in page-locked CPU memory, and a visit only rebinds them: going to the device is
+    one fast copy per tensor, coming back drops the device copy (no new CPU allocation).
+    """
 
     name = "model_offload"
+    _visiting: dict[str, dict] = field(default_factory=dict, repr=False)
 
     def setup(self, pipe) -> None:
         for module in (*pipe.experts.values(), pipe.parts.vae, pipe.parts.text_encoder):
             _to(module, torch.device("cpu"))
+            _pin(module, pipe.device)
 
     def expert(self, pipe, name: str) -> torch.nn.Module:
-        for other_name, other in pipe.experts.items():
-            if other_name != name:
-                _to(other, torch.device("cpu"))
-        _to(pipe.experts[name], pipe.device)
+        for other in [n for n in self._visiting if n != name]:
+            _recall(self._visiting.pop(other))
+        if name not in self._visiting:
+            self._visiting[name] = _send(pipe.experts[name], pipe.device)
         return pipe.experts[name]
 
     @contextmanager
@@ -135,7 +144,7 @@ class BlockStream(Placement):
 
         for expert in pipe.experts.values():
             _to(expert, torch.device("cpu"))
-            _pin(expert)  # in place, tensor by tensor: group offloading then keeps these, not a second copy
+            _pin(expert, pipe.device)  # group offloading keeps these pinned tensors instead of copying
             apply_group_offloading(
                 expert,
                 onload_device=pipe.device,
@@ -146,6 +155,7 @@ class BlockStream(Placement):
                 non_blocking=True,
             )
         _to(pipe.parts.text_encoder, torch.device("cpu"))
+        _pin(pipe.parts.text_encoder, pipe.device)
         if pipe.parts.vae is not None:
             pipe.parts.vae.to(pipe.device)
             pipe.parts.vae.enable_tiling()
@@ -156,7 +166,7 @@ class BlockStream(Placement):
             yield
 
 
-PLACEMENTS = ("auto", "resident", "offload", "stream")
+PLACEMENTS = ("auto", "resident", "resident_lean", "offload", "stream")
 
 
 def resident_peak_bytes(pipe, tokens: int, frames: int, height: int, width: int, *, with_text_encoder: bool) -> int:
@@ -187,6 +197,8 @@ def choose_placement(pipe, choice: str, *, tokens: int, frames: int, height: int
         return ModelOffload(reason="--offload_model True / --placement offload")
     if choice == "stream":
         return BlockStream(reason="--placement stream")
+    if choice == "resident_lean":
+        return Resident(keep_text_encoder=False, reason="--placement resident_lean")
     if choice == "resident" or pipe.device.type != "cuda":
         return Resident(keep_text_encoder=True, reason=f"{choice} on {pipe.device.type}")
     free, _total = torch.cuda.mem_get_info(pipe.device)
@@ -217,8 +229,13 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _pin(module: torch.nn.Module) -> None:
-    """Page-lock a CPU module's tensors one at a time (a whole-model pinned copy would double host memory)."""
+def _pin(module: torch.nn.Module | None, device: torch.device) -> None:
+    """Page-lock a CPU module's tensors one at a time, for fast copies to ``device`` (a CUDA device only).
+
+    In place, tensor by tensor: a whole-model pinned copy would double host memory for a moment.
+    """
+    if module is None or device.type != "cuda":
+        return
     for tensor in (*module.parameters(), *module.buffers()):
         tensor.data = tensor.data.pin_memory()
 
@@ -228,15 +245,29 @@ def _to(module: torch.nn.Module | None, device: torch.device) -> None:
         module.to(device)
 
 
+def _send(module: torch.nn.Module, device: torch.device) -> dict[torch.Tensor, torch.Tensor]:
+    """Copy every tensor of ``module`` to ``device``; returns the CPU tensors to rebind them to afterwards."""
+    home = {}
+    for tensor in (*module.parameters(), *module.buffers()):
+        home[tensor] = tensor.data
+        tensor.data = tensor.data.to(device, non_blocking=True)
+    return home
+
+
+def _recall(home: dict[torch.Tensor, torch.Tensor]) -> None:
+    """Rebind the tensors to their CPU copies; the device copies are freed."""
+    for tensor, cpu in home.items():
+        tensor.data = cpu
+
+
 @contextmanager
 def _visit(module: torch.nn.Module | None, device: torch.device, *, enabled: bool = True) -> Iterator[None]:
-    """Move ``module`` to ``device`` for the block and back to where it was after."""
-    home = _device_of(module) if module is not None else device
-    if not enabled or home == device:
+    """``module`` on ``device`` for the block, then back on its CPU copy."""
+    if not enabled or module is None or _device_of(module) == device:
         yield
         return
-    module.to(device)
+    home = _send(module, device)
     try:
         yield
     finally:
-        module.to(home)
+        _recall(home)

@@ -38,6 +38,12 @@ def quantize_experts_fp8(pipe) -> None:
 
     config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
     for expert in pipe.experts.values():
+        dtypes = {m.weight.dtype for name, m in expert.named_modules() if _is_block_linear(m, name)}
+        if dtypes != {torch.bfloat16}:
+            raise ConfigError(
+                f"--fp8 quantises bfloat16 weights; the experts are {', '.join(map(str, dtypes))}: "
+                "add --convert_model_dtype"
+            )
         quantize_(expert, config, filter_fn=_is_block_linear)
 
 

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 class Preset:
     levers: Levers
     generation: dict[str, Any] = field(default_factory=dict)  # generation flags by CLI name
+    load: dict[str, Any] = field(default_factory=lambda: {"convert_model_dtype": True})  # bf16 experts
     gpu_only: tuple[str, ...] = ("compile",)  # levers that cost more than they save off the GPU
 
 
@@ -74,3 +75,8 @@ def resolve_levers(preset: str | None, explicit: dict[str, Any], device: torch.d
 def preset_generation_defaults(preset: str | None) -> dict[str, Any]:
     """Generation flags the preset sets where the user gave none (e.g. CFG truncation for ``fast``)."""
     return dict(PRESETS[preset].generation) if preset else {}
+
+
+def preset_load_defaults(preset: str | None) -> dict[str, Any]:
+    """Loading flags the preset sets where the user gave none (bf16 experts: float8 and the kernels want them)."""
+    return dict(PRESETS[preset].load) if preset else {}
