@@ -12,6 +12,7 @@ import imageio.v3 as iio
 import pytest
 
 import generate
+from wan.batch import sidecar_path
 from wan.text2video import WanT2V
 from wan.video import read_video
 
@@ -36,7 +37,7 @@ def test_writes_mp4_and_sidecar(base, tmp_path, capsys, half):
     assert generate.main([*base, "--save_file", str(video), "--base_seed", "5", "--size", "48*32", *flags]) == 0
     assert capsys.readouterr().out == f"{video}\n"
     assert read_video(video).shape == (5, 32, 48, 3)
-    meta = json.loads(video.with_suffix(".json").read_text())
+    meta = json.loads(sidecar_path(video).read_text())  # a.mp4.json
     assert meta["task"] == "t2v-test" and meta["save_file"] == str(video)
     s = meta["settings"]
     assert (s["prompt"], s["seed"], s["size"], s["frame_num"], s["sample_steps"]) == (PROMPT, 5, "48*32", 5, 3)
@@ -59,7 +60,7 @@ def test_png_grid_with_a_task_file_and_its_own_checkpoint(common, ckpt, task_fil
     grid = tmp_path / "grid.png"
     assert generate.main([*common, "--task", str(own), "--save_file", str(grid)]) == 0
     assert iio.imread(grid).shape == (32, 5 * 32, 3)  # 5 frames in one row
-    assert json.loads(grid.with_suffix(".json").read_text())["save_file"] == str(grid)
+    assert json.loads(sidecar_path(grid).read_text())["save_file"] == str(grid)
 
 
 def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
@@ -76,13 +77,13 @@ def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
     [
         (["--task", "t2v-nope"], "unknown task 't2v-nope'"),
         (["--task", "missing.json"], "task config missing.json does not exist"),
-        (["--size", "64*64"], "size '64\\*64' is not supported"),
-        (["--frame_num", "16"], "frame_num 16 is not 4n\\+1"),
-        (["--sample_steps", "0"], "--sample_steps must be >= 1"),
+        (["--size", "64*64"], "--size '64\\*64': task t2v-test takes W\\*H, one of: 32\\*32, 48\\*32"),
+        (["--frame_num", "16"], "--frame_num 16: must be 4n\\+1 \\(e.g. 13 or 17\\)"),
+        (["--sample_steps", "0"], "--sample_steps 0: must be an integer >= 1"),
         (["--prompt", " "], "the prompt is empty"),
-        (["--ckpt_dir", "NOPE"], "checkpoint folder NOPE does not exist"),
+        (["--ckpt_dir", "NOPE"], "--ckpt_dir 'NOPE': does not exist"),
         (None, "needs --ckpt_dir"),  # no --ckpt_dir, and the task ships no checkpoint
-        (["--save_file", "FILE/a.mp4"], "cannot create output folder"),
+        (["--save_file", "FILE/a.mp4"], "FILE is a file, not a folder"),
         (["--save_file", "a.avi"], "must end in .mp4"),
         (["--ulysses_size", "2"], "need several processes: run with torchrun"),
     ],
