@@ -312,11 +312,11 @@ def run_batch(args: argparse.Namespace) -> int:
     """
     from wan.batch import MANIFEST_NAME, BatchRunner, Manifest, check_writable_dir, plan_jobs, read_prompt_file, shard
 
+    config = load_task_config(args.task)
     if args.prompt is not None:
         raise ConfigError("--prompt and --prompt_file exclude each other; put every prompt in the file")
-    if args.save_file:
+    if args.save_file is not None:
         raise ConfigError("--save_file names one video; with --prompt_file use --save_dir (and save_file per item)")
-    config = load_task_config(args.task)
     check_flags(vars(args), config)  # once, before any item: a bad flag is one line, not one per item
     check_single_process(args)
     prompt_file = Path(args.prompt_file)
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with signals_raise():
-            return run_batch(args) if args.prompt_file else run(args)
+            return run_batch(args) if args.prompt_file is not None else run(args)
     except (ConfigError, CheckpointError) as exc:  # bad input
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(exc) if isinstance(exc, torch.cuda.OutOfMemoryError) else exc}", file=sys.stderr)
         return 1
     except Interrupted as stop:
-        resume = "; re-run the same command to resume" if args.prompt_file else ""
+        resume = "; re-run the same command to resume" if args.prompt_file is not None else ""
         print(f"error: stopped by {stop}; no partial file is left{resume}", file=sys.stderr)
         return 128 + stop.signum
     except Exception as exc:

@@ -125,10 +125,10 @@ def test_nan_is_reported_with_step_and_expert(pipe):
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"size": "64*64"}, "not supported by task"),
+        ({"size": "64*64"}, "--size '64\\*64': task t2v-tiny takes"),
         ({"frame_num": 16}, "4n\\+1"),
-        ({"sample_steps": 0}, "must be >= 1"),
-        ({"frame_completion": "magic"}, "unknown --frame_completion"),
+        ({"sample_steps": 0}, "--sample_steps 0: must be an integer >= 1"),
+        ({"frame_completion": "magic"}, "--frame_completion 'magic': choose one of"),
     ],
 )
 def test_bad_settings_are_refused(pipe, kw, message):
@@ -137,7 +137,8 @@ def test_bad_settings_are_refused(pipe, kw, message):
 
 
 def test_size_not_divisible_by_patch_is_refused(parts, test_config, pipe):
-    odd = WanT2V(dataclasses.replace(test_config, sizes=("40*32",)), pipe.parts)
+    """The checkpoint's patch size counts, even where the task config says another."""
+    odd = WanT2V(dataclasses.replace(test_config, sizes=("40*32",), patch_size=(1, 1, 1)), pipe.parts)
     with pytest.raises(ConfigError, match="multiple of 16 in width"):
         run(odd, size="40*32")
 

@@ -90,11 +90,11 @@ def max_frame_num(config: TaskConfig) -> int:
 
 def _frame_num(value: int, config: TaskConfig) -> str | None:
     stride = config.vae_stride[0]
+    if value > max_frame_num(config):
+        return f"at most {max_frame_num(config)}: the model's positional table holds {ROPE_MAX_SEQ_LEN} latent frames"
     if value < 1 or (value - 1) % stride:
         lower = max(1, (value - 1) // stride * stride + 1)
         return f"must be {stride}n+1 (e.g. {lower} or {lower + stride})"
-    if value > max_frame_num(config):
-        return f"at most {max_frame_num(config)}: the model's positional table holds {ROPE_MAX_SEQ_LEN} latent frames"
     return None
 
 
