@@ -363,6 +363,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.quiet:
         silence_library_progress()
+    with signals_raise():
+        try:
+            return run_reporting_errors(args)
+        except Interrupted as stop:  # here too if it comes while an error is being reported
+            resume = "; re-run the same command to resume" if args.prompt_file is not None else ""
+            print(f"error: stopped by {stop}; no partial file is left{resume}", file=sys.stderr)
+            return 128 + stop.signum
+
+
+def run_reporting_errors(args: argparse.Namespace) -> int:
+    """The run's exit code; every error becomes one line on stderr (a traceback only with --debug)."""
     import torch
 
     from wan.batch import one_line
@@ -370,18 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     from wan.text2video import NonFiniteLatentError
 
     try:
-        with signals_raise():
-            return run_batch(args) if args.prompt_file is not None else run(args)
+        return run_batch(args) if args.prompt_file is not None else run(args)
     except (ConfigError, CheckpointError) as exc:  # bad input
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (NonFiniteLatentError, torch.cuda.OutOfMemoryError, OSError) as exc:  # a failed run (batches: per item)
         print(f"error: {one_line(exc) if isinstance(exc, torch.cuda.OutOfMemoryError) else exc}", file=sys.stderr)
         return 1
-    except Interrupted as stop:
-        resume = "; re-run the same command to resume" if args.prompt_file is not None else ""
-        print(f"error: stopped by {stop}; no partial file is left{resume}", file=sys.stderr)
-        return 128 + stop.signum
     except Exception as exc:
         if args.debug:
             raise

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
 
 import generate
+import wan.video
 from wan.batch import sidecar_path
-from wan.text2video import WanT2V
-from wan.video import read_video
+from wan.text2video import GenerationSettings, WanT2V
+from wan.video import claim_output, read_video
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a red square moving left"
@@ -110,3 +113,48 @@ def test_bad_input_in_a_real_process_prints_only_the_error():
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: unknown task 't2v-nope'") and result.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------- signals and names
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_while_saving_is_one_line_and_leaves_no_file(base, tmp_path, monkeypatch, capsys, sig, code):
+    """The signal lands while the temporary PNG is on disk: exit 128 + signal, nothing left in the folder."""
+    original = wan.video.iio.imwrite
+
+    def write_then_signal(path, *args, **kwargs):
+        original(path, *args, **kwargs)
+        assert Path(path).is_file()
+        signal.raise_signal(sig)
+
+    monkeypatch.setattr(wan.video.iio, "imwrite", write_then_signal)
+    out = tmp_path / "out"
+    assert generate.main([*base, "--save_file", str(out / "a.png")]) == code
+    assert capsys.readouterr().err == f"error: stopped by {sig.name}; no partial file is left\n"
+    assert not list(out.iterdir())
+    assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)  # the handlers are restored
+
+
+def test_signal_mid_run_in_a_real_process(base, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "generate.py", *base, "--save_dir", str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".*.lock")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the run claims its output just before the model loads
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert proc.stderr.read() == "error: stopped by SIGINT; no partial file is left\n"
+    assert not list(out.iterdir())
+
+
+def test_default_names_are_unique_and_claimed(base, tmp_path, capsys, monkeypatch):
+    config = generate.load_task_config("t2v-tiny")
+    settings = GenerationSettings(prompt=PROMPT, size="128*128")
+    names = {generate.default_save_file(config, settings, str(tmp_path)) for _ in range(100)}
+    assert len(names) == 100  # same prompt, same second
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    video = tmp_path / "a.mp4"
+    with claim_output(video):  # another run is writing a.mp4
+        assert generate.main([*base, "--save_file", str(video)]) == 2
+    assert "another run is writing it now" in capsys.readouterr().err
