@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_models import as_components, wan_pipeline
+from tiny_models import CAPTIONS, as_components, wan_pipeline
 
 from wan.config import ConfigError
 from wan.guidance import HIGH, LOW
@@ -145,3 +145,13 @@ def test_size_not_divisible_by_patch_is_refused(parts, test_config, pipe):
 
 def test_clean_prompt():
     assert clean_prompt("  a  red&amp;blue\n square ") == "a red&blue square"
+
+
+def test_a_prompt_longer_than_the_text_window_is_cut_with_a_warning(pipe, caplog):
+    long = " ".join(CAPTIONS * 4)  # far more than text_len (32) tokens
+    with caplog.at_level("WARNING", logger="wan.text2video"):
+        pipe.encode_text([PROMPT])
+        assert not caplog.records
+        pipe.encode_text([long])
+    (record,) = caplog.records
+    assert "longer than the text encoder's window of 32: it is cut to the first 32" in record.getMessage()
