@@ -4,9 +4,12 @@
     python generate.py --task t2v-A14B --ckpt_dir ./Wan2.2-T2V-A14B --prompt "..."   # the real model
     python generate.py --prompt_file prompts.jsonl --save_dir out/              # a batch (wan.batch)
 
-Bad input exits with code 2 and a one-line error, a failed run (NaN/Inf, a write error) with 1; no
-partial output is ever left behind. A batch exits with 0 when every item is complete, else with the
-number of items that are not (failed, or not reached after a full disk), at most 125.
+Every flag is checked (``wan.validation``) before anything loads. Bad input exits with code 2 and a
+one-line error; a failed run (NaN/Inf, out of memory, a write error) with 1; an internal error with 1
+and one line naming the file that holds its trace (``--debug`` shows it instead); SIGINT with 130 and
+SIGTERM with 143. No partial output is ever left behind. A batch exits with 0 when every item is
+complete, else with the number of items that are not (failed, or not reached after a full disk), at
+most 125.
 """
 
 from __future__ import annotations
@@ -16,14 +19,22 @@ import logging
 import os
 import random
 import re
+import secrets
+import signal
 import sys
+import tempfile
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from wan.config import DEFAULT_TASK, ConfigError, TaskConfig, available_tasks, load_task_config
 from wan.levers.presets import PRESETS
 from wan.placement import PLACEMENTS
+from wan.validation import check_flags
 
 if TYPE_CHECKING:
     from wan.levers import Levers
@@ -40,8 +51,41 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised where the program is so every ``finally`` (temporary files, claims) runs;
+    not an ``Exception``, so no per-item handler of a batch swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into ``Interrupted``; a second signal during the cleanup is ignored."""
+
+    def handler(signum: int, frame: Any) -> NoReturn:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line (``error: ...``), exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (--help lists the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Wan2.2 text-to-video generation", allow_abbrev=False)
+    p = OneLineParser(description="Wan2.2 text-to-video generation", allow_abbrev=False)
     official = p.add_argument_group("official Wan2.2 flags")
     official.add_argument(
         "--task",
@@ -118,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    ours.add_argument("--debug", action="store_true", help="an internal error prints its full trace")
 
     speed = p.add_argument_group("speed levers (docs/PERFORMANCE.md); explicit flags win over --preset")
     speed.add_argument(
@@ -199,9 +244,14 @@ def settings_from_args(args: argparse.Namespace, config: TaskConfig) -> Generati
 
 
 def default_save_file(config: TaskConfig, settings: GenerationSettings, save_dir: str | None) -> Path:
+    """A name no other run picks: the time to the microsecond plus a random suffix, never an existing file
+    (and the run claims it, ``wan.video.claim_output``)."""
     slug = re.sub(r"[^A-Za-z0-9]+", "_", settings.prompt)[:50].strip("_") or "video"
-    stamp = time.strftime("%Y%m%d_%H%M%S")
-    return Path(save_dir or ".") / f"{config.task}_{settings.size.replace('*', 'x')}_{slug}_{stamp}.mp4"
+    while True:
+        stamp = f"{datetime.now():%Y%m%d_%H%M%S_%f}_{secrets.token_hex(3)}"
+        path = Path(save_dir or ".") / f"{config.task}_{settings.size.replace('*', 'x')}_{slug}_{stamp}.mp4"
+        if not path.exists():
+            return path
 
 
 def resolve_ckpt_dir(args: argparse.Namespace, config: TaskConfig) -> Path:
@@ -318,12 +368,14 @@ def run(args: argparse.Namespace) -> int:
     """
     from wan import distributed
     from wan.batch import write_outputs
-    from wan.video import check_output_path
+    from wan.video import claim_output
 
     config = load_task_config(args.task)
+    check_flags(vars(args), config)
     settings = settings_from_args(args, config)
     ctx = distributed.init_distributed(args.device)
-    try:
+    with ExitStack() as stack:
+        stack.callback(distributed.shutdown, ctx)
         distributed.validate(
             ctx,
             ulysses_size=args.ulysses_size,
@@ -333,9 +385,11 @@ def run(args: argparse.Namespace) -> int:
             tokens=distributed.token_counts(config, settings),
         )
         settings.seed = distributed.broadcast_seed(settings.seed, ctx)
-        save_file = check_output_path(args.save_file or default_save_file(config, settings, args.save_dir))
+        save_file = Path(args.save_file) if args.save_file else default_save_file(config, settings, args.save_dir)
         ckpt_dir = resolve_ckpt_dir(args, config)
         resolve_device(args, ctx.local_rank)
+        if distributed.is_main(ctx) and not stack.enter_context(claim_output(save_file)):
+            raise ConfigError(f"--save_file {save_file}: another run is writing it now; choose another name")
         pipe, load_seconds = load_pipeline(args, config, ckpt_dir, [settings])
         distributed.parallelize(
             pipe, ctx, ulysses_size=args.ulysses_size, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp, settings=settings
@@ -346,8 +400,6 @@ def run(args: argparse.Namespace) -> int:
             write_outputs(result, save_file, config.fps, sidecar_context(args, config, ckpt_dir))
             logger.info("saved %s (seed %d) in %.1f s", save_file, settings.seed, sum(result.timings.values()))
             print(save_file)
-    finally:
-        distributed.shutdown(ctx)
     return 0
 
 
@@ -359,11 +411,12 @@ def run_batch(args: argparse.Namespace) -> int:
     """
     from wan.batch import MANIFEST_NAME, BatchRunner, Manifest, check_writable_dir, plan_jobs, read_prompt_file, shard
 
+    config = load_task_config(args.task)
     if args.prompt is not None:
         raise ConfigError("--prompt and --prompt_file exclude each other; put every prompt in the file")
-    if args.save_file:
+    if args.save_file is not None:
         raise ConfigError("--save_file names one video; with --prompt_file use --save_dir (and save_file per item)")
-    config = load_task_config(args.task)
+    check_flags(vars(args), config)  # once, before any item: a bad flag is one line, not one per item
     check_single_process(args)
     prompt_file = Path(args.prompt_file)
     items = read_prompt_file(prompt_file)
@@ -397,22 +450,49 @@ def silence_library_progress() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def write_trace() -> Path:
+    """The current exception's full trace, in a file the one-line error can point to."""
+    with tempfile.NamedTemporaryFile("w", prefix="wan-generate-", suffix=".log", delete=False) as handle:
+        handle.write(traceback.format_exc())
+    return Path(handle.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     apply_preset_defaults(args)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.quiet:
         silence_library_progress()
+    with signals_raise():
+        try:
+            return run_reporting_errors(args)
+        except Interrupted as stop:  # here too if it comes while an error is being reported
+            resume = "; re-run the same command to resume" if args.prompt_file is not None else ""
+            print(f"error: stopped by {stop}; no partial file is left{resume}", file=sys.stderr)
+            return 128 + stop.signum
+
+
+def run_reporting_errors(args: argparse.Namespace) -> int:
+    """The run's exit code; every error becomes one line on stderr (a traceback only with --debug)."""
+    import torch
+
+    from wan.batch import one_line
     from wan.checkpoints import CheckpointError
     from wan.text2video import NonFiniteLatentError
 
     try:
-        return run_batch(args) if args.prompt_file else run(args)
+        return run_batch(args) if args.prompt_file is not None else run(args)
     except (ConfigError, CheckpointError) as exc:  # bad input
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (NonFiniteLatentError, OSError) as exc:  # a run that failed (a batch records these per item)
-        print(f"error: {exc}", file=sys.stderr)
+    except (NonFiniteLatentError, torch.cuda.OutOfMemoryError, OSError) as exc:  # a failed run (batches: per item)
+        print(f"error: {one_line(exc) if isinstance(exc, torch.cuda.OutOfMemoryError) else exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if args.debug:
+            raise
+        trace = write_trace()
+        print(f"error: internal error ({one_line(exc)}); full trace in {trace} (--debug prints it)", file=sys.stderr)
         return 1
 
 

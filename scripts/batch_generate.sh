@@ -9,6 +9,8 @@ usage: scripts/batch_generate.sh [--gpus N] [--modes MODE,...] [--out DIR] [--dr
 
 For each prompt file and mode, runs generate.py --prompt_file FILE --save_dir DIR/<file name>/<mode>
 plus the mode's flags and FLAGS (any generate.py flag, e.g. --task t2v-A14B --ckpt_dir CKPT).
+FLAGS may not set what keeps the runs apart (--prompt_file, --save_dir, --save_file, --prompt, the
+modes' flags) nor what a batch cannot do (--ulysses_size, --dit_fsdp, --t5_fsdp): use the options above.
 
   --gpus N     N > 1: torchrun --nproc_per_node N, each GPU takes every N-th item (default 1)
   --modes      comma-separated, from: baseline, half, half_cfg (default: baseline)
@@ -56,6 +58,17 @@ fi
 if ! [[ $gpus =~ ^[1-9][0-9]*$ ]]; then
   echo "error: --gpus must be a positive number, got '$gpus'" >&2; exit 2
 fi
+for flag in ${extra[@]+"${extra[@]}"}; do
+  case "${flag%%=*}" in
+    --prompt_file|--save_dir|--save_file|--prompt)
+      echo "error: $flag cannot be passed through: each prompt file and mode gets its own --save_dir (use --out)" >&2
+      exit 2 ;;
+    --enable_half_frame_generation|--cfg_truncate_steps|--cfg_truncate_high_noise_steps)
+      echo "error: $flag cannot be passed through: --modes sets it, so modes would share outputs" >&2; exit 2 ;;
+    --ulysses_size|--dit_fsdp|--t5_fsdp)
+      echo "error: $flag shards one video; a batch gives each GPU whole items (use --gpus)" >&2; exit 2 ;;
+  esac
+done
 IFS=, read -r -a mode_list <<<"$modes"
 for mode in "${mode_list[@]}"; do mode_flags "$mode" >/dev/null || exit 2; done
 declare -A seen=()

@@ -26,7 +26,16 @@ from tiny_models import CAPTIONS
 import generate
 import wan.batch
 from wan import text2video
-from wan.batch import ITEM_FLAGS, Manifest, item_flags, item_seed, parse_item, plan_jobs
+from wan.batch import (
+    ITEM_FLAGS,
+    Manifest,
+    item_flags,
+    item_seed,
+    parse_item,
+    plan_jobs,
+    read_prompt_file,
+    sidecar_path,
+)
 from wan.config import ConfigError
 from wan.guidance import LOW
 from wan.text2video import WanT2V
@@ -59,7 +68,7 @@ def temp_files(out: Path) -> list[Path]:
 
 def assert_complete(path: Path, frames: int = 5, height: int = 32, width: int = 32) -> None:
     assert read_video(path).shape == (frames, height, width, 3)
-    assert json.loads(path.with_suffix(".json").read_text())["save_file"] == str(path)
+    assert json.loads(sidecar_path(path).read_text())["save_file"] == str(path)
 
 
 # ----------------------------------------------------------------------------------- resume
@@ -91,6 +100,52 @@ def test_killed_batch_resumes_with_every_item_done_once(cli, tmp_path):
         assert_complete(video)
 
 
+def test_sigterm_stops_a_batch_that_then_resumes_exactly(cli, tmp_path):
+    args = cli(CAPTIONS[:4])
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "generate.py", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.exists() and '"status": "done"' in (out / "manifest.jsonl").read_text():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert proc.stderr.read().splitlines()[-1] == (
+        "error: stopped by SIGTERM; no partial file is left; re-run the same command to resume"
+    )
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary or lock file
+    first = [r["id"] for r in manifest(out) if r["status"] == "done"]
+    assert 1 <= len(first) < 4
+
+    assert generate.main(args) == 0
+    records = manifest(out)
+    done = Counter(r["id"] for r in records if r["status"] == "done")
+    assert len(done) == 4 and set(done.values()) == {1}
+    assert [r["id"] for r in records if r["status"] == "skipped"] == first
+
+
+def test_two_batches_on_one_folder_make_each_item_once(cli, tmp_path):
+    """Each item is claimed while it is made: one process makes it, the other records it as skipped."""
+    args = cli(CAPTIONS[:4])
+    out = tmp_path / "out"
+    procs = [
+        subprocess.Popen([sys.executable, "generate.py", *args], cwd=REPO, stdout=subprocess.DEVNULL) for _ in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line whole
+    assert Counter((r["id"], r["status"]) for r in records) == Counter(
+        {(r["id"], status): 1 for r in records for status in ("done", "skipped")}
+    )
+    assert len(records) == 2 * 4
+    for video in out.glob("*.mp4"):
+        assert_complete(video)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
 def test_rerun_verifies_outputs_and_records_lost_ones(cli, tmp_path, monkeypatch):
     """A verified video without its manifest line is recorded, not redone; a broken one is redone."""
     args = cli(CAPTIONS[:3])
@@ -102,9 +157,8 @@ def test_rerun_verifies_outputs_and_records_lost_ones(cli, tmp_path, monkeypatch
     # item 2's video is damaged; a temporary file is left by a kill mid-write.
     (out / "manifest.jsonl").write_text(json.dumps(first[0]) + "\n" + json.dumps(broken) + "\n" + '{"index": 3, "st')
     Path(broken["output"]).write_bytes(Path(broken["output"]).read_bytes()[:100])
-    stale = out / ".0009_x.abc123.tmp.mp4"
+    stale = out / ".0009_x.mp4.abc123abc123.tmp.mp4"
     stale.write_bytes(b"partial")
-    os.utime(stale, (time.time() - 60, time.time() - 60))
     generated = []
     original = WanT2V.generate
 
@@ -153,13 +207,13 @@ def test_bad_lines_are_recorded_and_the_others_complete(cli, tmp_path, capsys):
     records = {r["index"]: r for r in manifest(out)}
     statuses = {i: r["status"] for i, r in records.items()}
     assert statuses == {0: "done", 1: "failed", 2: "failed", 3: "failed", 4: "done", 5: "done"}
-    assert "frame_num 16 is not 4n+1" in records[1]["error"] and records[1]["line"] == 2
+    assert "--frame_num 16: must be 4n+1" in records[1]["error"] and records[1]["line"] == 2
     assert "not valid JSON" in records[2]["error"]
     assert "unknown key 'colour'" in records[3]["error"] and records[3]["line"] == 6
     assert (records[0]["seed"], records[4]["seed"]) == (3, 104)  # explicit, then base_seed + index
     assert_complete(Path(records[0]["output"]))
     assert Path(records[4]["output"]) == out / "0004_two_shapes_bouncing.mp4"
-    cat = json.loads((out / "cat.json").read_text())
+    cat = json.loads((out / "cat.png.json").read_text())
     assert cat["settings"]["half_frame"] and cat["settings"]["size"] == "48*32"
     assert set(cat["seconds"]) >= {"text_encoding", "high_noise", "completion", "low_noise", "vae_decode"}
     assert cat["item"] == {"index": 5, "id": "0005_a_cat_walking_on_grass", "line": 8}
@@ -170,6 +224,59 @@ def test_bad_lines_are_recorded_and_the_others_complete(cli, tmp_path, capsys):
     assert generate.main([*args, "--ckpt_dir", str(tmp_path)]) == 3  # no checkpoint there: nothing loads
     again = manifest(out)[len(records) :]
     assert [r["status"] for r in again] == ["skipped", "failed", "failed", "failed", "skipped", "skipped"]
+
+
+def test_clip_mp4_and_clip_png_keep_their_own_sidecars(cli, tmp_path, monkeypatch):
+    lines = [
+        '{"prompt": "a red square moving left", "save_file": "clip.mp4"}',
+        '{"prompt": "x", "save_file": "clip.png"}',
+    ]
+    args = cli(lines)
+    out = tmp_path / "out"
+    assert generate.main(args) == 0
+    assert json.loads((out / "clip.mp4.json").read_text())["save_file"] == str(out / "clip.mp4")
+    assert json.loads((out / "clip.png.json").read_text())["save_file"] == str(out / "clip.png")
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("both are complete: nothing to make"))
+    assert generate.main(args) == 0
+    assert [r["status"] for r in manifest(out)] == ["done", "done", "skipped", "skipped"]
+
+
+@pytest.mark.parametrize(
+    ("data", "prompts"),
+    [
+        (b"a cat\na dog\n", ["a cat", "a dog"]),
+        (b"\xef\xbb\xbfa cat\r\na dog\r\n", ["a cat", "a dog"]),  # Notepad: BOM and CRLF
+        ("caf\u00e9 \u732b\r\n".encode(), ["caf\u00e9 \u732b"]),
+        (b'\xef\xbb\xbf{"prompt": "a cat"}\r\n', ["a cat"]),  # the BOM does not hide the JSON
+    ],
+)
+def test_prompt_files_are_read_as_editors_write_them(tmp_path, data, prompts):
+    path = tmp_path / "p.txt"
+    path.write_bytes(data)
+    assert [item.flags["prompt"] for item in read_prompt_file(path)] == prompts
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("caf\u00e9\n".encode("latin-1"), "is not UTF-8 text \\(byte 0xe9 at offset 3\\); save it as UTF-8"),
+        ("a cat\n".encode("utf-16"), "is UTF-16; save it as UTF-8"),
+        (b"a cat\x00\n", "holds NUL bytes"),
+        (None, "is a folder, not a file"),
+    ],
+)
+def test_unreadable_prompt_files_are_one_error(tmp_path, data, message):
+    path = tmp_path / "p.txt"
+    if data is None:
+        path.mkdir()
+    else:
+        path.write_bytes(data)
+    with pytest.raises(ConfigError, match=message):
+        read_prompt_file(path)
+
+
+def test_huge_base_seed_gives_valid_item_seeds():
+    assert item_seed(3, "a", 2**32 - 2) == 1
 
 
 def test_items_without_seed_get_a_fixed_one():
@@ -186,7 +293,6 @@ def test_items_without_seed_get_a_fixed_one():
         ({"prompt": "x", "sample_steps": True}, "'sample_steps' must be an integer"),
         ({"prompt": "x", "enable_half_frame_generation": 1}, "must be true or false"),
         ({"prompt": "x", "seed": 1, "base_seed": 2}, "both set the seed"),
-        ({"prompt": "x", "sample_solver": "ddim"}, "unknown sample_solver"),
     ],
 )
 def test_invalid_items_name_the_key(item, message):
@@ -307,9 +413,9 @@ def test_write_errors_keep_finished_items(cli, tmp_path, monkeypatch, capsys, co
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("missing_prompt_file", "prompt file .* does not exist"),
+        ("missing_prompt_file", "--prompt_file .*: does not exist"),
         ("empty_prompt_file", "has no prompts"),
-        ("save_dir_under_a_file", "--save_dir .* is not writable"),
+        ("save_dir_under_a_file", "--save_dir .*file is a file, not a folder"),
         ("with_prompt", "--prompt and --prompt_file exclude each other"),
         ("with_save_file", "--save_file names one video"),
         ("bad_task", "unknown task"),
@@ -363,3 +469,38 @@ def test_batch_script_runs_each_file_and_mode(tmp_path):
     for bad in (["--modes", "fast", str(files[0])], [], [str(tmp_path / "none.txt")], ["--gpus", "0", str(files[0])]):
         failed = subprocess.run(["bash", str(SCRIPT), *bad], capture_output=True, text=True)
         assert failed.returncode == 2 and "error: " in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--save_dir", "X"], "--save_dir cannot be passed through: each prompt file and mode gets its own"),
+        (["--save_dir=X"], "--save_dir=X cannot be passed through"),
+        (["--prompt_file", "y.txt"], "--prompt_file cannot be passed through"),
+        (["--save_file", "a.mp4"], "--save_file cannot be passed through"),
+        (["--enable_half_frame_generation"], "--modes sets it, so modes would share outputs"),
+        (["--cfg_truncate_steps=2"], "--modes sets it"),
+        (["--ulysses_size", "2"], "a batch gives each GPU whole items"),
+    ],
+)
+def test_batch_script_refuses_flags_that_would_mix_modes(tmp_path, flags, message):
+    prompts = tmp_path / "a.txt"
+    prompts.write_text("x\n")
+    result = subprocess.run(
+        [
+            "bash",
+            str(SCRIPT),
+            "--dry_run",
+            "--modes",
+            "baseline,half",
+            str(prompts),
+            "--",
+            "--task",
+            "t2v-tiny",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1

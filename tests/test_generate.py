@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
 
 import generate
+import wan.video
 from wan import text2video
-from wan.video import read_video
+from wan.batch import sidecar_path
+from wan.text2video import GenerationSettings
+from wan.video import claim_output, read_video
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a red square moving left"
@@ -36,7 +41,7 @@ def test_writes_mp4_and_sidecar(base, tmp_path, capsys, half):
     assert generate.main([*base, "--save_file", str(video), "--base_seed", "5", "--size", "48*32", *flags]) == 0
     assert capsys.readouterr().out == f"{video}\n"
     assert read_video(video).shape == (5, 32, 48, 3)
-    meta = json.loads(video.with_suffix(".json").read_text())
+    meta = json.loads(sidecar_path(video).read_text())  # a.mp4.json
     assert meta["task"] == "t2v-test" and meta["save_file"] == str(video)
     s = meta["settings"]
     assert (s["prompt"], s["seed"], s["size"], s["frame_num"], s["sample_steps"]) == (PROMPT, 5, "48*32", 5, 3)
@@ -59,7 +64,7 @@ def test_png_grid_with_a_task_file_and_its_own_checkpoint(common, ckpt, task_fil
     grid = tmp_path / "grid.png"
     assert generate.main([*common, "--task", str(own), "--save_file", str(grid)]) == 0
     assert iio.imread(grid).shape == (32, 5 * 32, 3)  # 5 frames in one row
-    assert json.loads(grid.with_suffix(".json").read_text())["save_file"] == str(grid)
+    assert json.loads(sidecar_path(grid).read_text())["save_file"] == str(grid)
 
 
 def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
@@ -76,13 +81,13 @@ def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
     [
         (["--task", "t2v-nope"], "unknown task 't2v-nope'"),
         (["--task", "missing.json"], "task config missing.json does not exist"),
-        (["--size", "64*64"], "size '64\\*64' is not supported"),
-        (["--frame_num", "16"], "frame_num 16 is not 4n\\+1"),
-        (["--sample_steps", "0"], "--sample_steps must be >= 1"),
+        (["--size", "64*64"], "--size '64\\*64': task t2v-test takes W\\*H, one of: 32\\*32, 48\\*32"),
+        (["--frame_num", "16"], "--frame_num 16: must be 4n\\+1 \\(e.g. 13 or 17\\)"),
+        (["--sample_steps", "0"], "--sample_steps 0: must be an integer >= 1"),
         (["--prompt", " "], "the prompt is empty"),
-        (["--ckpt_dir", "NOPE"], "checkpoint folder NOPE does not exist"),
+        (["--ckpt_dir", "NOPE"], "--ckpt_dir 'NOPE': does not exist"),
         (None, "needs --ckpt_dir"),  # no --ckpt_dir, and the task ships no checkpoint
-        (["--save_file", "FILE/a.mp4"], "cannot create output folder"),
+        (["--save_file", "FILE/a.mp4"], "FILE is a file, not a folder"),
         (["--save_file", "a.avi"], "must end in .mp4"),
         (["--ulysses_size", "2"], "need several processes: run with torchrun"),
     ],
@@ -109,3 +114,48 @@ def test_bad_input_in_a_real_process_prints_only_the_error():
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: unknown task 't2v-nope'") and result.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------- signals and names
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_while_saving_is_one_line_and_leaves_no_file(base, tmp_path, monkeypatch, capsys, sig, code):
+    """The signal lands while the temporary PNG is on disk: exit 128 + signal, nothing left in the folder."""
+    original = wan.video.iio.imwrite
+
+    def write_then_signal(path, *args, **kwargs):
+        original(path, *args, **kwargs)
+        assert Path(path).is_file()
+        signal.raise_signal(sig)
+
+    monkeypatch.setattr(wan.video.iio, "imwrite", write_then_signal)
+    out = tmp_path / "out"
+    assert generate.main([*base, "--save_file", str(out / "a.png")]) == code
+    assert capsys.readouterr().err == f"error: stopped by {sig.name}; no partial file is left\n"
+    assert not list(out.iterdir())
+    assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)  # the handlers are restored
+
+
+def test_signal_mid_run_in_a_real_process(base, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "generate.py", *base, "--save_dir", str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".*.lock")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the run claims its output just before the model loads
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert proc.stderr.read() == "error: stopped by SIGINT; no partial file is left\n"
+    assert not list(out.iterdir())
+
+
+def test_default_names_are_unique_and_claimed(base, tmp_path, capsys, monkeypatch):
+    config = generate.load_task_config("t2v-tiny")
+    settings = GenerationSettings(prompt=PROMPT, size="128*128")
+    names = {generate.default_save_file(config, settings, str(tmp_path)) for _ in range(100)}
+    assert len(names) == 100  # same prompt, same second
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    video = tmp_path / "a.mp4"
+    with claim_output(video):  # another run is writing a.mp4
+        assert generate.main([*base, "--save_file", str(video)]) == 2
+    assert "another run is writing it now" in capsys.readouterr().err

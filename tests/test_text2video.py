@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_models import as_components, wan_pipeline
+from tiny_models import CAPTIONS, as_components, wan_pipeline
 
 from wan.config import ConfigError
 from wan.guidance import HIGH, LOW
@@ -125,10 +125,10 @@ def test_nan_is_reported_with_step_and_expert(pipe):
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"size": "64*64"}, "not supported by task"),
+        ({"size": "64*64"}, "--size '64\\*64': task t2v-tiny takes"),
         ({"frame_num": 16}, "4n\\+1"),
-        ({"sample_steps": 0}, "must be >= 1"),
-        ({"frame_completion": "magic"}, "unknown --frame_completion"),
+        ({"sample_steps": 0}, "--sample_steps 0: must be an integer >= 1"),
+        ({"frame_completion": "magic"}, "--frame_completion 'magic': choose one of"),
     ],
 )
 def test_bad_settings_are_refused(pipe, kw, message):
@@ -137,10 +137,21 @@ def test_bad_settings_are_refused(pipe, kw, message):
 
 
 def test_size_not_divisible_by_patch_is_refused(parts, test_config, pipe):
-    odd = WanT2V(dataclasses.replace(test_config, sizes=("40*32",)), pipe.parts)
+    """The checkpoint's patch size counts, even where the task config says another."""
+    odd = WanT2V(dataclasses.replace(test_config, sizes=("40*32",), patch_size=(1, 1, 1)), pipe.parts)
     with pytest.raises(ConfigError, match="multiple of 16 in width"):
         run(odd, size="40*32")
 
 
 def test_clean_prompt():
     assert clean_prompt("  a  red&amp;blue\n square ") == "a red&blue square"
+
+
+def test_a_prompt_longer_than_the_text_window_is_cut_with_a_warning(pipe, caplog):
+    long = " ".join(CAPTIONS * 4)  # far more than text_len (32) tokens
+    with caplog.at_level("WARNING", logger="wan.text2video"):
+        pipe.encode_text([PROMPT])
+        assert not caplog.records
+        pipe.encode_text([long])
+    (record,) = caplog.records
+    assert "longer than the text encoder's window of 32: it is cut to the first 32" in record.getMessage()

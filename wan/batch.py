@@ -10,7 +10,9 @@ without losing finished work or leaving broken files. So:
   manifest line was lost to a kill is recorded as done without being generated again;
 - one item's failure (bad input, NaN/Inf, out of memory) is recorded and the batch goes on; a
   full or read-only disk or an unwritable manifest stops it cleanly, since every later item
-  would fail the same way.
+  would fail the same way;
+- each item is claimed (``wan.video.claim_output``) while it is made, so two batch processes on
+  one folder never make the same item twice; each waits at the end for the items the other holds.
 
 Items are named by the same flags as the command line (``generate.py``), which fills in any
 flag an item leaves out.
@@ -19,6 +21,7 @@ flag an item leaves out.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -40,7 +43,6 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wan.config import ConfigError, TaskConfig
-from wan.solvers import SOLVERS
 from wan.text2video import (
     DEFAULT_COMPLETION,
     IMPROVED_COMPLETION,
@@ -49,7 +51,17 @@ from wan.text2video import (
     NonFiniteLatentError,
     WanT2V,
 )
-from wan.video import check_output_path, frame_grid, read_video, save_json, save_video
+from wan.validation import SEED_MAX
+from wan.video import (
+    TEMP_NAME,
+    check_output_path,
+    claim_output,
+    frame_grid,
+    read_video,
+    save_json,
+    save_video,
+    temp_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +94,6 @@ GENERATION_FLAGS = tuple(name for name in ITEM_FLAGS if name != "save_file")
 
 STOP_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 """Write errors that every later item would hit too: the batch stops instead of failing them all."""
-_TEMP_NAME = re.compile(r"^\..+\.tmp\.(mp4|png|json)$")  # wan.video.atomic_path's temporary files
 
 
 class BatchStopped(Exception):
@@ -111,12 +122,7 @@ def read_prompt_file(path: Path) -> list[BatchItem]:
     A malformed or invalid line becomes an item with an error (recorded as failed, the batch goes
     on); a file that cannot be read or has no items is a batch-level ``ConfigError``.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"prompt file {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read prompt file {path}: {exc}") from exc
+    text = read_text_file(path)
     items: list[BatchItem] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -125,6 +131,30 @@ def read_prompt_file(path: Path) -> list[BatchItem]:
     if not items:
         raise ConfigError(f"prompt file {path} has no prompts (one per line, or JSON objects)")
     return items
+
+
+def read_text_file(path: Path) -> str:
+    """A text file as editors write it: UTF-8 with or without a byte-order mark, any line ends; else one error."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"prompt file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"prompt file {path} is a folder, not a file") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read prompt file {path}: {exc.strerror or exc}") from exc
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"prompt file {path} is UTF-16; save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"prompt file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from exc
+    if "\x00" in text:
+        raise ConfigError(f"prompt file {path} holds NUL bytes: not a text file")
+    return text
 
 
 def parse_item(index: int, number: int, line: str) -> BatchItem:
@@ -144,7 +174,8 @@ def parse_item(index: int, number: int, line: str) -> BatchItem:
 
 
 def item_flags(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a JSON item's keys and value types; ``null`` means "the command line's value"."""
+    """Check a JSON item's keys and value types (``wan.validation`` checks the values); ``null`` means
+    "the command line's value"."""
     flags: dict[str, Any] = {}
     seen: dict[str, str] = {}
     for key, value in data.items():
@@ -159,8 +190,6 @@ def item_flags(data: Mapping[str, Any]) -> dict[str, Any]:
         types = ITEM_FLAGS[name]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise ConfigError(f"{key!r} must be {_KINDS[types]}, got {json.dumps(value)}")
-        if name == "sample_solver" and value not in SOLVERS:
-            raise ConfigError(f"unknown sample_solver {value!r}; choose one of: {', '.join(SOLVERS)}")
         flags[name] = value
     return flags
 
@@ -191,10 +220,10 @@ def settings_from_flags(flags: Mapping[str, Any], seed: int) -> GenerationSettin
 
 
 def item_seed(index: int, prompt: str, base_seed: int) -> int:
-    """A fixed seed for an item without one, so a re-run makes the same video: base_seed + index,
-    or (base_seed -1) a hash of index and prompt."""
+    """A fixed seed for an item without one, so a re-run makes the same video: base_seed + index
+    (modulo 2**32), or (base_seed -1) a hash of index and prompt."""
     if base_seed >= 0:
-        return base_seed + index
+        return (base_seed + index) % (SEED_MAX + 1)  # a valid seed however large base_seed is
     digest = hashlib.sha256(f"{index}\n{prompt}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
@@ -214,7 +243,8 @@ class Job:
 def plan_jobs(items: list[BatchItem], defaults: Mapping[str, Any], config: TaskConfig, save_dir: Path) -> list[Job]:
     """Resolve and validate every item before the model loads; invalid items keep their error."""
     jobs: list[Job] = []
-    owners: dict[Path, int] = {}
+    owners: dict[str, int] = {}
+    root = Path(os.path.abspath(save_dir))
     for item in items:
         job = Job(item.index, item.line, item.item_id, error=item.error)
         jobs.append(job)
@@ -228,7 +258,10 @@ def plan_jobs(items: list[BatchItem], defaults: Mapping[str, Any], config: TaskC
             job.settings = settings_from_flags(flags, seed).resolved(config)
             output = save_dir / item.flags.get("save_file", f"{item.item_id}.mp4")
             job.output = check_output_path(output)
-            key = Path(os.path.abspath(output))
+            absolute = Path(os.path.abspath(output))
+            if not absolute.is_relative_to(root):
+                raise ConfigError(f"save_file {output} is outside --save_dir {save_dir}; keep it inside")
+            key = str(absolute).lower()  # names that differ only in case are one file on some file systems
             if key in owners:
                 raise ConfigError(f"save_file {output} is already item {owners[key]}'s output")
             owners[key] = item.index
@@ -255,7 +288,8 @@ def check_writable_dir(folder: Path, flag: str) -> Path:
 
 
 def sidecar_path(video_path: Path) -> Path:
-    return video_path.with_suffix(".json")
+    """``clip.mp4.json``: from the full name, so ``clip.mp4`` and ``clip.png`` never share a sidecar."""
+    return video_path.with_name(f"{video_path.name}.json")
 
 
 def sidecar(result: GenerationResult, video_path: Path, context: Mapping[str, Any]) -> dict[str, Any]:
@@ -303,13 +337,19 @@ def output_is_complete(job: Job, config: TaskConfig) -> bool:
     return meta.get("settings") == asdict(job.settings) and video_is_complete(job.output, job.settings, config)
 
 
-def remove_stale_temp_files(folders: set[Path], older_than: float) -> None:
-    """Temporary files that a killed run left behind (never the ones another rank writes now)."""
+def remove_orphan_temp_files(folders: set[Path]) -> None:
+    """Temporary files that a killed run left behind: those whose output nobody holds a claim on."""
     for folder in folders:
         for path in folder.glob(".*.tmp.*"):
-            if _TEMP_NAME.match(path.name) and path.stat().st_mtime < older_than:
-                logger.info("removing %s, left by an interrupted run", path)
-                path.unlink(missing_ok=True)
+            match = TEMP_NAME.match(path.name)
+            if not match:
+                continue
+            target = match["target"]
+            video = folder / (target.removesuffix(".json") if target.endswith((".mp4.json", ".png.json")) else target)
+            with claim_output(video) as claimed:
+                if claimed:
+                    logger.info("removing %s, left by an interrupted run", path)
+                    path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------- manifest
@@ -323,6 +363,7 @@ class Manifest:
         """Create the file, or end a line cut short by a kill so the next record starts clean."""
         try:
             with open(self.path, "ab+") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # another batch process may be appending
                 if handle.tell() > 0:
                     handle.seek(-1, os.SEEK_END)
                     if handle.read(1) != b"\n":
@@ -351,7 +392,8 @@ class Manifest:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, data)  # one write: other ranks' lines land before or after, never inside
+            fcntl.flock(fd, fcntl.LOCK_EX)  # with O_APPEND and one write: other processes' lines never interleave
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -395,17 +437,25 @@ class BatchRunner:
         self.manifest = manifest
         self.context = context
         self.progress = progress
-        self.started = time.time()
+        self.pipe: WanT2V | None = None
         self.summary = BatchSummary()
 
     def run(self, load_pipe: Callable[[], WanT2V]) -> BatchSummary:
-        """Record invalid and already complete items, then generate the rest; stop cleanly if writes fail."""
-        remove_stale_temp_files({job.output.parent for job in self.jobs if job.output}, self.started)
+        """Record invalid and already complete items, then generate the rest; stop cleanly if writes fail.
+
+        Items that another process (a second batch on the same folder) is making are left to it and
+        waited for at the end; any it did not complete, this process makes.
+        """
+        remove_orphan_temp_files({job.output.parent for job in self.jobs if job.output})
         s = self.summary
         try:
             todo = self._triage()
             if todo:
-                self._generate_all(todo, load_pipe)
+                logger.info("%d of %d items to generate", len(todo), len(self.jobs))
+                busy = self._generate_all(todo, load_pipe, wait=False)
+                if busy:
+                    logger.info("%d items are being made by another process; waiting for them", len(busy))
+                    self._generate_all(busy, load_pipe, wait=True)
         except BatchStopped as stop:
             s.stop_error = str(stop)
             s.not_reached = len(self.jobs) - s.done - s.skipped - s.failed
@@ -414,35 +464,55 @@ class BatchRunner:
         return s
 
     def _triage(self) -> list[Job]:
-        """Record what needs no model (invalid items, verified outputs); return the items to generate."""
+        """Record what needs no model (invalid items, verified and recorded outputs); return the others."""
         recorded = self._recorded_outputs()
         todo: list[Job] = []
         for job in self.jobs:
             if job.error is not None:
                 self._fail(job, job.error)
-            elif output_is_complete(job, self.config):
+            elif self._key(job) in recorded and output_is_complete(job, self.config):
                 self.summary.outputs.append(job.output)
-                if self._key(job) in recorded:
-                    self.summary.skipped += 1
-                    self._record(job, "skipped")
-                else:  # killed after the sidecar, before the manifest line: record it, don't redo it
-                    logger.info("item %d: %s is complete but unrecorded; recorded as done", job.index, job.output)
-                    self.summary.done += 1
-                    self._record(job, "done", recovered=True)
+                self.summary.skipped += 1
+                self._record(job, "skipped")
             else:
                 todo.append(job)
         return todo
 
-    def _generate_all(self, todo: list[Job], load_pipe: Callable[[], WanT2V]) -> None:
-        logger.info("%d of %d items to generate", len(todo), len(self.jobs))
-        pipe = load_pipe()
+    def _generate_all(self, jobs: list[Job], load_pipe: Callable[[], WanT2V], *, wait: bool) -> list[Job]:
+        """Claim and make each job (the model loads at the first one to generate); return the jobs another
+        process holds, or with ``wait`` wait for them."""
+        busy: list[Job] = []
         with (
             logging_redirect_tqdm() if self.progress else nullcontext(),  # log lines above the bars
-            tqdm(todo, desc="videos", unit="video", disable=not self.progress, dynamic_ncols=True) as bar,
+            tqdm(jobs, desc="videos", unit="video", disable=not self.progress, dynamic_ncols=True) as bar,
         ):
             for job in bar:
-                self._generate(pipe, job)
+                with claim_output(job.output, wait=wait) as claimed:
+                    if not claimed:
+                        busy.append(job)
+                        continue
+                    for path in temp_files(job.output):  # a killed writer's; nobody else writes them now
+                        path.unlink(missing_ok=True)
+                    if output_is_complete(job, self.config):
+                        self._settle_complete(job)
+                    else:
+                        if self.pipe is None:
+                            self.pipe = load_pipe()
+                        self._generate(self.pipe, job)
                 bar.set_postfix(done=self.summary.done, failed=self.summary.failed)
+        return busy
+
+    def _settle_complete(self, job: Job) -> None:
+        """A verified output found once claimed: made by another process, or by a run killed before its
+        manifest line (then it is recorded as done, not made again)."""
+        self.summary.outputs.append(job.output)
+        if self._key(job) in self._recorded_outputs():
+            self.summary.skipped += 1
+            self._record(job, "skipped")
+        else:
+            logger.info("item %d: %s is complete but unrecorded; recorded as done", job.index, job.output)
+            self.summary.done += 1
+            self._record(job, "done", recovered=True)
 
     def _generate(self, pipe: WanT2V, job: Job) -> None:
         start = time.perf_counter()

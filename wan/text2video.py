@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from wan.checkpoints import WanComponents, load_components
 from wan.config import ConfigError, TaskConfig
 from wan.frames import (
-    COMPLETIONS,
     X0_COMPLETIONS,
     complete_frames,
     half_frame_indices,
@@ -36,6 +35,7 @@ from wan.frames import (
 from wan.guidance import HIGH, LOW, StepPlan, apply_cfg, plan_steps
 from wan.placement import Placement, Resident, apply_placement
 from wan.solvers import complete_history, make_scheduler, restart_history, step_sigmas
+from wan.validation import check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -74,26 +74,17 @@ class GenerationSettings:
     cfg_truncate_high_noise_steps: int = 0
 
     def resolved(self, config: TaskConfig) -> GenerationSettings:
-        """Fill every ``None`` from the task config and validate, so the sidecar holds real values."""
+        """Fill every ``None`` from the task config and validate (``wan.validation``): the sidecar holds real values."""
         s = GenerationSettings(**asdict(self))
         s.negative_prompt = config.negative_prompt if s.negative_prompt is None else s.negative_prompt
-        s.size = s.size or config.default_size
+        s.size = config.default_size if s.size is None else s.size
         s.frame_num = config.frame_num if s.frame_num is None else s.frame_num
-        s.sample_solver = s.sample_solver or config.sample_solver
+        s.sample_solver = config.sample_solver if s.sample_solver is None else s.sample_solver
         s.sample_steps = config.sample_steps if s.sample_steps is None else s.sample_steps
         s.sample_shift = config.sample_shift if s.sample_shift is None else s.sample_shift
         s.guide_scale_high = config.guide_scale_high if s.guide_scale_high is None else s.guide_scale_high
         s.guide_scale_low = config.guide_scale_low if s.guide_scale_low is None else s.guide_scale_low
-        config.parse_size(s.size)
-        latent_frame_count(s.frame_num, config.vae_stride[0])
-        if s.sample_steps < 1:
-            raise ConfigError(f"--sample_steps must be >= 1, got {s.sample_steps}")
-        if s.frame_completion not in COMPLETIONS:
-            raise ConfigError(
-                f"unknown --frame_completion {s.frame_completion!r}; choose one of: {', '.join(COMPLETIONS)}"
-            )
-        if not s.prompt or not s.prompt.strip():
-            raise ConfigError('the prompt is empty; pass --prompt "..."')
+        check_settings(s, config)
         return s
 
 
@@ -245,11 +236,24 @@ class WanT2V:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """umT5 embeddings [B, text_len, dim], rows past each prompt's tokens set to zero."""
+        texts = [clean_prompt(t) for t in texts]
+        for text in texts:
+            self._warn_if_cut(text)
         with self.placement.using(self.parts.text_encoder, self.text_device):
-            hidden = encode_prompts(
-                self.parts.tokenizer, self.parts.text_encoder, [clean_prompt(t) for t in texts], self.config.text_len
-            )
+            hidden = encode_prompts(self.parts.tokenizer, self.parts.text_encoder, texts, self.config.text_len)
         return hidden.to(self.device)
+
+    def _warn_if_cut(self, text: str) -> None:
+        """The text encoder reads ``text_len`` tokens; say so when a prompt is longer, rather than cut it silently."""
+        count = len(self.parts.tokenizer(text, add_special_tokens=True).input_ids)
+        if count > self.config.text_len:
+            logger.warning(
+                "prompt %r is %d tokens, longer than the text encoder's window of %d: it is cut to the first %d",
+                text[:60] + ("..." if len(text) > 60 else ""),
+                count,
+                self.config.text_len,
+                self.config.text_len,
+            )
 
     # ----------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -320,11 +324,6 @@ class WanT2V:
             cfg_truncate_steps=s.cfg_truncate_steps,
             cfg_truncate_high_noise_steps=s.cfg_truncate_high_noise_steps,
         )
-        if s.half_frame and all(p.expert == HIGH for p in plans):
-            raise ConfigError(
-                "half-frame generation needs low-noise steps to complete the frames; no step is below "
-                "the boundary with these --sample_steps/--sample_shift"
-            )
 
         forwards = {HIGH: 0, LOW: 0}
         tokens = {HIGH: 0, LOW: 0}
