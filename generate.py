@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=list(PRESETS),
         help="exact: the fastest levers that keep the video (compile); fast: the fastest whose quality holds "
-        "on t2v-tiny (compile, fp8, step cache, CFG truncation 5/3)",
+        "on t2v-tiny (compile, TaylorSeer step cache, CFG truncation 5/3)",
     )
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="regional torch.compile of the blocks"

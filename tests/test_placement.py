@@ -46,23 +46,24 @@ def test_choices_and_their_errors(test_config, parts):
 
 @pytest.mark.parametrize(
     ("free_gib", "expected", "keeps_text_encoder", "need_gib"),
-    [(80, Resident, True, 30), (25, Resident, False, 20), (1, BlockStream, None, 20)],
+    [(80, Resident, True, 30), (25, Resident, False, 20), (18, Resident, False, 15), (1, BlockStream, None, 15)],
 )
 def test_auto_on_a_gpu_follows_the_estimate(
     test_config, parts, monkeypatch, free_gib, expected, keeps_text_encoder, need_gib
 ):
-    """Everything resident if it fits, else the text encoder visits, else streaming; the reason names the numbers."""
+    """Everything resident if it fits, else the text encoder visits, then a tiled decode, else streaming."""
     pipe = make_pipe(test_config, parts, Placement())
     pipe.device = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _device: (free_gib * placement.GIB, 80 * placement.GIB))
     monkeypatch.setattr(
         placement,
         "resident_peak_bytes",
-        lambda *_a, with_text_encoder: (30 if with_text_encoder else 20) * placement.GIB,
+        lambda *_a, with_text_encoder, tiled: (30 if with_text_encoder else 20 if not tiled else 15) * placement.GIB,
     )
     chosen = choose_placement(pipe, "auto", tokens=75600, frames=81, height=720, width=1280)
     assert isinstance(chosen, expected)
     assert getattr(chosen, "keep_text_encoder", None) == keeps_text_encoder
+    assert getattr(chosen, "vae_tiling", None) == (None if expected is BlockStream else need_gib == 15)
     assert f"{need_gib:.1f} GiB" in chosen.reason and f"{free_gib:.1f} GiB" in chosen.reason
 
 

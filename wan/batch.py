@@ -214,8 +214,8 @@ def settings_from_flags(flags: Mapping[str, Any], seed: int) -> GenerationSettin
         guide_scale_low=guide,
         half_frame=flags["enable_half_frame_generation"],
         frame_completion=completion,
-        cfg_truncate_steps=flags["cfg_truncate_steps"],
-        cfg_truncate_high_noise_steps=flags["cfg_truncate_high_noise_steps"],
+        cfg_truncate_steps=flags["cfg_truncate_steps"] or 0,
+        cfg_truncate_high_noise_steps=flags["cfg_truncate_high_noise_steps"] or 0,
     )
 
 

@@ -51,12 +51,13 @@ def dit_activation_bytes(tokens: int, dim: int, ffn_dim: int, dtype_bytes: int =
 
 
 def vae_decode_bytes(frames: int, height: int, width: int, tiled: bool) -> int:
-    """Working memory of the Wan VAE decode: it runs frame by frame, so one frame's activations dominate.
+    """Working memory of the Wan VAE decode (fp32): it runs one latent frame (four video frames) at a time.
 
-    About 4 KB per output pixel of one frame untiled (up to 384 channels at full resolution, with
-    its causal cache); tiling bounds it to a 256x256 tile's worth. ``frames`` sizes the output itself.
+    About 30 KB per pixel of the frame, untiled: measured on an H200 as the decode's peak over the
+    weights, 11.9 GB at 832x480 and 24 GB at 1280x720 (docs/PERFORMANCE.md). Tiling bounds it to a
+    256x256 tile's worth. ``frames`` sizes the decoded output itself.
     """
-    per_frame = (min(height, 256) * min(width, 256) if tiled else height * width) * 4096
+    per_frame = (min(height, 256) * min(width, 256) if tiled else height * width) * 30_000
     return per_frame + frames * height * width * 3 * 4
 
 
@@ -86,10 +87,13 @@ class Resident(Placement):
 
     name = "resident"
     keep_text_encoder: bool = False
+    vae_tiling: bool = False  # decode in tiles: ~24 GB less at 720p, for a few seconds more
 
     def setup(self, pipe) -> None:
         for module in (*pipe.experts.values(), pipe.parts.vae):
             _to(module, pipe.device)
+        if self.vae_tiling and pipe.parts.vae is not None:
+            pipe.parts.vae.enable_tiling()
         text_home = pipe.text_device if self.keep_text_encoder else torch.device("cpu")
         _to(pipe.parts.text_encoder, text_home)
         if not self.keep_text_encoder:
@@ -169,7 +173,9 @@ class BlockStream(Placement):
 PLACEMENTS = ("auto", "resident", "resident_lean", "offload", "stream")
 
 
-def resident_peak_bytes(pipe, tokens: int, frames: int, height: int, width: int, *, with_text_encoder: bool) -> int:
+def resident_peak_bytes(
+    pipe, tokens: int, frames: int, height: int, width: int, *, with_text_encoder: bool, tiled: bool = False
+) -> int:
     """Estimated device peak of a resident run: both experts and the VAE, plus the largest stage's working set.
 
     The stages take turns: text encoding, one expert forward, the VAE decode. ``with_text_encoder``:
@@ -183,14 +189,14 @@ def resident_peak_bytes(pipe, tokens: int, frames: int, height: int, width: int,
         dit_activation_bytes(
             tokens, expert_config.num_attention_heads * expert_config.attention_head_dim, expert_config.ffn_dim
         ),
-        vae_decode_bytes(frames, height, width, tiled=False),
+        vae_decode_bytes(frames, height, width, tiled=tiled),
     )
     return int(weights + (text if with_text_encoder else 0) + max(stages))
 
 
 def choose_placement(pipe, choice: str, *, tokens: int, frames: int, height: int, width: int) -> Placement:
-    """The placement for ``choice`` (one of ``PLACEMENTS``); ``auto`` tries, in order of speed: everything
-    resident, resident with the text encoder visiting only to encode, block streaming."""
+    """The placement for ``choice`` (one of ``PLACEMENTS``); ``auto`` takes the fastest that fits: everything
+    resident, then the text encoder visiting only to encode, then that with a tiled decode, then streaming."""
     if choice not in PLACEMENTS:
         raise ConfigError(f"unknown --placement {choice!r}; choose one of: {', '.join(PLACEMENTS)}")
     if choice == "offload":
@@ -204,12 +210,14 @@ def choose_placement(pipe, choice: str, *, tokens: int, frames: int, height: int
     free, _total = torch.cuda.mem_get_info(pipe.device)
     free += sum(module_bytes(m) for m in _on_device(pipe, pipe.device))  # what is already there counts as free
     shape = (tokens, frames, height, width)
-    for keep in (True, False):
-        need = resident_peak_bytes(pipe, *shape, with_text_encoder=keep)
+    for keep, tiled in ((True, False), (False, False), (False, True)):
+        need = resident_peak_bytes(pipe, *shape, with_text_encoder=keep, tiled=tiled)
         if need <= HEADROOM * free:
             where = "stays on the device" if keep else "visits the device only to encode"
             reason = f"estimated peak {need / GIB:.1f} GiB fits {free / GIB:.1f} GiB free; the text encoder {where}"
-            return Resident(keep_text_encoder=keep, reason=reason)
+            return Resident(
+                keep_text_encoder=keep, vae_tiling=tiled, reason=reason + (", tiled decode" if tiled else "")
+            )
     return BlockStream(reason=f"estimated resident peak {need / GIB:.1f} GiB exceeds {free / GIB:.1f} GiB free")
 
 

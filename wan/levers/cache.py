@@ -7,8 +7,10 @@ A spec names the method and, optionally, its knob:
   and their cached residual is reused. Without a threshold, each expert takes its own calibrated
   one from ``cache_calibration.json`` in the checkpoint folder (``scripts/calibrate_cache.py``
   writes it), else ``DEFAULT_FBC_THRESHOLD``.
-- ``taylorseer[:INTERVAL]``: TaylorSeer. Every INTERVAL-th step runs in full; the steps between
-  predict the attention and FFN outputs by a first-order Taylor expansion in the step index.
+- ``taylorseer[:INTERVAL]``: TaylorSeer, lite variant. After two full steps, every INTERVAL-th step
+  runs in full; on the steps between, every block is skipped and the output projection is predicted
+  by a first-order Taylor expansion in the step index. Only the [tokens, 64] output is kept per
+  context: predicting each block's attention and FFN instead would hold ~80 GB per context at A14B.
 
 Each expert has its own hooks, so its own state; the loop names every call's context
 (``cond``/``uncond`` and the frame count, ``wan.text2video.call_expert``), so cond and uncond, and
@@ -32,8 +34,6 @@ METHODS = ("fbc", "taylorseer")
 DEFAULT_FBC_THRESHOLD = 0.05
 DEFAULT_TAYLORSEER_INTERVAL = 3
 CALIBRATION_FILE = "cache_calibration.json"
-TAYLORSEER_MODULES = (r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn")
-"""Wan's attention and FFN modules (diffusers' default patterns expect modules named ``...attn``)."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,7 @@ def cache_config(method: str, value: float):
     if method == "fbc":
         return FirstBlockCacheConfig(threshold=value)
     return TaylorSeerCacheConfig(
-        cache_interval=int(value),
-        disable_cache_before_step=2,
-        taylor_factors_dtype=torch.float32,
-        cache_identifiers=list(TAYLORSEER_MODULES),
+        cache_interval=int(value), disable_cache_before_step=2, taylor_factors_dtype=torch.float32, use_lite_mode=True
     )
 
 
