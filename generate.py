@@ -106,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the parts live: auto (resident if it fits, else stream; the default), resident, "
         "offload (= --offload_model True), stream (experts streamed block by block)",
     )
+    ours.add_argument(
+        "--cfg_parallel",
+        action="store_true",
+        help="torchrun: cond and uncond passes at once on two halves of the GPUs (needs --ulysses_size N/2)",
+    )
+    ours.add_argument(
+        "--dist_timeout_s",
+        type=float,
+        default=None,
+        help="torchrun: seconds any collective may wait before the run ends with an error (default 300)",
+    )
     ours.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
@@ -161,10 +172,10 @@ def resolve_ckpt_dir(args: argparse.Namespace, config: TaskConfig) -> Path:
 
 def check_single_process(args: argparse.Namespace) -> None:
     """Batch mode spreads whole items over the ranks; sharding one video is for single-video runs."""
-    if args.ulysses_size > 1 or args.dit_fsdp or args.t5_fsdp:
+    if args.ulysses_size > 1 or args.cfg_parallel or args.dit_fsdp or args.t5_fsdp:
         raise ConfigError(
-            "--ulysses_size/--dit_fsdp/--t5_fsdp are for one video; a --prompt_file batch under torchrun "
-            "gives each GPU whole items instead"
+            "--ulysses_size/--cfg_parallel/--dit_fsdp/--t5_fsdp are for one video; a --prompt_file batch under "
+            "torchrun gives each GPU whole items instead"
         )
 
 
@@ -250,8 +261,9 @@ def sidecar_context(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path
 def run(args: argparse.Namespace) -> int:
     """One video from --prompt: checks everything, then loads, generates and writes video + sidecar.
 
-    Under torchrun (``--ulysses_size``, ``--dit_fsdp``, ``--t5_fsdp``) every rank loads and samples;
-    rank 0 decodes and writes.
+    Under torchrun (``--ulysses_size``, ``--cfg_parallel``, ``--dit_fsdp``, ``--t5_fsdp``) every rank loads
+    and samples; rank 0 decodes and writes. A failed rank aborts its process groups; the others' collectives
+    end within ``--dist_timeout_s``.
     """
     from wan import distributed
     from wan.batch import write_outputs
@@ -259,11 +271,13 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_task_config(args.task)
     settings = settings_from_args(args, config)
-    ctx = distributed.init_distributed(args.device)
-    try:
+    timeout_s = distributed.DEFAULT_TIMEOUT_S if args.dist_timeout_s is None else args.dist_timeout_s
+    ctx = distributed.init_distributed(args.device, timeout_s=timeout_s)
+    with distributed.session(ctx):
         distributed.validate(
             ctx,
             ulysses_size=args.ulysses_size,
+            cfg_parallel=args.cfg_parallel,
             dit_fsdp=args.dit_fsdp,
             t5_fsdp=args.t5_fsdp,
             t5_cpu=args.t5_cpu,
@@ -275,7 +289,13 @@ def run(args: argparse.Namespace) -> int:
         resolve_device(args, ctx.local_rank)
         pipe, load_seconds = load_pipeline(args, config, ckpt_dir, [settings])
         distributed.parallelize(
-            pipe, ctx, ulysses_size=args.ulysses_size, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp, settings=settings
+            pipe,
+            ctx,
+            ulysses_size=args.ulysses_size,
+            cfg_parallel=args.cfg_parallel,
+            dit_fsdp=args.dit_fsdp,
+            t5_fsdp=args.t5_fsdp,
+            settings=settings,
         )
         result = distributed.generate(pipe, settings, ctx, progress=not args.quiet)
         if distributed.is_main(ctx):
@@ -283,8 +303,6 @@ def run(args: argparse.Namespace) -> int:
             write_outputs(result, save_file, config.fps, sidecar_context(args, config, ckpt_dir))
             logger.info("saved %s (seed %d) in %.1f s", save_file, settings.seed, sum(result.timings.values()))
             print(save_file)
-    finally:
-        distributed.shutdown(ctx)
     return 0
 
 
@@ -340,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         silence_library_progress()
     from wan.checkpoints import CheckpointError
+    from wan.distributed import DistributedRunError
     from wan.text2video import NonFiniteLatentError
 
     try:
@@ -347,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as exc:  # bad input
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (NonFiniteLatentError, OSError) as exc:  # a run that failed (a batch records these per item)
+    except (NonFiniteLatentError, OSError, DistributedRunError) as exc:  # a failed run (a batch records per item)
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
