@@ -17,10 +17,12 @@ import torch
 import torch.multiprocessing as mp
 from test_distributed import PROMPT, _free_port, make_pipe, settings
 from tiny_models import TinyParts, tiny_parts
+from torch.distributed import distributed_c10d as c10d
 
 from wan.cfg_parallel import CfgParallelVelocity
 from wan.config import ConfigError
 from wan.distributed import (
+    DEFAULT_TIMEOUT_S,
     DistContext,
     DistributedRunError,
     broadcast_seed,
@@ -70,6 +72,9 @@ def _worker(rank: int, world: int, port: int, config, parts: TinyParts, out_path
         parallelize(pipe, ctx, cfg_parallel=True, dit_fsdp=True, t5_fsdp=True, settings=run_settings("half"))
         result = generate(pipe, run_settings("half_truncated"), ctx, progress=False)
         results["fsdp_latents"], results["fsdp_video"] = result.latents, result.video
+        results["timeouts"] = {
+            group._get_backend(torch.device("cpu")).options._timeout.total_seconds() for group in c10d._world.pg_map
+        }
         torch.save(_describe(results), f"{out_path}.{rank}")
 
 
@@ -103,6 +108,7 @@ def test_cfg_parallel_matches_one_process(test_config, tmp_path):
         torch.testing.assert_close(r["fsdp_latents"], single.latents, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ranks[0]["fsdp_video"], single.video, rtol=1e-5, atol=1e-5)
     assert ranks[1]["fsdp_video"].numel() == 0  # rank 0 alone decodes
+    assert ranks[0]["timeouts"] == {DEFAULT_TIMEOUT_S}  # the mesh and Ulysses groups too, not c10d's 30 min
     assert not torch.equal(expected["cfg"].latents, expected["truncated"].latents)  # truncation changed the plan
 
 

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 300.0
 """Longest wait of any collective after init: bounds load-time skew between ranks, not the VAE decode
 (the other ranks do not wait for rank 0's decode)."""
+JOIN_TIMEOUT_S = 600.0
+"""How long ``init_process_group`` waits for every rank to join (startup skew is not a hang)."""
 FSDP_PREFETCH_BLOCKS = 1
 """Blocks whose FSDP all-gather is issued ahead, while the current block computes."""
 
@@ -61,7 +63,8 @@ def init_distributed(device_type: str | None = None, timeout_s: float = DEFAULT_
     """Join the torchrun process group (NCCL on CUDA, gloo on CPU); a single process when not under torchrun.
 
     ``device_type`` forces "cuda" or "cpu"; by default CUDA is used when available. ``timeout_s``
-    bounds every collective of the default group (``parallelize`` extends it to the groups it makes).
+    bounds every collective after the join (``parallelize`` extends it to the groups it makes); the
+    join itself may take up to ``JOIN_TIMEOUT_S``.
     """
     if timeout_s <= 0:
         raise ConfigError(f"--dist_timeout_s must be > 0, got {timeout_s}")
@@ -85,9 +88,12 @@ def init_distributed(device_type: str | None = None, timeout_s: float = DEFAULT_
             rank=rank,
             world_size=world_size,
             device_id=device if use_cuda else None,
-            timeout=timedelta(seconds=timeout_s),
+            timeout=timedelta(seconds=max(timeout_s, JOIN_TIMEOUT_S)),
         )
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, timeout_s=timeout_s)
+    ctx = DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, timeout_s=timeout_s)
+    if world_size > 1:
+        _apply_timeout(ctx)
+    return ctx
 
 
 def shutdown(ctx: DistContext) -> None:
