@@ -81,6 +81,8 @@ KINDS: dict[str, tuple[str, bool, str]] = {
     "cond_full": (LOW, False, "full"),
 }
 """Step kind -> (expert, CFG or cond-only, latent length)."""
+TINY_MULTI = dict(TINY_OVERRIDES, num_attention_heads=8)
+"""bench_a14b's toy dims with 8 heads, so Ulysses over up to 8 CPU processes splits them."""
 GUIDE_SCALE = 4.0
 UMT5_XXL = {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "d_kv": 64, "vocab_size": 256384}
 UMT5_TINY = {"d_model": 32, "d_ff": 64, "num_layers": 2, "num_heads": 4, "d_kv": 8, "vocab_size": 384}
@@ -94,7 +96,7 @@ class MultiBench:
         self.args, self.ctx, self.started = args, ctx, started
         self.device = ctx.device
         self.dtype = getattr(torch, args.dtype)
-        self.model_config = dict(A14B_CONFIG, **(TINY_OVERRIDES if args.tiny else {}))
+        self.model_config = dict(A14B_CONFIG, **(TINY_MULTI if args.tiny else {}))
         self.model_config["num_layers"] = args.layers if args.layers is not None else (2 if args.tiny else 40)
         self.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
         self.task = dataclasses.replace(load_task_config("t2v-A14B"), sizes=tuple(self.sizes))
