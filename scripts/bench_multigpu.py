@@ -269,13 +269,9 @@ class MultiBench:
             torch.manual_seed(0)
             with torch.device(self.device), default_dtype(self.dtype):
                 encoder = UMT5EncoderModel(config).eval().requires_grad_(False)
-            if sharded:
-                _shard(
-                    encoder,
-                    encoder.encoder.block,
-                    _mesh(self.ctx, (self.ctx.world_size,), ("fsdp",)),
-                    reshard_root=True,
-                )
+            if sharded:  # what --t5_fsdp does to the loaded encoder
+                mesh = _mesh(self.ctx, (self.ctx.world_size,), ("fsdp",), own_group=True)
+                _shard(encoder, encoder.encoder.block, mesh, reshard_root=True)
             reset_peak_memory(self.device)
             times = []
             with torch.no_grad():

@@ -246,7 +246,7 @@ def parallelize(
         _enable_cfg_parallel(pipe, ctx, ulysses_size)
     elif ulysses_size > 1:
         _enable_ulysses(pipe.experts.values(), ctx, ulysses_size)
-    fsdp_mesh = _mesh(ctx, (ctx.world_size,), ("fsdp",)) if dit_fsdp or t5_fsdp else None
+    fsdp_mesh = _mesh(ctx, (ctx.world_size,), ("fsdp",), own_group=True) if dit_fsdp or t5_fsdp else None
     for expert in pipe.experts.values():
         if dit_fsdp:
             # The root's embeddings and head stay gathered between forwards: ~0.5 GB, one all-gather less per step.
@@ -365,10 +365,16 @@ def _accelerator_count_for_cpu(ctx: DistContext) -> Iterator[None]:
         torch.accelerator.device_count = original
 
 
-def _mesh(ctx: DistContext, shape: tuple[int, ...], names: tuple[str, ...]):
+def _mesh(ctx: DistContext, shape: tuple[int, ...], names: tuple[str, ...], *, own_group: bool = False):
+    """A device mesh; ``own_group``: new process groups even where a dim spans the world.
+
+    FSDP gets its own communicator: on the default one (which Ulysses over all ranks uses), NCCL runs
+    collectives in issue order, so a prefetched weight all-gather would hold up the attention's all-to-alls.
+    """
     from torch.distributed.device_mesh import init_device_mesh
 
-    return init_device_mesh(ctx.device.type, shape, mesh_dim_names=names)
+    override = {name: dist.get_backend() for name in names} if own_group else None
+    return init_device_mesh(ctx.device.type, shape, mesh_dim_names=names, backend_override=override)
 
 
 def _shard(module: torch.nn.Module, blocks: Iterable[torch.nn.Module], mesh, *, reshard_root: bool) -> None:
