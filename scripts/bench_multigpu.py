@@ -18,6 +18,8 @@ Last, one umT5-XXL-size encode (2 x 512 tokens) with and without ``--t5_fsdp``'s
 is rewritten after every stage, so a run cut short keeps what it measured.
 
     torchrun --nproc_per_node 2 scripts/bench_multigpu.py --out multigpu.json      # 2 H200s, ~7 min
+    torchrun --nproc_per_node 2 scripts/bench_multigpu.py --modes ulysses,ulysses+fsdp --sizes 832*480 \
+        --fsdp_prefetch 2 --out prefetch2.json                                      # one FSDP variant
     torchrun --nproc_per_node 2 scripts/bench_multigpu.py --tiny --device cpu --dtype float32 \\
         --sizes 64*64 --frame_num 9 --out tiny.json                                 # CPU check (gloo)
 """
@@ -57,6 +59,7 @@ from bench_a14b import (  # noqa: E402
 )
 from transformers import UMT5Config, UMT5EncoderModel  # noqa: E402
 
+from wan import distributed  # noqa: E402
 from wan.cfg_parallel import use_parallel_config  # noqa: E402
 from wan.checkpoints import WanComponents  # noqa: E402
 from wan.config import load_task_config  # noqa: E402
@@ -265,7 +268,7 @@ class MultiBench:
         ids = torch.randint(0, shape["vocab_size"], (2, 512), generator=generator).to(self.device)
         mask = torch.zeros(2, 512, dtype=torch.long, device=self.device)
         mask[:, : self.args.prompt_rows] = 1
-        for sharded in (False, True):
+        for sharded in (False, True) if self.ctx.world_size > 1 else (False,):
             torch.manual_seed(0)
             with torch.device(self.device), default_dtype(self.dtype):
                 encoder = UMT5EncoderModel(config).eval().requires_grad_(False)
@@ -313,17 +316,18 @@ class MultiBench:
         os.replace(tmp, out)
 
 
-def plan_modes(world_size: int) -> list[tuple[str, bool]]:
+MODES = ("1gpu", "ulysses", "cfg_parallel", "ulysses+fsdp", "cfg_parallel+fsdp")
+
+
+def plan_modes(world_size: int, chosen: str) -> list[tuple[str, bool]]:
     """(mode, fsdp) in the order they run: replicated experts first, then the FSDP build."""
+    names = [m.strip() for m in chosen.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(MODES))
+    if unknown:
+        raise SystemExit(f"error: unknown --modes {', '.join(unknown)}; choose from {', '.join(MODES)}")
     if world_size == 1:
-        return [("1gpu", False)]
-    return [
-        ("1gpu", False),
-        ("ulysses", False),
-        ("cfg_parallel", False),
-        ("ulysses+fsdp", True),
-        ("cfg_parallel+fsdp", True),
-    ]
+        names = [m for m in names if m == "1gpu"]
+    return [(mode, mode.endswith("+fsdp")) for mode in MODES if mode in names]
 
 
 def run(args: argparse.Namespace, ctx: DistContext, started: float) -> dict[str, Any]:
@@ -333,8 +337,10 @@ def run(args: argparse.Namespace, ctx: DistContext, started: float) -> dict[str,
         tokens = [t for size in bench.sizes for t in bench.tokens(size).values()]
         validate(ctx, ulysses_size=ctx.world_size, num_heads=heads, tokens=tokens)
         validate(ctx, ulysses_size=ctx.world_size // 2, cfg_parallel=True, num_heads=heads, tokens=tokens)
+    distributed.FSDP_PREFETCH_BLOCKS = args.fsdp_prefetch
+    bench.report["setup"]["fsdp_prefetch_blocks"] = args.fsdp_prefetch
     built = None
-    for mode, fsdp in plan_modes(ctx.world_size):
+    for mode, fsdp in plan_modes(ctx.world_size, args.modes):
         if built != fsdp:
             bench.build(fsdp)
             built = fsdp
@@ -354,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="832*480,1280*720", help="comma-separated W*H")
     p.add_argument("--frame_num", type=int, default=81)
     p.add_argument("--repeats", type=int, default=2, help="timed steps per kind after the warm-up")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from: {', '.join(MODES)}")
+    p.add_argument("--fsdp_prefetch", type=int, default=1, help="blocks gathered ahead under FSDP (0: FSDP2's own)")
     p.add_argument("--out", default="bench_multigpu.json")
     p.add_argument("--layers", type=int, default=None, help="transformer blocks (default 40; 2 with --tiny)")
     p.add_argument("--tiny", action="store_true", help="toy dims for a CPU check")
