@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wan.config import DEFAULT_TASK, ConfigError, TaskConfig, available_tasks, load_task_config
+from wan.levers.presets import PRESETS
 from wan.placement import PLACEMENTS
 
 if TYPE_CHECKING:
+    from wan.levers import Levers
     from wan.text2video import GenerationSettings, WanT2V
 
 logger = logging.getLogger("generate")
@@ -92,12 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use the measured-best completion (renoise) instead of --frame_completion",
     )
-    ours.add_argument("--cfg_truncate_steps", type=int, default=0, help="last N steps run the conditional pass only")
+    ours.add_argument(
+        "--cfg_truncate_steps", type=int, default=None, help="last N steps run the conditional pass only (default 0)"
+    )
     ours.add_argument(
         "--cfg_truncate_high_noise_steps",
         type=int,
-        default=0,
-        help="last M high-noise steps before the switch run the conditional pass only",
+        default=None,
+        help="last M high-noise steps before the switch run the conditional pass only (default 0)",
     )
     ours.add_argument(
         "--placement",
@@ -117,9 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torchrun: seconds any collective may wait before the run ends with an error (default 300)",
     )
-    ours.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+
+    speed = p.add_argument_group("speed levers (docs/PERFORMANCE.md); explicit flags win over --preset")
+    speed.add_argument(
+        "--preset",
+        default=None,
+        choices=list(PRESETS),
+        help="exact: the fastest levers that keep the video (compile); fast: the fastest whose quality holds "
+        "on t2v-tiny (compile, fp8, step cache, CFG truncation 5/3)",
+    )
+    speed.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None, help="regional torch.compile of the blocks"
+    )
+    speed.add_argument(
+        "--fp8",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="float8 linear layers in the experts (torchao, row-wise scales; GPUs of compute capability 8.9+)",
+    )
+    speed.add_argument("--cache", default=None, help="step caching: fbc[:THRESHOLD] or taylorseer[:INTERVAL], or none")
+    speed.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
 
     batch = p.add_argument_group("batch (see README 'Batch generation')")
     batch.add_argument(
@@ -141,6 +164,30 @@ def generation_flags(args: argparse.Namespace) -> dict[str, Any]:
     from wan.batch import GENERATION_FLAGS
 
     return {name: getattr(args, name) for name in GENERATION_FLAGS}
+
+
+def apply_preset_defaults(args: argparse.Namespace) -> None:
+    """Fill the generation flags a --preset sets where the user gave none; the rest take their defaults."""
+    from wan.levers.presets import preset_generation_defaults
+
+    for name, value in preset_generation_defaults(args.preset).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("cfg_truncate_steps", "cfg_truncate_high_noise_steps"):
+        if getattr(args, name) is None:
+            setattr(args, name, 0)
+
+
+def resolve_levers(args: argparse.Namespace) -> Levers:
+    """The speed levers of this run (preset, explicit flags, what the device has); checked before loading."""
+    import torch
+
+    from wan.levers.presets import resolve_levers as resolve
+
+    cache = None if args.cache is None else ("" if args.cache.lower() == "none" else args.cache)
+    explicit = {"compile": args.compile, "fp8": args.fp8, "cache": cache, "attention_backend": args.attention_backend}
+    levers, args.preset_notes = resolve(args.preset, explicit, torch.device(args.device))
+    return levers
 
 
 def settings_from_args(args: argparse.Namespace, config: TaskConfig) -> GenerationSettings:
@@ -193,6 +240,7 @@ def resolve_device(args: argparse.Namespace, local_rank: int = 0) -> None:
         torch.cuda.set_device(local_rank)  # "cuda" then means this rank's GPU
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.placement = placement_choice(args)
+    args.levers = resolve_levers(args)
 
 
 def placement_choice(args: argparse.Namespace) -> str:
@@ -209,6 +257,7 @@ def load_pipeline(
     args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path, runs: list[GenerationSettings]
 ) -> tuple[WanT2V, float]:
     """The loaded model, placed for the largest of ``runs`` (unless under torchrun), and the seconds it took."""
+    from wan.levers import apply_levers
     from wan.placement import Placement, apply_placement, choose_placement
     from wan.text2video import WanT2V
 
@@ -221,10 +270,10 @@ def load_pipeline(
         convert_model_dtype=args.convert_model_dtype,
         placement=Placement(reason="loaded on the CPU"),
         t5_cpu=args.t5_cpu,
-        attention_backend=args.attention_backend,
     )
     if torchrun_rank()[1] == 1:
         apply_placement(pipe, choose_placement(pipe, args.placement, **largest_run(config, runs)))
+    apply_levers(pipe, args.levers)
     return pipe, time.perf_counter() - start
 
 
@@ -251,6 +300,9 @@ def sidecar_context(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path
         "options": {
             "convert_model_dtype": args.convert_model_dtype,
             "placement": args.placement,
+            "preset": args.preset,
+            "levers": args.levers.as_dict(),
+            "preset_notes": args.preset_notes,
             "t5_cpu": args.t5_cpu,
             "attention_backend": args.attention_backend,
             "device": args.device,
@@ -354,6 +406,7 @@ def silence_library_progress() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_preset_defaults(args)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.quiet:
         silence_library_progress()

@@ -48,16 +48,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_a14b import (  # noqa: E402
     A14B_CONFIG,
+    TEXT_TOKENS,
     TINY_OVERRIDES,
+    TINY_UMT5,
+    UMT5_XXL,
     build_expert,
-    default_dtype,
+    build_text_encoder,
     now,
     peak_memory_gb,
     reset_peak_memory,
     step_plan,
-    text_embeddings,
 )
-from transformers import UMT5Config, UMT5EncoderModel  # noqa: E402
 
 from wan import distributed  # noqa: E402
 from wan.cfg_parallel import use_parallel_config  # noqa: E402
@@ -87,9 +88,15 @@ KINDS: dict[str, tuple[str, bool, str]] = {
 TINY_MULTI = dict(TINY_OVERRIDES, num_attention_heads=8)
 """bench_a14b's toy dims with 8 heads, so Ulysses over up to 8 CPU processes splits them."""
 GUIDE_SCALE = 4.0
-UMT5_XXL = {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "d_kv": 64, "vocab_size": 256384}
-UMT5_TINY = {"d_model": 32, "d_ff": 64, "num_layers": 2, "num_heads": 4, "d_kv": 8, "vocab_size": 384}
 FULL_STEPS = 40
+
+
+def text_embeddings(rows: int, dim: int, device: torch.device, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """[1, 512, dim] like umT5's output: ``rows`` random rows, zeros past the prompt's length."""
+    generator = torch.Generator().manual_seed(seed)
+    embeds = torch.zeros(1, TEXT_TOKENS, dim)
+    embeds[:, :rows] = torch.randn(1, rows, dim, generator=generator)
+    return embeds.to(device, dtype)
 
 
 class MultiBench:
@@ -263,16 +270,13 @@ class MultiBench:
     def measure_t5(self) -> None:
         """One 2 x 512-token encode of an umT5-XXL-size random encoder: replicated, then sharded as --t5_fsdp does."""
         self.free()
-        shape = UMT5_TINY if self.args.tiny else UMT5_XXL
-        config = UMT5Config(**shape, feed_forward_proj="gated-gelu", dropout_rate=0.0)
+        config = dict(UMT5_XXL, **(TINY_UMT5 if self.args.tiny else {}))
         generator = torch.Generator().manual_seed(3)
-        ids = torch.randint(0, shape["vocab_size"], (2, 512), generator=generator).to(self.device)
-        mask = torch.zeros(2, 512, dtype=torch.long, device=self.device)
+        ids = torch.randint(0, config["vocab_size"], (2, TEXT_TOKENS), generator=generator).to(self.device)
+        mask = torch.zeros(2, TEXT_TOKENS, dtype=torch.long, device=self.device)
         mask[:, : self.args.prompt_rows] = 1
         for sharded in (False, True) if self.ctx.world_size > 1 else (False,):
-            torch.manual_seed(0)
-            with torch.device(self.device), default_dtype(self.dtype):
-                encoder = UMT5EncoderModel(config).eval().requires_grad_(False)
+            encoder = build_text_encoder(config, self.device, self.dtype, seed=0)
             if sharded:  # what --t5_fsdp does to the loaded encoder
                 mesh = _mesh(self.ctx, (self.ctx.world_size,), ("fsdp",), own_group=True)
                 _shard(encoder, encoder.encoder.block, mesh, reshard_root=True)

@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,9 @@ from wan.checkpoints import CheckpointError  # noqa: E402
 from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
 from wan.eval.metrics import compare_videos  # noqa: E402
 from wan.frames import COMPLETIONS  # noqa: E402
+from wan.levers import Levers, apply_levers  # noqa: E402
+from wan.levers.cache import parse_cache_spec  # noqa: E402
+from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
 from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
 from wan.video import atomic_path, frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
 
@@ -90,12 +93,42 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def parse_modes(text: str) -> list[str]:
-    """The requested modes, baseline first: every other mode is scored against it."""
+    """The requested modes, baseline first: every other mode is scored against it.
+
+    A mode is a name from ``MODES`` or ``preset_<name>``, optionally with speed levers after ``@``,
+    ``/``-separated: ``cfg_trunc@fp8/compile/cache=fbc:0.05/attention_backend=_native_cudnn``.
+    """
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise ConfigError(f"unknown mode {unknown[0]!r}; choose from: {', '.join(MODES)}")
+    for mode in modes:
+        mode_settings(mode)  # unknown names and bad lever specs fail here, before anything loads
     return modes if "baseline" in modes else ["baseline", *modes]
+
+
+def mode_settings(mode: str) -> tuple[dict, Levers]:
+    """A mode's generation settings and levers (a preset's, resolved for this machine, or the ``@`` list)."""
+    name, _, lever_text = mode.partition("@")
+    if name.startswith("preset_"):
+        preset = name.removeprefix("preset_")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        levers, _notes = resolve_levers(preset, parse_levers(lever_text), device)
+        return preset_generation_defaults(preset), levers
+    if name not in MODES:
+        raise ConfigError(f"unknown mode {name!r}; choose from: {', '.join(MODES)}, preset_<name>")
+    return MODES[name], replace(Levers(), **parse_levers(lever_text))
+
+
+def parse_levers(text: str) -> dict:
+    """``fp8/compile/cache=fbc:0.05`` -> {"fp8": True, "compile": True, "cache": "fbc:0.05"}."""
+    names = {f.name for f in fields(Levers)}
+    levers: dict = {}
+    for token in filter(None, text.split("/")):
+        key, has_value, value = token.partition("=")
+        if key not in names:
+            raise ConfigError(f"unknown lever {key!r} in a mode; levers: {', '.join(sorted(names))}")
+        levers[key] = value if has_value else True
+    if levers.get("cache"):
+        parse_cache_spec(levers["cache"])
+    return levers
 
 
 def worker_devices(args: argparse.Namespace) -> list[str]:
@@ -194,7 +227,14 @@ def run_prompts(
     out_dir: Path,
 ) -> dict:
     """Generate and score prompts[i] for i in ``indices`` (seed base_seed + i), in this process."""
-    pipe = WanT2V.from_pretrained(config, ckpt_dir, device=device, convert_model_dtype=args.convert_model_dtype)
+    pipes: dict[Levers, WanT2V] = {}  # one pipeline per set of levers (they change the experts for good)
+    for mode in modes:
+        levers = mode_settings(mode)[1]
+        if levers not in pipes:
+            pipes[levers] = WanT2V.from_pretrained(
+                config, ckpt_dir, device=device, convert_model_dtype=args.convert_model_dtype
+            )
+            apply_levers(pipes[levers], levers)
     results: dict[str, list[dict]] = {m: [] for m in modes}
     first_videos: dict[str, np.ndarray] = {}
     for i in indices:
@@ -210,7 +250,8 @@ def run_prompts(
         baseline_frames = None
         for mode in modes:
             start = time.perf_counter()
-            result = pipe.generate(replace(base, **MODES[mode]), progress=False)
+            fields_, levers = mode_settings(mode)
+            result = pipes[levers].generate(replace(base, **fields_), progress=False)
             seconds = time.perf_counter() - start
             frames = to_uint8_frames(result.video)
             baseline_frames = frames if mode == "baseline" else baseline_frames
@@ -290,7 +331,8 @@ def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], 
         rows = results[mode]
         adherent = [r["adherent"] for r in rows if r["adherent"] is not None]
         summary[mode] = {
-            "settings": MODES[mode],
+            "settings": mode_settings(mode)[0],
+            "levers": mode_settings(mode)[1].as_dict(),
             "mse": summarise([r["mse"] for r in rows], max),
             "psnr": summarise([r["psnr"] for r in rows], min),
             "ssim": summarise([r["ssim"] for r in rows], min),

@@ -135,6 +135,7 @@ class BlockStream(Placement):
 
         for expert in pipe.experts.values():
             _to(expert, torch.device("cpu"))
+            _pin(expert)  # in place, tensor by tensor: group offloading then keeps these, not a second copy
             apply_group_offloading(
                 expert,
                 onload_device=pipe.device,
@@ -158,25 +159,28 @@ class BlockStream(Placement):
 PLACEMENTS = ("auto", "resident", "offload", "stream")
 
 
-def resident_peak_bytes(pipe, tokens: int, frames: int, height: int, width: int) -> int:
+def resident_peak_bytes(pipe, tokens: int, frames: int, height: int, width: int, *, with_text_encoder: bool) -> int:
     """Estimated device peak of a resident run: both experts and the VAE, plus the largest stage's working set.
 
-    The stages take turns: text encoding (the visiting encoder), one expert forward, the VAE decode.
+    The stages take turns: text encoding, one expert forward, the VAE decode. ``with_text_encoder``:
+    the encoder stays on the device throughout; otherwise it visits only to encode.
     """
     expert_config = pipe.experts["high_noise"].config
+    text = module_bytes(pipe.parts.text_encoder)
     weights = sum(module_bytes(e) for e in pipe.experts.values()) + module_bytes(pipe.parts.vae)
     stages = (
-        module_bytes(pipe.parts.text_encoder) * 1.1,
+        text * 1.1 if not with_text_encoder else text * 0.1,
         dit_activation_bytes(
             tokens, expert_config.num_attention_heads * expert_config.attention_head_dim, expert_config.ffn_dim
         ),
         vae_decode_bytes(frames, height, width, tiled=False),
     )
-    return int(weights + max(stages))
+    return int(weights + (text if with_text_encoder else 0) + max(stages))
 
 
 def choose_placement(pipe, choice: str, *, tokens: int, frames: int, height: int, width: int) -> Placement:
-    """The placement for ``choice`` (one of ``PLACEMENTS``); ``auto`` estimates the resident peak first."""
+    """The placement for ``choice`` (one of ``PLACEMENTS``); ``auto`` tries, in order of speed: everything
+    resident, resident with the text encoder visiting only to encode, block streaming."""
     if choice not in PLACEMENTS:
         raise ConfigError(f"unknown --placement {choice!r}; choose one of: {', '.join(PLACEMENTS)}")
     if choice == "offload":
@@ -184,12 +188,16 @@ def choose_placement(pipe, choice: str, *, tokens: int, frames: int, height: int
     if choice == "stream":
         return BlockStream(reason="--placement stream")
     if choice == "resident" or pipe.device.type != "cuda":
-        return Resident(reason=f"{choice} on {pipe.device.type}")
-    need = resident_peak_bytes(pipe, tokens, frames, height, width)
+        return Resident(keep_text_encoder=True, reason=f"{choice} on {pipe.device.type}")
     free, _total = torch.cuda.mem_get_info(pipe.device)
     free += sum(module_bytes(m) for m in _on_device(pipe, pipe.device))  # what is already there counts as free
-    if need <= HEADROOM * free:
-        return Resident(reason=f"estimated peak {need / GIB:.1f} GiB fits {free / GIB:.1f} GiB free")
+    shape = (tokens, frames, height, width)
+    for keep in (True, False):
+        need = resident_peak_bytes(pipe, *shape, with_text_encoder=keep)
+        if need <= HEADROOM * free:
+            where = "stays on the device" if keep else "visits the device only to encode"
+            reason = f"estimated peak {need / GIB:.1f} GiB fits {free / GIB:.1f} GiB free; the text encoder {where}"
+            return Resident(keep_text_encoder=keep, reason=reason)
     return BlockStream(reason=f"estimated resident peak {need / GIB:.1f} GiB exceeds {free / GIB:.1f} GiB free")
 
 
@@ -207,6 +215,12 @@ def _on_device(pipe, device: torch.device) -> Iterable[torch.nn.Module]:
 
 def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
+
+
+def _pin(module: torch.nn.Module) -> None:
+    """Page-lock a CPU module's tensors one at a time (a whole-model pinned copy would double host memory)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        tensor.data = tensor.data.pin_memory()
 
 
 def _to(module: torch.nn.Module | None, device: torch.device) -> None:

@@ -191,6 +191,7 @@ class WanT2V:
         self._check_parts()
         self.velocity: VelocityFn = guided_velocity
         """One step's model output; a lever (CFG parallel) may replace it."""
+        self.ckpt_dir: Path | None = None  # where the weights came from (per-checkpoint calibrations live there)
         self.placement: Placement = Placement()
         apply_placement(self, placement or Resident(keep_text_encoder=True))
 
@@ -204,7 +205,6 @@ class WanT2V:
         convert_model_dtype: bool = False,
         placement: Placement | None = None,
         t5_cpu: bool = False,
-        attention_backend: str | None = None,
     ) -> WanT2V:
         """Load a checkpoint (official or diffusers layout); bf16 experts with ``convert_model_dtype``.
 
@@ -218,17 +218,8 @@ class WanT2V:
             dtype = None  # as stored
         components = load_components(ckpt_dir, transformer_dtype=dtype, text_encoder_dtype=dtype)
         pipe = cls(config, components, device=device, placement=placement, t5_cpu=t5_cpu)
-        if attention_backend:
-            pipe.set_attention_backend(attention_backend)
+        pipe.ckpt_dir = Path(ckpt_dir)
         return pipe
-
-    def set_attention_backend(self, backend: str) -> None:
-        """Pick a diffusers attention backend (e.g. native, _native_cudnn, flash) for both experts."""
-        try:
-            for expert in self.experts.values():
-                expert.set_attention_backend(backend)
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(f"attention backend {backend!r} is not available here: {exc}".splitlines()[0]) from exc
 
     def _check_parts(self) -> None:
         """Refuse expert pairs that cannot share a latent or a text embedding."""
@@ -292,6 +283,8 @@ class WanT2V:
     ) -> GenerationResult:
         """The denoising loop on given text embeddings [1, text_len, dim]; returns latents, no video."""
         s = settings.resolved(self.config)
+        for expert in self.experts.values():  # step caches (wan.levers.cache) start empty for every video
+            expert._reset_stateful_cache()
         timings: dict[str, float] = {}
         width, height = self.config.parse_size(s.size)
         stride_t, stride_h, stride_w = self.config.vae_stride

@@ -1,0 +1,90 @@
+"""Speed levers on the CPU: compile keeps the video, caching stays within its bound, bad input is one line."""
+
+import copy
+
+import pytest
+import torch
+from tiny_models import as_components
+
+from wan.config import ConfigError
+from wan.levers import Levers, apply_levers
+from wan.levers.cache import ComputeCounter, parse_cache_spec
+from wan.levers.compile import compile_seconds, reset_compiled
+from wan.levers.presets import PRESETS, preset_generation_defaults, resolve_levers
+from wan.text2video import GenerationSettings, WanT2V
+
+SETTINGS = GenerationSettings(prompt="a red square moving left", seed=5, size="32*32", frame_num=9, sample_steps=8)
+CPU = torch.device("cpu")
+
+
+def make_pipe(test_config, parts) -> WanT2V:
+    """A pipeline of its own (levers change the experts) on copies of the session's tiny parts."""
+    return WanT2V(test_config, as_components(copy.deepcopy(parts)))
+
+
+@pytest.fixture(scope="module")
+def baseline(test_config, parts) -> torch.Tensor:
+    return make_pipe(test_config, parts).generate(SETTINGS, progress=False).video
+
+
+def test_compile_keeps_the_video_and_reports_its_time(test_config, parts, baseline):
+    reset_compiled()
+    pipe = make_pipe(test_config, parts)
+    apply_levers(pipe, Levers(compile=True))
+    before = compile_seconds()
+    video = pipe.generate(SETTINGS, progress=False).video
+    torch.testing.assert_close(video, baseline, rtol=1e-4, atol=1e-4)
+    assert compile_seconds() > before
+    reset_compiled()
+
+
+@pytest.mark.parametrize("spec", ["fbc:0.2", "taylorseer:2"])
+def test_cache_skips_forwards_and_stays_close(test_config, parts, baseline, spec):
+    pipe = make_pipe(test_config, parts)
+    apply_levers(pipe, Levers(cache=spec))
+    result = pipe.generate(SETTINGS, progress=False)
+    computed = sum(pipe.compute_counter.snapshot().values())
+    assert 0 < computed < sum(result.forwards.values())  # some forwards skipped their blocks
+    assert (result.video - baseline).abs().mean() < 0.2  # changed, but the same picture
+    again = pipe.generate(SETTINGS, progress=False)  # state reset per video: same result twice
+    assert torch.equal(result.video, again.video)
+
+
+def test_compute_counter_counts_every_full_forward(test_config, parts, baseline):
+    pipe = make_pipe(test_config, parts)
+    counter = ComputeCounter(pipe.experts)
+    result = pipe.generate(SETTINGS, progress=False)
+    assert counter.snapshot() == result.forwards
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lru", "unknown --cache method 'lru'"),
+        ("fbc:abc", "'abc' is not a number"),
+        ("fbc:1.5", "must be in (0, 1)"),
+        ("taylorseer:1", "whole number >= 2"),
+    ],
+)
+def test_bad_cache_specs(text, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_cache_spec(text)
+
+
+def test_presets_leave_out_what_the_cpu_lacks_but_explicit_flags_fail():
+    levers, notes = resolve_levers("fast", {}, CPU)
+    assert not levers.fp8 and not levers.compile and levers.cache == PRESETS["fast"].levers.cache
+    assert any("fp8 left out" in n for n in notes) and any("compile left out" in n for n in notes)
+    with pytest.raises(ConfigError, match="--fp8: float8 needs a GPU"):
+        resolve_levers("fast", {"fp8": True}, CPU)
+    explicit, _ = resolve_levers("fast", {"compile": True, "cache": ""}, CPU)
+    assert explicit.compile and not explicit.cache  # explicit flags win, "none" switches the cache off
+    assert resolve_levers(None, {}, CPU) == (Levers(), [])
+    assert preset_generation_defaults("fast")["cfg_truncate_steps"] == 5 and preset_generation_defaults(None) == {}
+    with pytest.raises(ConfigError, match="unknown --preset"):
+        resolve_levers("turbo", {}, CPU)
+
+
+def test_unknown_attention_backend_is_one_line(test_config, parts):
+    with pytest.raises(ConfigError, match="unknown --attention_backend 'warp'"):
+        apply_levers(make_pipe(test_config, parts), Levers(attention_backend="warp"))

@@ -1,0 +1,76 @@
+"""Placement: each placement gives the same video; the auto choice follows the memory estimate."""
+
+import copy
+
+import pytest
+import torch
+from tiny_models import as_components
+
+from wan import placement
+from wan.config import ConfigError
+from wan.placement import BlockStream, ModelOffload, Placement, Resident, apply_placement, choose_placement
+from wan.text2video import GenerationSettings, WanT2V
+
+SETTINGS = GenerationSettings(prompt="a red square moving left", seed=3, size="32*32", frame_num=9, sample_steps=4)
+
+
+def make_pipe(test_config, parts, placement_: Placement | None = None) -> WanT2V:
+    return WanT2V(test_config, as_components(copy.deepcopy(parts)), placement=placement_)
+
+
+def test_every_placement_gives_the_same_video(test_config, parts):
+    videos = [
+        make_pipe(test_config, parts, p).generate(SETTINGS, progress=False).video
+        for p in (None, Resident(), ModelOffload())
+    ]
+    assert all(torch.equal(videos[0], v) for v in videos[1:])
+
+
+def test_resident_keeps_the_text_encoder_off_the_device_unless_asked(test_config, parts):
+    pipe = make_pipe(test_config, parts, Resident())
+    assert pipe.placement.name == "resident" and not pipe.placement.keep_text_encoder
+    assert make_pipe(test_config, parts).placement.keep_text_encoder  # the default: official --offload_model False
+
+
+def test_choices_and_their_errors(test_config, parts):
+    pipe = make_pipe(test_config, parts, Placement())
+    shape = {"tokens": 64, "frames": 9, "height": 32, "width": 32}
+    assert isinstance(choose_placement(pipe, "offload", **shape), ModelOffload)
+    assert isinstance(choose_placement(pipe, "auto", **shape), Resident)  # on the CPU
+    assert isinstance(choose_placement(pipe, "stream", **shape), BlockStream)
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        apply_placement(pipe, BlockStream())
+    with pytest.raises(ConfigError, match="unknown --placement 'gpu'"):
+        choose_placement(pipe, "gpu", **shape)
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "expected", "keeps_text_encoder", "need_gib"),
+    [(80, Resident, True, 30), (25, Resident, False, 20), (1, BlockStream, None, 20)],
+)
+def test_auto_on_a_gpu_follows_the_estimate(
+    test_config, parts, monkeypatch, free_gib, expected, keeps_text_encoder, need_gib
+):
+    """Everything resident if it fits, else the text encoder visits, else streaming; the reason names the numbers."""
+    pipe = make_pipe(test_config, parts, Placement())
+    pipe.device = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _device: (free_gib * placement.GIB, 80 * placement.GIB))
+    monkeypatch.setattr(
+        placement,
+        "resident_peak_bytes",
+        lambda *_a, with_text_encoder: (30 if with_text_encoder else 20) * placement.GIB,
+    )
+    chosen = choose_placement(pipe, "auto", tokens=75600, frames=81, height=720, width=1280)
+    assert isinstance(chosen, expected)
+    assert getattr(chosen, "keep_text_encoder", None) == keeps_text_encoder
+    assert f"{need_gib:.1f} GiB" in chosen.reason and f"{free_gib:.1f} GiB" in chosen.reason
+
+
+def test_estimates_scale_as_expected():
+    # A14B at 720p: 75,600 tokens, dim 5120, ffn 13824 -> about 9.8 GB of working memory per forward.
+    assert placement.dit_activation_bytes(75600, 5120, 13824) == 75600 * (2 * 13824 + 10 * 5120) * 2
+    assert placement.vae_decode_bytes(81, 720, 1280, tiled=True) < placement.vae_decode_bytes(
+        81, 720, 1280, tiled=False
+    )
+    assert placement.module_bytes(torch.nn.Linear(4, 2)) == (8 + 2) * 4
+    assert placement.module_bytes(None) == 0

@@ -1,0 +1,45 @@
+"""Speed levers: each a small module that wraps the loaded pipeline from outside the denoising loop.
+
+``Levers`` says which are on; ``apply_levers`` installs them in a fixed order (attention backend,
+float8 weights, step caching, compilation last so it traces what the others built). The loop in
+``wan.text2video`` never asks which lever is on. Placement (``wan.placement``) is chosen separately,
+since it depends on memory rather than on speed/quality trade-offs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+from wan.levers.attention import set_attention_backend
+from wan.levers.cache import enable_cache
+from wan.levers.compile import compile_experts
+from wan.levers.fp8 import quantize_experts_fp8
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Levers:
+    """Which speed levers a run uses; recorded in the sidecar."""
+
+    attention_backend: str | None = None  # a diffusers attention backend name; None: diffusers' default
+    fp8: bool = False  # float8 e4m3 linear layers in the experts' blocks (torchao, row-wise scales)
+    cache: str | None = None  # step caching spec, e.g. "fbc:0.05" (wan.levers.cache)
+    compile: bool = False  # regional torch.compile of the transformer blocks
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def apply_levers(pipe, levers: Levers) -> None:
+    """Install ``levers`` on a loaded, placed pipeline (once; quantisation and compilation are not undone)."""
+    if levers.attention_backend:
+        set_attention_backend(pipe, levers.attention_backend)
+    if levers.fp8:
+        quantize_experts_fp8(pipe)
+    if levers.cache:
+        enable_cache(pipe, levers.cache)
+    if levers.compile:
+        compile_experts(pipe, fullgraph=levers.cache is None)
+    logger.info("levers: %s", ", ".join(f"{k}={v}" for k, v in levers.as_dict().items() if v) or "none")

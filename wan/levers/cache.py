@@ -1,0 +1,133 @@
+"""Step-caching lever: diffusers' cache hooks on each expert, with thresholds calibrated per checkpoint.
+
+A spec names the method and, optionally, its knob:
+
+- ``fbc[:THRESHOLD]``: First Block Cache. The first block always runs; when its residual changed
+  by less than THRESHOLD (relative L1) since the last full forward, the other blocks are skipped
+  and their cached residual is reused. Without a threshold, each expert takes its own calibrated
+  one from ``cache_calibration.json`` in the checkpoint folder (``scripts/calibrate_cache.py``
+  writes it), else ``DEFAULT_FBC_THRESHOLD``.
+- ``taylorseer[:INTERVAL]``: TaylorSeer. Every INTERVAL-th step runs in full; the steps between
+  predict the attention and FFN outputs by a first-order Taylor expansion in the step index.
+
+Each expert has its own hooks, so its own state; the loop names every call's context
+(``cond``/``uncond`` and the frame count, ``wan.text2video.call_expert``), so cond and uncond, and
+half- and full-frame calls, never share a cache entry, and the state is reset at every video's start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from wan.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("fbc", "taylorseer")
+DEFAULT_FBC_THRESHOLD = 0.05
+DEFAULT_TAYLORSEER_INTERVAL = 3
+CALIBRATION_FILE = "cache_calibration.json"
+TAYLORSEER_MODULES = (r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn")
+"""Wan's attention and FFN modules (diffusers' default patterns expect modules named ``...attn``)."""
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    method: str
+    value: float | None  # threshold (fbc) or interval (taylorseer); None: calibrated or default
+
+
+def parse_cache_spec(text: str) -> CacheSpec:
+    """``"fbc:0.05"`` -> CacheSpec("fbc", 0.05); one-line errors name what is allowed."""
+    method, _, value = text.strip().partition(":")
+    if method not in METHODS:
+        raise ConfigError(f"unknown --cache method {method!r}; choose one of: {', '.join(METHODS)} (e.g. fbc:0.05)")
+    if not value:
+        return CacheSpec(method, None)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"--cache {text}: {value!r} is not a number") from None
+    if method == "fbc" and not 0 < number < 1:
+        raise ConfigError(f"--cache {text}: the fbc threshold must be in (0, 1), e.g. fbc:0.05")
+    if method == "taylorseer" and (number != int(number) or number < 2):
+        raise ConfigError(f"--cache {text}: the taylorseer interval must be a whole number >= 2, e.g. taylorseer:3")
+    return CacheSpec(method, number)
+
+
+def read_calibration(ckpt_dir: str | Path | None) -> dict:
+    """The checkpoint's calibrated cache settings ({} if it has none)."""
+    path = Path(ckpt_dir) / CALIBRATION_FILE if ckpt_dir else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not readable JSON ({exc}); re-run scripts/calibrate_cache.py") from exc
+
+
+def expert_settings(spec: CacheSpec, expert: str, calibration: dict) -> float:
+    """The knob for one expert: the spec's value, else the calibrated one, else the default."""
+    if spec.value is not None:
+        return spec.value
+    calibrated = calibration.get(spec.method, {}).get(expert)
+    if calibrated is not None:
+        return float(calibrated)
+    default = DEFAULT_FBC_THRESHOLD if spec.method == "fbc" else DEFAULT_TAYLORSEER_INTERVAL
+    logger.warning("no calibrated %s setting for the %s expert: using %s", spec.method, expert, default)
+    return default
+
+
+def cache_config(method: str, value: float):
+    """The diffusers hook config for one expert."""
+    from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+    if method == "fbc":
+        return FirstBlockCacheConfig(threshold=value)
+    return TaylorSeerCacheConfig(
+        cache_interval=int(value),
+        disable_cache_before_step=2,
+        taylor_factors_dtype=torch.float32,
+        cache_identifiers=list(TAYLORSEER_MODULES),
+    )
+
+
+def enable_cache(pipe, spec_text: str) -> dict[str, float]:
+    """Install the cache hooks on both experts; returns each expert's knob (for the sidecar)."""
+    spec = parse_cache_spec(spec_text)
+    calibration = read_calibration(getattr(pipe, "ckpt_dir", None))
+    chosen = {}
+    for name, expert in pipe.experts.items():
+        chosen[name] = expert_settings(spec, name, calibration)
+        expert.enable_cache(cache_config(spec.method, chosen[name]))
+    pipe.compute_counter = ComputeCounter(pipe.experts)
+    logger.info("cache %s: %s", spec.method, ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
+    return chosen
+
+
+class ComputeCounter:
+    """Counts the forwards whose last block really computed, per expert, to report the skip fraction.
+
+    A pre-hook on the last block's final FFN linear fires only when that layer runs: First Block
+    Cache skips the whole block, TaylorSeer returns a prediction instead of calling it.
+    """
+
+    def __init__(self, experts: dict[str, torch.nn.Module]):
+        self.computed = {name: 0 for name in experts}
+        for name, expert in experts.items():
+            last_linear = [m for m in expert.blocks[-1].ffn.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last_linear.register_forward_pre_hook(self._hook(name))
+
+    def _hook(self, name: str):
+        def count(_module, _args) -> None:
+            self.computed[name] += 1
+
+        return count
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.computed)

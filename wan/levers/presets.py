@@ -1,0 +1,76 @@
+"""Presets: named sets of lever and generation defaults, resolved against the flags and the hardware.
+
+A preset only fills in what the user left unset: an explicit flag always wins. A lever the hardware
+lacks (float8 on a CPU or a pre-Ada GPU) is left out of a preset with a log line, while the same
+lever asked for explicitly is an error (``wan.levers.fp8``).
+
+- ``exact``: the fastest combination that keeps the video to bf16 tolerance (same math, other kernels).
+- ``fast``: the fastest combination whose quality holds on t2v-tiny (>= 30 dB mean PSNR against the
+  baseline over 32 held-out prompts, adherence within 2 points; docs/QUALITY.md has the table).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+
+from wan.config import ConfigError
+from wan.levers import Levers
+from wan.levers.cache import parse_cache_spec
+from wan.levers.fp8 import fp8_available
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preset:
+    levers: Levers
+    generation: dict[str, Any] = field(default_factory=dict)  # generation flags by CLI name
+    gpu_only: tuple[str, ...] = ("compile",)  # levers that cost more than they save off the GPU
+
+
+PRESETS: dict[str, Preset] = {
+    "exact": Preset(Levers(compile=True)),
+    "fast": Preset(
+        Levers(compile=True, fp8=True, cache="fbc"),
+        generation={"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3},
+    ),
+}
+
+
+def resolve_levers(preset: str | None, explicit: dict[str, Any], device: torch.device) -> tuple[Levers, list[str]]:
+    """The levers of a run: ``explicit`` (lever name -> value, None where unset) over the preset's.
+
+    Returns the levers and one note per lever the preset wanted but this hardware lacks.
+    """
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    chosen = PRESETS[preset].levers if preset else Levers()
+    notes = []
+    if preset:
+        if chosen.fp8 and explicit.get("fp8") is None and (why := fp8_available(device)):
+            chosen = replace(chosen, fp8=False)
+            notes.append(f"preset {preset}: fp8 left out ({why})")
+        for name in PRESETS[preset].gpu_only:
+            if getattr(chosen, name) and explicit.get(name) is None and device.type != "cuda":
+                chosen = replace(chosen, **{name: False})
+                notes.append(f"preset {preset}: {name} left out on {device.type} (it pays off on a GPU only)")
+    unknown = set(explicit) - {f.name for f in fields(Levers)}
+    if unknown:
+        raise ValueError(f"not levers: {sorted(unknown)}")
+    if explicit.get("fp8") and (why := fp8_available(device)):
+        raise ConfigError(f"--fp8: {why}; run without --fp8")
+    chosen = replace(chosen, **{k: v for k, v in explicit.items() if v is not None})
+    if chosen.cache:
+        parse_cache_spec(chosen.cache)  # a bad spec fails here, before anything loads
+    for note in notes:
+        logger.info(note)
+    return chosen, notes
+
+
+def preset_generation_defaults(preset: str | None) -> dict[str, Any]:
+    """Generation flags the preset sets where the user gave none (e.g. CFG truncation for ``fast``)."""
+    return dict(PRESETS[preset].generation) if preset else {}
