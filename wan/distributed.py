@@ -237,6 +237,14 @@ def parallelize(
         num_heads=pipe.experts[HIGH].config.num_attention_heads,
         tokens=token_counts(pipe.config, settings) if settings is not None else (),
     )
+    if any(expert.is_cache_enabled for expert in pipe.experts.values()) and (
+        ulysses_size > 1 or cfg_parallel or dit_fsdp
+    ):
+        raise ConfigError(
+            "step caching (--cache, --preset fast) does not work with --ulysses_size > 1, --cfg_parallel or "
+            "--dit_fsdp: each rank would decide alone which blocks to skip and the ranks' collectives would "
+            "stop matching; pass --cache none"
+        )
     if ctx.world_size == 1:
         return
     if pipe.placement.name != Placement.name:
