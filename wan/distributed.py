@@ -192,10 +192,12 @@ def validate(
         )
     if ctx.world_size % ulysses_size:
         raise ConfigError(f"--ulysses_size {ulysses_size} must divide the world size {ctx.world_size}")
+    if cfg_parallel and ctx.world_size % 2:
+        raise ConfigError(f"--cfg_parallel needs an even process count (2 CFG groups), got {ctx.world_size}")
     if cfg_parallel and ctx.world_size != 2 * ulysses_size:
         raise ConfigError(
             f"--cfg_parallel splits the {ctx.world_size} processes into 2 CFG groups of --ulysses_size: "
-            f"pass --ulysses_size {ctx.world_size // 2}" + (" (an even process count)" if ctx.world_size % 2 else "")
+            f"pass --ulysses_size {ctx.world_size // 2}"
         )
     if t5_fsdp and t5_cpu:
         raise ConfigError("--t5_fsdp and --t5_cpu exclude each other: a sharded text encoder lives on the GPUs")
