@@ -10,9 +10,11 @@ and ``WanT2V.velocity`` (one step's model output: what a sampling step costs bes
 - ``ulysses+fsdp``, ``cfg_parallel+fsdp``: the same with the experts sharded by ``--dit_fsdp`` (rebuilt).
 
 Per mode and size, the seconds of one step of each kind, max over ranks, median of ``--repeats``
-after one warm-up step: ``cfg_full`` (a CFG step on all latent frames), ``cfg_half`` (a CFG step on
-the half frames of half-frame generation's high-noise steps), ``cond_full`` (a cond-only step, as
-CFG truncation runs); peak memory of every rank; the largest difference of each velocity from the
+after warm-up steps (a CFG and, in the parallel modes, a cond-only step on the half frames):
+``cfg_full`` (a CFG step on all latent frames), ``cfg_half`` (a CFG step on the half frames of
+half-frame generation's high-noise steps), ``cond_full`` (a cond-only step, as CFG truncation runs;
+once in 1gpu, where it is one forward); peak memory of every rank; the largest difference of each
+velocity from the
 ``1gpu`` one; and a 40-step projection (26 high + 14 low) with half-frame generation off and on.
 Last, one umT5-XXL-size encode (2 x 512 tokens) with and without ``--t5_fsdp``'s sharding. The JSON
 is rewritten after every stage, so a run cut short keeps what it measured.
@@ -85,6 +87,8 @@ KINDS: dict[str, tuple[str, bool, str]] = {
     "cond_full": (LOW, False, "full"),
 }
 """Step kind -> (expert, CFG or cond-only, latent length)."""
+WARMUP_COND = (HIGH, False, "half")
+"""A cheap cond-only step, so the first timed cond-only step of a parallel mode pays no first-use costs."""
 TINY_MULTI = dict(TINY_OVERRIDES, num_attention_heads=8)
 """bench_a14b's toy dims with 8 heads, so Ulysses over up to 8 CPU processes splits them."""
 GUIDE_SCALE = 4.0
@@ -204,11 +208,13 @@ class MultiBench:
         reset_peak_memory(self.device)
         if active:
             self.use_mode(mode)
-            self.step(mode, "cfg_half", latents)  # warm-up
+            self.step(mode, KINDS["cfg_half"], latents)  # warm-up
+            if not alone:
+                self.step(mode, WARMUP_COND, latents)
             for kind in KINDS:
                 # one forward of 1gpu's cond-only step is half its CFG step: once, as the reference
                 for _ in range(1 if alone and kind == "cond_full" else self.args.repeats):
-                    elapsed, velocity = self.step(mode, kind, latents)
+                    elapsed, velocity = self.step(mode, KINDS[kind], latents)
                     seconds[kind].append(elapsed)
                 difference[kind] = self.compare(mode, size, kind, velocity)
         peaks = self.gather(peak_memory_gb(self.device))
@@ -228,8 +234,11 @@ class MultiBench:
         self.project(mode, size, step_s)
         logger.info("%s %s: %s", mode, size, {k: round(v, 3) for k, v in step_s.items()})
 
-    def step(self, mode: str, kind: str, latents: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor]:
-        expert_name, use_cfg, length = KINDS[kind]
+    def step(
+        self, mode: str, kind: tuple[str, bool, str], latents: dict[str, torch.Tensor]
+    ) -> tuple[float, torch.Tensor]:
+        """One velocity call of ``kind`` (expert, CFG, length), timed after a barrier (1gpu: none)."""
+        expert_name, use_cfg, length = kind
         plan = StepPlan(0, 900.0 if expert_name == HIGH else 500.0, expert_name, GUIDE_SCALE, use_cfg)
         timestep = torch.full((1,), plan.timestep, device=self.device)
         if mode != "1gpu" and self.ctx.world_size > 1:
