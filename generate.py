@@ -160,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
         "resident_lean (the text encoder visits the GPU only to encode), offload (= --offload_model True), "
         "stream (experts streamed block by block)",
     )
+    ours.add_argument(
+        "--cfg_parallel",
+        action="store_true",
+        help="torchrun: cond and uncond passes at once on two halves of the GPUs (needs --ulysses_size N/2)",
+    )
+    ours.add_argument(
+        "--dist_timeout_s",
+        type=float,
+        default=None,
+        help="torchrun: seconds any collective may wait before the run ends with an error (default 300)",
+    )
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     ours.add_argument("--debug", action="store_true", help="an internal error prints its full trace")
@@ -269,10 +280,10 @@ def resolve_ckpt_dir(args: argparse.Namespace, config: TaskConfig) -> Path:
 
 def check_single_process(args: argparse.Namespace) -> None:
     """Batch mode spreads whole items over the ranks; sharding one video is for single-video runs."""
-    if args.ulysses_size > 1 or args.dit_fsdp or args.t5_fsdp:
+    if args.ulysses_size > 1 or args.cfg_parallel or args.dit_fsdp or args.t5_fsdp:
         raise ConfigError(
-            "--ulysses_size/--dit_fsdp/--t5_fsdp are for one video; a --prompt_file batch under torchrun "
-            "gives each GPU whole items instead"
+            "--ulysses_size/--cfg_parallel/--dit_fsdp/--t5_fsdp are for one video; a --prompt_file batch under "
+            "torchrun gives each GPU whole items instead"
         )
 
 
@@ -363,8 +374,9 @@ def sidecar_context(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path
 def run(args: argparse.Namespace) -> int:
     """One video from --prompt: checks everything, then loads, generates and writes video + sidecar.
 
-    Under torchrun (``--ulysses_size``, ``--dit_fsdp``, ``--t5_fsdp``) every rank loads and samples;
-    rank 0 decodes and writes.
+    Under torchrun (``--ulysses_size``, ``--cfg_parallel``, ``--dit_fsdp``, ``--t5_fsdp``) every rank loads
+    and samples; rank 0 decodes and writes. A failed rank aborts its process groups; the others' collectives
+    end within ``--dist_timeout_s``.
     """
     from wan import distributed
     from wan.batch import write_outputs
@@ -373,12 +385,14 @@ def run(args: argparse.Namespace) -> int:
     config = load_task_config(args.task)
     check_flags(vars(args), config)
     settings = settings_from_args(args, config)
-    ctx = distributed.init_distributed(args.device)
+    timeout_s = distributed.DEFAULT_TIMEOUT_S if args.dist_timeout_s is None else args.dist_timeout_s
+    ctx = distributed.init_distributed(args.device, timeout_s=timeout_s)
     with ExitStack() as stack:
-        stack.callback(distributed.shutdown, ctx)
+        stack.enter_context(distributed.session(ctx))
         distributed.validate(
             ctx,
             ulysses_size=args.ulysses_size,
+            cfg_parallel=args.cfg_parallel,
             dit_fsdp=args.dit_fsdp,
             t5_fsdp=args.t5_fsdp,
             t5_cpu=args.t5_cpu,
@@ -392,7 +406,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--save_file {save_file}: another run is writing it now; choose another name")
         pipe, load_seconds = load_pipeline(args, config, ckpt_dir, [settings])
         distributed.parallelize(
-            pipe, ctx, ulysses_size=args.ulysses_size, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp, settings=settings
+            pipe,
+            ctx,
+            ulysses_size=args.ulysses_size,
+            cfg_parallel=args.cfg_parallel,
+            dit_fsdp=args.dit_fsdp,
+            t5_fsdp=args.t5_fsdp,
+            settings=settings,
         )
         result = distributed.generate(pipe, settings, ctx, progress=not args.quiet)
         if distributed.is_main(ctx):
@@ -478,6 +498,7 @@ def run_reporting_errors(args: argparse.Namespace) -> int:
 
     from wan.batch import one_line
     from wan.checkpoints import CheckpointError
+    from wan.distributed import DistributedRunError
     from wan.text2video import NonFiniteLatentError
 
     try:
@@ -485,7 +506,7 @@ def run_reporting_errors(args: argparse.Namespace) -> int:
     except (ConfigError, CheckpointError) as exc:  # bad input
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (NonFiniteLatentError, torch.cuda.OutOfMemoryError, OSError) as exc:  # a failed run (batches: per item)
+    except (NonFiniteLatentError, torch.cuda.OutOfMemoryError, OSError, DistributedRunError) as exc:  # a failed run
         print(f"error: {one_line(exc) if isinstance(exc, torch.cuda.OutOfMemoryError) else exc}", file=sys.stderr)
         return 1
     except Exception as exc:

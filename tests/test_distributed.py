@@ -107,6 +107,18 @@ def test_parallelize_checks_heads_and_tokens(test_config):
         )
 
 
+@pytest.mark.parametrize("flags", [{"ulysses_size": 2}, {"cfg_parallel": True}, {"dit_fsdp": True}])
+def test_step_caching_is_refused_where_ranks_share_a_forward(test_config, flags):
+    """Each rank would decide alone which blocks to skip: the ranks' collectives would stop matching."""
+    from diffusers import FirstBlockCacheConfig
+
+    pipe = make_pipe(test_config)
+    pipe.experts["low_noise"].enable_cache(FirstBlockCacheConfig(threshold=0.05))
+    with pytest.raises(ConfigError, match="step caching"):
+        parallelize(pipe, two_ranks(2), **flags)
+    parallelize(pipe, DistContext())  # one process: caching stays a single-GPU lever
+
+
 def test_token_counts_of_a14b():
     """The design's claim: 480p/720p at 81 frames and their half-frame lengths divide by 2, 4 and 8."""
     config = load_task_config("t2v-A14B")

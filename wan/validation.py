@@ -199,6 +199,7 @@ RULES: dict[str, Rule] = {
     "save_dir": _output_folder,
     "attention_backend": _non_empty,
     "cache": _cache_spec,
+    "dist_timeout_s": _number(0, 86400, low_open=True),
 }
 """Flag (argparse dest, batch item key) -> check. Flags not listed take any value argparse accepts."""
 
