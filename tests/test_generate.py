@@ -91,7 +91,7 @@ def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
         (["--save_file", "a.avi"], "must end in .mp4"),
         (["--ulysses_size", "2"], "need several processes: run with torchrun"),
         (["--cfg_parallel"], "need several processes: run with torchrun"),
-        (["--dist_timeout_s", "0"], "--dist_timeout_s must be > 0"),
+        (["--dist_timeout_s", "0"], "--dist_timeout_s 0.0: must be a finite number > 0"),
     ],
 )
 def test_bad_input_is_exit_2_one_line_no_output(common, base, tmp_path, monkeypatch, capsys, flags, message):
