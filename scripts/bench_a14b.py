@@ -141,6 +141,7 @@ MODES: dict[str, Mode | None] = {  # in the order they run: the most important f
     "default": Mode(),
     "preset_exact": Mode(preset="exact"),
     "preset_fast": Mode(preset="fast"),
+    "preset_fast@taylorseer:2": Mode(preset="fast", levers={"cache": "taylorseer:2"}),
     "offload": Mode(placement="offload"),
     "stream": Mode(placement="stream"),
     "resident_lean": Mode(placement="resident_lean"),

@@ -27,6 +27,7 @@ RUN_ON_CPU = {
     "peer",
     "default",
     "preset_exact",
+    "preset_fast@taylorseer:2",
     "preset_fast",
     "offload",
     "resident_lean",
@@ -133,7 +134,7 @@ def test_forward_counts_match_the_plan(report):
     truncated = expected_forwards(STEPS, 1, 1)  # the preset's 5/3 of 40 steps, scaled to 6
     assert truncated == full - 2
     counts = {name: sum(r["measured"]["forwards"].values()) for name, r in modes.items()}
-    assert counts == {name: truncated if name == "preset_fast" else full for name in modes}
+    assert counts == {name: truncated if name.startswith("preset_fast") else full for name in modes}
     for r in modes.values():
         assert r["measured"]["forwards"] == r["measured"]["plan"]["forwards"]
         assert sum(f for _, _, f in r["measured"]["step_marks"]) == sum(r["measured"]["forwards"].values())
@@ -146,7 +147,7 @@ def test_projection_uses_the_40_step_plan(report):
         projection = r["projected_40_steps"]
         assert "PROJECTION" in projection["label"]
         assert (projection["high_noise_steps"], projection["low_noise_steps"]) == (26, 14)
-        expected = expected_forwards(40, 5, 3) if name == "preset_fast" else expected_forwards(40)
+        expected = expected_forwards(40, 5, 3) if name.startswith("preset_fast") else expected_forwards(40)
         assert sum(projection["forwards"].values()) == expected
         assert projection["seconds"] == pytest.approx(sum(projection["stages"].values()))
         assert projection["seconds"] > r["measured"]["seconds"]
