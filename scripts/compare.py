@@ -95,8 +95,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 def parse_modes(text: str) -> list[str]:
     """The requested modes, baseline first: every other mode is scored against it.
 
-    A mode is a name from ``MODES`` or ``preset_<name>``, optionally with speed levers after ``@``,
-    ``/``-separated: ``cfg_trunc@fp8/compile/cache=fbc:0.05/attention_backend=_native_cudnn``.
+    A mode is a name from ``MODES`` or ``preset_<name>``, optionally with speed levers after ``~``,
+    ``/``-separated: ``cfg_trunc~fp8/compile/cache=fbc:0.05/attention_backend=_native_cudnn``.
     """
     modes = [m.strip() for m in text.split(",") if m.strip()]
     for mode in modes:
@@ -106,7 +106,7 @@ def parse_modes(text: str) -> list[str]:
 
 def mode_settings(mode: str) -> tuple[dict, Levers]:
     """A mode's generation settings and levers (a preset's, resolved for this machine, or the ``@`` list)."""
-    name, _, lever_text = mode.partition("@")
+    name, _, lever_text = mode.partition("~")
     if name.startswith("preset_"):
         preset = name.removeprefix("preset_")
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
