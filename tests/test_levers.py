@@ -1,6 +1,7 @@
 """Speed levers on the CPU: compile keeps the video, caching stays within its bound, bad input is one line."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -35,6 +36,13 @@ def test_compile_keeps_the_video_and_reports_its_time(test_config, parts, baseli
     video = pipe.generate(SETTINGS, progress=False).video
     torch.testing.assert_close(video, baseline, rtol=1e-4, atol=1e-4)
     assert compile_seconds() > before
+    # Half-frame generation runs two sequence lengths: compiled once (dynamic shapes), not again per run.
+    half = dataclasses.replace(SETTINGS, half_frame=True)
+    pipe.generate(half, progress=False)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    pipe.generate(half, progress=False)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     reset_compiled()
 
 
