@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from wan.config import DEFAULT_TASK, ConfigError, TaskConfig, available_tasks, load_task_config
 
 if TYPE_CHECKING:
+    from wan.lora import LoraFile
     from wan.text2video import GenerationSettings, WanT2V
 
 logger = logging.getLogger("generate")
@@ -97,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="last M high-noise steps before the switch run the conditional pass only",
     )
+    lora_targets = {"lora": "both experts", "lora_high": "the high-noise expert", "lora_low": "the low-noise expert"}
+    for flag, which in lora_targets.items():
+        ours.add_argument(
+            f"--{flag}",
+            action="append",
+            metavar="FILE[:SCALE]",
+            help=f"a LoRA .safetensors fused into {which} at SCALE (default 1.0); repeat to stack",
+        )
     ours.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
@@ -194,11 +203,16 @@ def load_pipeline(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path) 
     return pipe, time.perf_counter() - start
 
 
-def sidecar_context(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path) -> dict[str, Any]:
+def sidecar_context(
+    args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path, loras: list[LoraFile] | None = None
+) -> dict[str, Any]:
     """What the sidecar records besides the video's own settings and timings."""
+    from wan.lora import lora_record
+
     return {
         "task": config.task,
         "ckpt_dir": str(ckpt_dir),
+        "loras": lora_record(loras or []),
         "options": {
             "convert_model_dtype": args.convert_model_dtype,
             "offload_model": args.offload_model,
@@ -217,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from wan import distributed
     from wan.batch import write_outputs
+    from wan.lora import apply_loras, check_loras, lora_specs
     from wan.video import check_output_path
 
     config = load_task_config(args.task)
@@ -234,17 +249,22 @@ def run(args: argparse.Namespace) -> int:
         settings.seed = distributed.broadcast_seed(settings.seed, ctx)
         save_file = check_output_path(args.save_file or default_save_file(config, settings, args.save_dir))
         ckpt_dir = resolve_ckpt_dir(args, config)
+        loras = check_loras(lora_specs(vars(args)))
         resolve_device(args, ctx.local_rank)
         if ctx.world_size > 1:
             args.offload_model = True  # load to the CPU; parallelize() shards or places every part
         pipe, load_seconds = load_pipeline(args, config, ckpt_dir)
+        start = time.perf_counter()
+        apply_loras(pipe, loras)  # before parallelize: FSDP and Ulysses then see plain fused weights
+        lora_seconds = time.perf_counter() - start
         distributed.parallelize(
             pipe, ctx, ulysses_size=args.ulysses_size, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp, settings=settings
         )
         result = distributed.generate(pipe, settings, ctx, progress=not args.quiet)
         if distributed.is_main(ctx):
-            result.timings = {"load": load_seconds, **result.timings}
-            write_outputs(result, save_file, config.fps, sidecar_context(args, config, ckpt_dir))
+            fuse = {"lora_fuse": lora_seconds} if loras else {}
+            result.timings = {"load": load_seconds, **fuse, **result.timings}
+            write_outputs(result, save_file, config.fps, sidecar_context(args, config, ckpt_dir, loras))
             logger.info("saved %s (seed %d) in %.1f s", save_file, settings.seed, sum(result.timings.values()))
             print(save_file)
     finally:

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wan.config import ConfigError, TaskConfig
+from wan.lora import FLAG_EXPERTS, LoraFile, apply_loras, check_loras, lora_record, lora_specs
 from wan.solvers import SOLVERS
 from wan.text2video import (
     DEFAULT_COMPLETION,
@@ -72,11 +73,20 @@ ITEM_FLAGS: dict[str, tuple[type, ...]] = {
     "enable_improved_frame_completion": (bool,),
     "cfg_truncate_steps": (int,),
     "cfg_truncate_high_noise_steps": (int,),
+    "lora": (str, list),
+    "lora_high": (str, list),
+    "lora_low": (str, list),
     "save_file": (str,),
 }
 """Keys a JSONL item may set: the generation flags by their CLI names, with the JSON types they take."""
 ITEM_ALIASES = {"seed": "base_seed"}
-_KINDS = {(str,): "a string", (int,): "an integer", (int, float): "a number", (bool,): "true or false"}
+_KINDS = {
+    (str,): "a string",
+    (int,): "an integer",
+    (int, float): "a number",
+    (bool,): "true or false",
+    (str, list): '"FILE[:SCALE]" or a list of them',
+}
 GENERATION_FLAGS = tuple(name for name in ITEM_FLAGS if name != "save_file")
 """The CLI flags (argparse dests) that decide a video; items default to the command line's values."""
 
@@ -161,6 +171,10 @@ def item_flags(data: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{key!r} must be {_KINDS[types]}, got {json.dumps(value)}")
         if name == "sample_solver" and value not in SOLVERS:
             raise ConfigError(f"unknown sample_solver {value!r}; choose one of: {', '.join(SOLVERS)}")
+        if name in FLAG_EXPERTS:  # a LoRA flag: one string or a list, as repeated flags give
+            value = [value] if isinstance(value, str) else value
+            if not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{key!r} must be {_KINDS[types]}, got {json.dumps(value)}")
         flags[name] = value
     return flags
 
@@ -209,6 +223,12 @@ class Job:
     settings: GenerationSettings | None = None  # resolved (no None fields)
     output: Path | None = None
     error: str | None = None
+    loras: list[LoraFile] = field(default_factory=list)  # fused before the item runs (checked, not yet applied)
+
+    @property
+    def lora_set(self) -> tuple[tuple[str, float, tuple[str, ...]], ...]:
+        """What the item's weights are: items with equal sets share one loaded model."""
+        return tuple((f.sha256, f.spec.scale, f.spec.experts) for f in self.loras)
 
 
 def plan_jobs(items: list[BatchItem], defaults: Mapping[str, Any], config: TaskConfig, save_dir: Path) -> list[Job]:
@@ -226,6 +246,7 @@ def plan_jobs(items: list[BatchItem], defaults: Mapping[str, Any], config: TaskC
             seed = item_seed(item.index, flags["prompt"] or "", defaults["base_seed"])
         try:
             job.settings = settings_from_flags(flags, seed).resolved(config)
+            job.loras = check_loras(lora_specs(flags))
             output = save_dir / item.flags.get("save_file", f"{item.item_id}.mp4")
             job.output = check_output_path(output)
             key = Path(os.path.abspath(output))
@@ -300,7 +321,11 @@ def output_is_complete(job: Job, config: TaskConfig) -> bool:
         meta = json.loads(sidecar_path(job.output).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return meta.get("settings") == asdict(job.settings) and video_is_complete(job.output, job.settings, config)
+    return (
+        meta.get("settings") == asdict(job.settings)
+        and meta.get("loras", lora_record([])) == lora_record(job.loras)
+        and video_is_complete(job.output, job.settings, config)
+    )
 
 
 def remove_stale_temp_files(folders: set[Path], older_than: float) -> None:
@@ -434,15 +459,34 @@ class BatchRunner:
         return todo
 
     def _generate_all(self, todo: list[Job], load_pipe: Callable[[], WanT2V]) -> None:
+        """Items grouped by LoRA set, base model first: fused weights cannot be unfused exactly, so the
+        model is loaded again only when a group follows one that fused LoRAs."""
         logger.info("%d of %d items to generate", len(todo), len(self.jobs))
-        pipe = load_pipe()
+        groups: dict[tuple, list[Job]] = {}
+        for job in sorted(todo, key=lambda j: bool(j.loras)):  # stable: item order within a group
+            groups.setdefault(job.lora_set, []).append(job)
+        pipe, fused = None, False
         with (
             logging_redirect_tqdm() if self.progress else nullcontext(),  # log lines above the bars
-            tqdm(todo, desc="videos", unit="video", disable=not self.progress, dynamic_ncols=True) as bar,
+            tqdm(total=len(todo), desc="videos", unit="video", disable=not self.progress, dynamic_ncols=True) as bar,
         ):
-            for job in bar:
-                self._generate(pipe, job)
-                bar.set_postfix(done=self.summary.done, failed=self.summary.failed)
+            for jobs in groups.values():
+                if pipe is None or fused:
+                    pipe = None  # the old model's memory is free before the new one loads
+                    torch.cuda.empty_cache()
+                    pipe = load_pipe()
+                fused = bool(jobs[0].loras)
+                try:
+                    apply_loras(pipe, jobs[0].loras)
+                except ConfigError as exc:  # a LoRA whose layers the experts lack: its items fail, the rest go on
+                    for job in jobs:
+                        self._fail(job, one_line(exc))
+                    bar.update(len(jobs))
+                    continue
+                for job in jobs:
+                    self._generate(pipe, job)
+                    bar.update()
+                    bar.set_postfix(done=self.summary.done, failed=self.summary.failed)
 
     def _generate(self, pipe: WanT2V, job: Job) -> None:
         start = time.perf_counter()
@@ -461,7 +505,8 @@ class BatchRunner:
         save_start = time.perf_counter()
         item = {"index": job.index, "id": job.item_id, "line": job.line}
         try:
-            write_outputs(result, job.output, self.config.fps, {**self.context, "item": item})
+            context = {**self.context, "loras": lora_record(job.loras), "item": item}
+            write_outputs(result, job.output, self.config.fps, context)
         except OSError as exc:
             self._fail(job, f"cannot write {job.output}: {exc.strerror or exc}")
             if exc.errno in STOP_ERRNOS:
@@ -500,6 +545,7 @@ class BatchRunner:
             "output": str(job.output) if job.output else None,
             "seed": job.settings.seed if job.settings else None,
             "settings": asdict(job.settings) if job.settings else None,
+            "loras": lora_record(job.loras),
             "seconds": {k: round(v, 4) for k, v in seconds.items()} if seconds else None,
             "error": error,
             "step": step,
@@ -511,14 +557,19 @@ class BatchRunner:
         except OSError as exc:
             raise BatchStopped(f"cannot write the manifest {self.manifest.path}: {exc.strerror or exc}") from exc
 
-    def _recorded_outputs(self) -> set[tuple[str, str]]:
-        """(output, settings) of every ``done`` record: what an earlier run finished."""
+    def _recorded_outputs(self) -> set[tuple[str, str, str]]:
+        """(output, settings, LoRAs) of every ``done`` record: what an earlier run finished."""
         return {
-            (os.path.abspath(r["output"]), json.dumps(r.get("settings"), sort_keys=True))
+            (
+                os.path.abspath(r["output"]),
+                json.dumps(r.get("settings"), sort_keys=True),
+                json.dumps(r.get("loras", lora_record([])), sort_keys=True),
+            )
             for r in self.manifest.records()
             if r.get("status") == "done" and isinstance(r.get("output"), str)
         }
 
     @staticmethod
-    def _key(job: Job) -> tuple[str, str]:
-        return os.path.abspath(job.output), json.dumps(asdict(job.settings), sort_keys=True)
+    def _key(job: Job) -> tuple[str, str, str]:
+        settings = json.dumps(asdict(job.settings), sort_keys=True)
+        return os.path.abspath(job.output), settings, json.dumps(lora_record(job.loras), sort_keys=True)
