@@ -8,6 +8,7 @@ then timed through the engine's own path: ``wan.lora.check_loras`` (read, recogn
 and ``wan.lora.apply_loras`` (peft inject, fuse, unload). The JSON is written after every stage.
 
     python scripts/bench_lora.py --out docs/results/bench_lora_h200.json        # GPU, A14B size
+    python scripts/bench_lora.py --offload_model --out bench_lora_offload.json  # experts parked on the CPU
     python scripts/bench_lora.py --tiny --device cpu --dtype float32 --out t.json   # CPU check
 """
 
@@ -99,7 +100,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join([sys.executable, *sys.argv]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "setup": {"rank": args.rank, "dtype": args.dtype, "model_config": config, "size": args.size, "frames": frames},
+        "setup": {
+            "rank": args.rank,
+            "dtype": args.dtype,
+            "model_config": config,
+            "size": args.size,
+            "frames": frames,
+            "offload_model": args.offload_model,
+        },
     }
 
     def save() -> None:
@@ -108,13 +116,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     start = now(device)
     experts = {name: build_expert(config, device, dtype, seed, 0.02) for seed, name in enumerate((HIGH, LOW))}
-    components = WanComponents(None, None, None, experts[HIGH], experts[LOW], layout="diffusers")
-    pipe = WanT2V(task, components, device=device)
     report["build_s"] = now(device) - start
     hidden = torch.randn(1, 16, frames, height // 8, width // 8, device=device, dtype=dtype)
     context = text_embeddings(120, config["text_dim"], device, dtype, 10)
     report["forward_s"] = {"base": {n: forward_seconds(e, hidden, context, args.repeats) for n, e in experts.items()}}
     save()
+    if args.offload_model:  # generate.py's default on one GPU: the experts wait on the CPU, fusing visits the GPU
+        for expert in experts.values():
+            expert.to("cpu")
+    components = WanComponents(None, None, None, experts[HIGH], experts[LOW], layout="diffusers")
+    pipe = WanT2V(task, components, device=device, offload_model=args.offload_model)
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "random_rank_lora.safetensors"
@@ -128,6 +139,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         apply_loras(pipe, files)
         report["fuse_both_experts_s"] = now(device) - start
     report["load_and_fuse_s"] = report["check_s"] + report["fuse_both_experts_s"]
+    for expert in experts.values():
+        expert.to(device)
     report["weights_changed"] = not torch.equal(probe, experts[HIGH].blocks[0].attn1.to_q.weight[:4, :4].float())
     report["peft_layers_left"] = sum("peft" in type(m).__module__ for e in experts.values() for m in e.modules())
     report["forward_s"]["fused"] = {n: forward_seconds(e, hidden, context, args.repeats) for n, e in experts.items()}
@@ -153,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed forwards per expert, before and after fusing")
     p.add_argument("--layers", type=int, default=None, help="transformer blocks (default 40; 2 with --tiny)")
     p.add_argument("--tiny", action="store_true", help="toy dims for a CPU check")
+    p.add_argument("--offload_model", action="store_true", help="experts on the CPU while the LoRA fuses")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--out", default="bench_lora.json")
