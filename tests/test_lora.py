@@ -166,9 +166,11 @@ def test_bad_files_are_refused_before_the_model_loads(pairs, tmp_path, kind, mes
 
 
 def test_a_lora_for_other_layers_names_the_first_unmatched_key(pipe, pairs, tmp_path):
+    """Nothing is fused, not even the good LoRA before it."""
     module = next(iter(pairs))
     far = {module.replace("blocks.0", "blocks.99"): pairs[module]}
-    files = check_loras([LoraSpec(write_lora(tmp_path / "far.safetensors", far), 1.0, BOTH)])
+    good = LoraSpec(write_lora(tmp_path / "good.safetensors", pairs), 1.0, BOTH)
+    files = check_loras([good, LoraSpec(write_lora(tmp_path / "far.safetensors", far), 1.0, BOTH)])
     before = weights(pipe.experts[HIGH])
     with pytest.raises(ConfigError, match="key transformer.blocks.99.attn1.to_q.lora_A.weight matches no layer"):
         apply_loras(pipe, files)

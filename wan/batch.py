@@ -475,7 +475,6 @@ class BatchRunner:
                     pipe = None  # the old model's memory is free before the new one loads
                     torch.cuda.empty_cache()
                     pipe = load_pipe()
-                fused = bool(jobs[0].loras)
                 try:
                     apply_loras(pipe, jobs[0].loras)
                 except ConfigError as exc:  # a LoRA whose layers the experts lack: its items fail, the rest go on
@@ -483,6 +482,7 @@ class BatchRunner:
                         self._fail(job, one_line(exc))
                     bar.update(len(jobs))
                     continue
+                fused = bool(jobs[0].loras)
                 for job in jobs:
                     self._generate(pipe, job)
                     bar.update()

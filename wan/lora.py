@@ -108,14 +108,17 @@ def lora_record(files: Iterable[LoraFile]) -> dict[str, list[dict[str, Any]]]:
 def apply_loras(pipe: WanT2V, files: Sequence[LoraFile]) -> None:
     """Fuse every LoRA into its experts, in order; afterwards the experts hold plain weights again.
 
-    Fusing runs on the pipeline's device (an offloaded expert visits it for the duration), so a
-    14B expert's layers merge on the GPU in seconds instead of on the CPU.
+    Every file is checked against its experts before any is fused, so a refused set leaves the
+    model as loaded. Fusing runs on the pipeline's device (an offloaded expert visits it for the
+    duration), so a 14B expert's layers merge on the GPU instead of the CPU.
     """
-    for number, f in enumerate(files):
-        state_dict, metadata = read_lora(f.spec.path)
+    loaded = [(f, *read_lora(f.spec.path)) for f in files]
+    for f, state_dict, _ in loaded:
+        for expert_name in f.spec.experts:
+            check_targets(state_dict, pipe.experts[expert_name], f.spec.path, expert_name)
+    for number, (f, state_dict, metadata) in enumerate(loaded):
         for expert_name in f.spec.experts:
             expert = pipe.experts[expert_name]
-            check_targets(state_dict, expert, f.spec.path, expert_name)
             home = next(expert.parameters()).device
             expert.to(pipe.device)
             try:
