@@ -127,6 +127,14 @@ def test_lora_high_changes_only_the_high_noise_expert(pipe, pairs, tmp_path):
     assert sum(not torch.equal(after[HIGH][k], v) for k, v in before[HIGH].items()) == len(pairs)
 
 
+def test_a_file_named_for_one_expert_on_the_other_is_flagged(pairs, tmp_path, caplog):
+    path = write_lora(tmp_path / "lightning_4steps_HIGH_fp16.safetensors", pairs)
+    check_loras([LoraSpec(path, 1.0, (HIGH,))])
+    assert not caplog.records
+    check_loras([LoraSpec(path, 1.0, BOTH)])
+    assert "named for the high_noise expert but goes on high_noise and low_noise; meant --lora_high?" in caplog.text
+
+
 def test_sidecar_record_names_file_hash_and_scale_per_expert(pairs, tmp_path):
     path = write_lora(tmp_path / "l.safetensors", pairs)
     files = check_loras([LoraSpec(path, 0.5, BOTH), LoraSpec(path, 2.0, (LOW,))])

@@ -48,6 +48,7 @@ WAN_NAMES = re.compile(
     r"^(blocks\.\d+\.(self_attn|cross_attn|ffn\.\d)|head\.|time_embedding|text_embedding|time_projection)"
 )
 DIFFUSERS_NAMES = re.compile(r"^(blocks\.\d+\.(attn1|attn2|ffn\.net)|condition_embedder\.|proj_out\.)")
+EXPERT_IN_NAME = re.compile(r"(?<![a-z])(high|low)(?![a-z])", re.IGNORECASE)
 LORA_SUFFIX = re.compile(r"\.(lora_A\.weight|lora_B\.weight|lora_B\.bias)$")
 
 
@@ -93,7 +94,27 @@ def lora_specs(flags: dict[str, Any]) -> list[LoraSpec]:
 
 def check_loras(specs: Sequence[LoraSpec]) -> list[LoraFile]:
     """Read, recognise and convert every file (not yet against the model); ``ConfigError`` names the bad one."""
+    for spec in specs:
+        _warn_if_named_for_the_other_expert(spec)
     return [_check_cached(spec, *_file_stamp(spec.path)) for spec in specs]
+
+
+def _warn_if_named_for_the_other_expert(spec: LoraSpec) -> None:
+    """Distillation LoRAs come in pairs named ``..._high_noise`` / ``..._low_noise`` (or HIGH/LOW); one on
+    the wrong expert is the "garbage video" users report, so a name that disagrees with the flag is flagged."""
+    said = {m.lower() for m in EXPERT_IN_NAME.findall(spec.path.stem)}
+    if len(said) != 1:
+        return
+    named = HIGH if said == {"high"} else LOW
+    if any(expert != named for expert in spec.experts):
+        flag = "--lora_high" if named == HIGH else "--lora_low"
+        logger.warning(
+            "LoRA %s is named for the %s expert but goes on %s; meant %s?",
+            spec.path.name,
+            named,
+            " and ".join(spec.experts),
+            flag,
+        )
 
 
 def lora_record(files: Iterable[LoraFile]) -> dict[str, list[dict[str, Any]]]:
