@@ -57,6 +57,8 @@ def test_parse_lora_arg():
     assert parse_lora_arg("c:/x/a.safetensors") == (Path("c:/x/a.safetensors"), 1.0)  # the colon is the path's
     specs = lora_specs({"lora": ["a:2"], "lora_high": ["b"], "lora_low": None})
     assert [(s.path.name, s.scale, s.experts) for s in specs] == [("a", 2.0, BOTH), ("b", 1.0, (HIGH,))]
+    with pytest.raises(ConfigError, match="--lora_low a.safetensors:nan: the scale must be a finite number"):
+        lora_specs({"lora_low": ["a.safetensors:nan"]})
 
 
 @pytest.mark.parametrize("naming", ["diffusers", "wan", "wan_ab"])

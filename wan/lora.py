@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ def lora_specs(flags: dict[str, Any]) -> list[LoraSpec]:
     for flag, experts in FLAG_EXPERTS.items():
         for value in flags.get(flag) or []:
             path, scale = parse_lora_arg(value)
+            if not math.isfinite(scale):
+                raise ConfigError(f"--{flag} {value}: the scale must be a finite number")
             specs.append(LoraSpec(path, scale, experts))
     return specs
 
@@ -147,7 +150,12 @@ def apply_loras(pipe: WanT2V, files: Sequence[LoraFile]) -> None:
             finally:
                 expert.to(home)
             logger.info(
-                "fused %s (%s, scale %g) into the %s expert", f.spec.path.name, f.format, f.spec.scale, expert_name
+                "fused %s (%s naming, %d layers, scale %g) into the %s expert",
+                f.spec.path.name,
+                f.format,
+                f.pairs,
+                f.spec.scale,
+                expert_name,
             )
 
 
