@@ -38,6 +38,7 @@ from wan.validation import check_flags
 
 if TYPE_CHECKING:
     from wan.levers import Levers
+    from wan.lora import LoraFile
     from wan.text2video import GenerationSettings, WanT2V
 
 logger = logging.getLogger("generate")
@@ -171,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torchrun: seconds any collective may wait before the run ends with an error (default 300)",
     )
+    lora_targets = {"lora": "both experts", "lora_high": "the high-noise expert", "lora_low": "the low-noise expert"}
+    for flag, which in lora_targets.items():
+        ours.add_argument(
+            f"--{flag}",
+            action="append",
+            metavar="FILE[:SCALE]",
+            help=f"a LoRA .safetensors fused into {which} at SCALE (default 1.0); repeat to stack",
+        )
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     ours.add_argument("--debug", action="store_true", help="an internal error prints its full trace")
@@ -315,10 +324,19 @@ def placement_choice(args: argparse.Namespace) -> str:
 
 
 def load_pipeline(
-    args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path, runs: list[GenerationSettings]
-) -> tuple[WanT2V, float]:
-    """The loaded model, placed for the largest of ``runs`` (unless under torchrun), and the seconds it took."""
+    args: argparse.Namespace,
+    config: TaskConfig,
+    ckpt_dir: Path,
+    runs: list[GenerationSettings],
+    loras: list[LoraFile] | None = None,
+) -> tuple[WanT2V, dict[str, float]]:
+    """The model, ready: loaded, placed for the largest of ``runs`` (unless under torchrun), LoRAs fused,
+    then the speed levers (after the fuse: float8 and compilation must see the final weights).
+
+    Returns it with the seconds of loading and of fusing.
+    """
     from wan.levers import apply_levers
+    from wan.lora import apply_loras
     from wan.placement import Placement, apply_placement, choose_placement
     from wan.text2video import WanT2V
 
@@ -334,8 +352,13 @@ def load_pipeline(
     )
     if torchrun_rank()[1] == 1:
         apply_placement(pipe, choose_placement(pipe, args.placement, **largest_run(config, runs)))
+    timings = {"load": time.perf_counter() - start}
+    if loras:
+        start = time.perf_counter()
+        apply_loras(pipe, loras)  # before parallelize: FSDP and Ulysses then see plain fused weights
+        timings["lora_fuse"] = time.perf_counter() - start
     apply_levers(pipe, args.levers)
-    return pipe, time.perf_counter() - start
+    return pipe, timings
 
 
 def largest_run(config: TaskConfig, runs: list[GenerationSettings]) -> dict[str, int]:
@@ -353,11 +376,16 @@ def largest_run(config: TaskConfig, runs: list[GenerationSettings]) -> dict[str,
     return max((shape(s) for s in runs), key=lambda d: d["tokens"], default=empty)
 
 
-def sidecar_context(args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path) -> dict[str, Any]:
+def sidecar_context(
+    args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path, loras: list[LoraFile] | None = None
+) -> dict[str, Any]:
     """What the sidecar records besides the video's own settings and timings."""
+    from wan.lora import lora_record
+
     return {
         "task": config.task,
         "ckpt_dir": str(ckpt_dir),
+        "loras": lora_record(loras or []),
         "options": {
             "convert_model_dtype": args.convert_model_dtype,
             "placement": args.placement,
@@ -380,6 +408,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from wan import distributed
     from wan.batch import write_outputs
+    from wan.lora import check_loras, lora_specs
     from wan.video import claim_output
 
     config = load_task_config(args.task)
@@ -401,10 +430,11 @@ def run(args: argparse.Namespace) -> int:
         settings.seed = distributed.broadcast_seed(settings.seed, ctx)
         save_file = Path(args.save_file) if args.save_file else default_save_file(config, settings, args.save_dir)
         ckpt_dir = resolve_ckpt_dir(args, config)
+        loras = check_loras(lora_specs(vars(args)))
         resolve_device(args, ctx.local_rank)
         if distributed.is_main(ctx) and not stack.enter_context(claim_output(save_file)):
             raise ConfigError(f"--save_file {save_file}: another run is writing it now; choose another name")
-        pipe, load_seconds = load_pipeline(args, config, ckpt_dir, [settings])
+        pipe, load_timings = load_pipeline(args, config, ckpt_dir, [settings], loras)
         distributed.parallelize(
             pipe,
             ctx,
@@ -416,8 +446,8 @@ def run(args: argparse.Namespace) -> int:
         )
         result = distributed.generate(pipe, settings, ctx, progress=not args.quiet)
         if distributed.is_main(ctx):
-            result.timings = {"load": load_seconds, **result.timings}
-            write_outputs(result, save_file, config.fps, sidecar_context(args, config, ckpt_dir))
+            result.timings = {**load_timings, **result.timings}
+            write_outputs(result, save_file, config.fps, sidecar_context(args, config, ckpt_dir, loras))
             logger.info("saved %s (seed %d) in %.1f s", save_file, settings.seed, sum(result.timings.values()))
             print(save_file)
     return 0
@@ -449,7 +479,8 @@ def run_batch(args: argparse.Namespace) -> int:
     resolve_device(args, local_rank)
     context = {**sidecar_context(args, config, ckpt_dir), "prompt_file": str(prompt_file)}
     runner = BatchRunner(jobs, config, manifest, context, progress=not args.quiet and rank == 0)
-    summary = runner.run(lambda: load_pipeline(args, config, ckpt_dir, [j.settings for j in jobs if j.settings])[0])
+    runs = [j.settings for j in jobs if j.settings]
+    summary = runner.run(lambda loras: load_pipeline(args, config, ckpt_dir, runs, loras)[0])
     for path in summary.outputs:
         print(path)
     if summary.stop_error:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import CAPTIONS
+from safetensors.torch import save_file
+from tiny_models import CAPTIONS, lora_tensors, random_lora
 
 import generate
 import wan.batch
@@ -37,7 +38,7 @@ from wan.batch import (
     sidecar_path,
 )
 from wan.config import ConfigError
-from wan.guidance import LOW
+from wan.guidance import HIGH, LOW
 from wan.text2video import WanT2V
 from wan.video import read_video
 
@@ -293,6 +294,9 @@ def test_items_without_seed_get_a_fixed_one():
         ({"prompt": "x", "sample_steps": True}, "'sample_steps' must be an integer"),
         ({"prompt": "x", "enable_half_frame_generation": 1}, "must be true or false"),
         ({"prompt": "x", "seed": 1, "base_seed": 2}, "both set the seed"),
+        ({"prompt": "x", "sample_solver": "ddim"}, "unknown sample_solver"),
+        ({"prompt": "x", "lora": ["a", 1]}, r"'lora' must be \"FILE\[:SCALE\]\" or a list of them"),
+        ({"prompt": "x", "lora_low": 0.5}, "'lora_low' must be"),
     ],
 )
 def test_invalid_items_name_the_key(item, message):
@@ -300,7 +304,9 @@ def test_invalid_items_name_the_key(item, message):
         item_flags(item)
 
 
-def test_items_take_every_generation_flag(tmp_path, test_config):
+def test_items_take_every_generation_flag(tmp_path, test_config, parts):
+    lora = tmp_path / "l.safetensors"
+    save_file(lora_tensors(random_lora(parts.high_noise_model, 2, seed=0), "wan", 1.0), lora)
     item = {
         "prompt": "a cat",
         "negative_prompt": "dull",
@@ -316,12 +322,16 @@ def test_items_take_every_generation_flag(tmp_path, test_config):
         "enable_improved_frame_completion": False,
         "cfg_truncate_steps": 1,
         "cfg_truncate_high_noise_steps": 2,
+        "lora": f"{lora}:0.5",
+        "lora_high": [str(lora), str(lora)],
+        "lora_low": [],
         "save_file": "sub/a.png",
     }
     assert set(item) - {"seed"} == set(ITEM_FLAGS) - {"base_seed"}
     defaults = generate.generation_flags(generate.build_parser().parse_args([]))
     (job,) = plan_jobs([parse_item(0, 1, json.dumps(item))], defaults, test_config, tmp_path)
     assert job.error is None and job.output == tmp_path / "sub" / "a.png"
+    assert [(f.spec.scale, f.spec.experts) for f in job.loras] == [(0.5, (HIGH, LOW)), (1.0, (HIGH,)), (1.0, (HIGH,))]
     assert dataclasses.asdict(job.settings) == {
         "prompt": "a cat",
         "negative_prompt": "dull",

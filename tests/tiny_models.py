@@ -199,3 +199,44 @@ def as_components(parts: TinyParts, layout: str = "diffusers"):
         low_noise_model=parts.low_noise_model,
         layout=layout,
     )
+
+
+LORA_LAYERS = {"attn1.to_q": "self_attn.q", "attn2.to_v": "cross_attn.v", "ffn.net.0.proj": "ffn.0"}
+"""Layers the tests' LoRAs touch: diffusers name -> official Wan name (inside ``blocks.N``)."""
+
+
+def random_lora(model: WanTransformer3DModel, rank: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(down [rank, in], up [out, rank]) per diffusers module name, for ``LORA_LAYERS`` of every block."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = {}
+    for block in range(len(model.blocks)):
+        for name in LORA_LAYERS:
+            layer = model.get_submodule(f"blocks.{block}.{name}")
+            down = torch.randn(rank, layer.in_features, generator=generator) * 0.1
+            up = torch.randn(layer.out_features, rank, generator=generator) * 0.1
+            pairs[f"blocks.{block}.{name}"] = (down, up)
+    return pairs
+
+
+def lora_tensors(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], naming: str, alpha: float) -> dict:
+    """The LoRA as a file holds it: ``diffusers`` (alpha in the header, see ``lora_metadata``), ``wan``
+    (lora_down/lora_up/alpha, ComfyUI and kohya) or ``wan_ab`` (lora_A/lora_B/alpha under diffusion_model.)."""
+    tensors = {}
+    for module, (down, up) in pairs.items():
+        if naming == "diffusers":
+            tensors[f"transformer.{module}.lora_A.weight"] = down
+            tensors[f"transformer.{module}.lora_B.weight"] = up
+            continue
+        block, name = module.split(".", 2)[1], module.split(".", 2)[2]
+        prefix = f"diffusion_model.blocks.{block}.{LORA_LAYERS[name]}"
+        a, b = ("lora_down", "lora_up") if naming == "wan" else ("lora_A", "lora_B")
+        tensors[f"{prefix}.{a}.weight"] = down
+        tensors[f"{prefix}.{b}.weight"] = up
+        tensors[f"{prefix}.alpha"] = torch.tensor(float(alpha))
+    return tensors
+
+
+def lora_metadata(rank: int, alpha: float) -> dict[str, str]:
+    """diffusers' adapter record in a safetensors header: what carries alpha in the diffusers naming."""
+    config = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(LORA_LAYERS)}
+    return {"lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in config.items()})}

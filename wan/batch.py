@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wan.config import ConfigError, TaskConfig
+from wan.lora import FLAG_EXPERTS, LoraFile, check_loras, lora_record, lora_specs
 from wan.text2video import (
     DEFAULT_COMPLETION,
     IMPROVED_COMPLETION,
@@ -84,11 +85,20 @@ ITEM_FLAGS: dict[str, tuple[type, ...]] = {
     "enable_improved_frame_completion": (bool,),
     "cfg_truncate_steps": (int,),
     "cfg_truncate_high_noise_steps": (int,),
+    "lora": (str, list),
+    "lora_high": (str, list),
+    "lora_low": (str, list),
     "save_file": (str,),
 }
 """Keys a JSONL item may set: the generation flags by their CLI names, with the JSON types they take."""
 ITEM_ALIASES = {"seed": "base_seed"}
-_KINDS = {(str,): "a string", (int,): "an integer", (int, float): "a number", (bool,): "true or false"}
+_KINDS = {
+    (str,): "a string",
+    (int,): "an integer",
+    (int, float): "a number",
+    (bool,): "true or false",
+    (str, list): '"FILE[:SCALE]" or a list of them',
+}
 GENERATION_FLAGS = tuple(name for name in ITEM_FLAGS if name != "save_file")
 """The CLI flags (argparse dests) that decide a video; items default to the command line's values."""
 
@@ -190,6 +200,10 @@ def item_flags(data: Mapping[str, Any]) -> dict[str, Any]:
         types = ITEM_FLAGS[name]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise ConfigError(f"{key!r} must be {_KINDS[types]}, got {json.dumps(value)}")
+        if name in FLAG_EXPERTS:  # a LoRA flag: one string or a list, as repeated flags give
+            value = [value] if isinstance(value, str) else value
+            if not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{key!r} must be {_KINDS[types]}, got {json.dumps(value)}")
         flags[name] = value
     return flags
 
@@ -238,6 +252,12 @@ class Job:
     settings: GenerationSettings | None = None  # resolved (no None fields)
     output: Path | None = None
     error: str | None = None
+    loras: list[LoraFile] = field(default_factory=list)  # fused before the item runs (checked, not yet applied)
+
+    @property
+    def lora_set(self) -> tuple[tuple[str, float, tuple[str, ...]], ...]:
+        """What the item's weights are: items with equal sets share one loaded model."""
+        return tuple((f.sha256, f.spec.scale, f.spec.experts) for f in self.loras)
 
 
 def plan_jobs(items: list[BatchItem], defaults: Mapping[str, Any], config: TaskConfig, save_dir: Path) -> list[Job]:
@@ -256,6 +276,7 @@ def plan_jobs(items: list[BatchItem], defaults: Mapping[str, Any], config: TaskC
             seed = item_seed(item.index, flags["prompt"] or "", defaults["base_seed"])
         try:
             job.settings = settings_from_flags(flags, seed).resolved(config)
+            job.loras = check_loras(lora_specs(flags))
             output = save_dir / item.flags.get("save_file", f"{item.item_id}.mp4")
             job.output = check_output_path(output)
             absolute = Path(os.path.abspath(output))
@@ -334,7 +355,11 @@ def output_is_complete(job: Job, config: TaskConfig) -> bool:
         meta = json.loads(sidecar_path(job.output).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return meta.get("settings") == asdict(job.settings) and video_is_complete(job.output, job.settings, config)
+    return (
+        meta.get("settings") == asdict(job.settings)
+        and meta.get("loras", lora_record([])) == lora_record(job.loras)
+        and video_is_complete(job.output, job.settings, config)
+    )
 
 
 def remove_orphan_temp_files(folders: set[Path]) -> None:
@@ -438,9 +463,10 @@ class BatchRunner:
         self.context = context
         self.progress = progress
         self.pipe: WanT2V | None = None
+        self.pipe_loras: tuple | None = None  # the LoRA set fused into ``self.pipe``
         self.summary = BatchSummary()
 
-    def run(self, load_pipe: Callable[[], WanT2V]) -> BatchSummary:
+    def run(self, load_pipe: Callable[[list[LoraFile]], WanT2V]) -> BatchSummary:
         """Record invalid and already complete items, then generate the rest; stop cleanly if writes fail.
 
         Items that another process (a second batch on the same folder) is making are left to it and
@@ -478,29 +504,55 @@ class BatchRunner:
                 todo.append(job)
         return todo
 
-    def _generate_all(self, jobs: list[Job], load_pipe: Callable[[], WanT2V], *, wait: bool) -> list[Job]:
-        """Claim and make each job (the model loads at the first one to generate); return the jobs another
-        process holds, or with ``wait`` wait for them."""
+    def _generate_all(self, jobs: list[Job], load_pipe: Callable[[list[LoraFile]], WanT2V], *, wait: bool) -> list[Job]:
+        """Claim and make each job; return the jobs another process holds, or with ``wait`` wait for them.
+
+        Items go in groups of one LoRA set, base model first. The model loads, with the group's LoRAs
+        fused and then the speed levers applied, at a group's first item to generate: fused (or
+        quantised, compiled) weights cannot be unfused exactly, so each LoRA set gets a fresh load.
+        """
         busy: list[Job] = []
+        refused: dict[tuple, str] = {}
+        groups: dict[tuple, list[Job]] = {}
+        for job in sorted(jobs, key=lambda j: bool(j.loras)):  # stable: item order within a group
+            groups.setdefault(job.lora_set, []).append(job)
         with (
             logging_redirect_tqdm() if self.progress else nullcontext(),  # log lines above the bars
-            tqdm(jobs, desc="videos", unit="video", disable=not self.progress, dynamic_ncols=True) as bar,
+            tqdm(total=len(jobs), desc="videos", unit="video", disable=not self.progress, dynamic_ncols=True) as bar,
         ):
-            for job in bar:
-                with claim_output(job.output, wait=wait) as claimed:
-                    if not claimed:
-                        busy.append(job)
-                        continue
-                    for path in temp_files(job.output):  # a killed writer's; nobody else writes them now
-                        path.unlink(missing_ok=True)
-                    if output_is_complete(job, self.config):
-                        self._settle_complete(job)
-                    else:
-                        if self.pipe is None:
-                            self.pipe = load_pipe()
+            for lora_set, group in groups.items():
+                for job in group:
+                    bar.update()
+                    with claim_output(job.output, wait=wait) as claimed:
+                        if not claimed:
+                            busy.append(job)
+                            continue
+                        for path in temp_files(job.output):  # a killed writer's; nobody else writes them now
+                            path.unlink(missing_ok=True)
+                        if output_is_complete(job, self.config):
+                            self._settle_complete(job)
+                            continue
+                        if lora_set in refused:
+                            self._fail(job, refused[lora_set])
+                            continue
+                        if self.pipe is None or self.pipe_loras != lora_set:
+                            try:
+                                self._load(load_pipe, job.loras, lora_set)
+                            except ConfigError as exc:  # a LoRA the experts cannot take: its items fail alone
+                                refused[lora_set] = one_line(exc)
+                                self._fail(job, refused[lora_set])
+                                continue
                         self._generate(self.pipe, job)
-                bar.set_postfix(done=self.summary.done, failed=self.summary.failed)
+                    bar.set_postfix(done=self.summary.done, failed=self.summary.failed)
         return busy
+
+    def _load(self, load_pipe: Callable[[list[LoraFile]], WanT2V], loras: list[LoraFile], lora_set: tuple) -> None:
+        """The model with ``loras`` fused; the previous one's memory is freed before the new one loads."""
+        self.pipe, self.pipe_loras = None, None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.pipe = load_pipe(loras)
+        self.pipe_loras = lora_set
 
     def _settle_complete(self, job: Job) -> None:
         """A verified output found once claimed: made by another process, or by a run killed before its
@@ -531,7 +583,8 @@ class BatchRunner:
         save_start = time.perf_counter()
         item = {"index": job.index, "id": job.item_id, "line": job.line}
         try:
-            write_outputs(result, job.output, self.config.fps, {**self.context, "item": item})
+            context = {**self.context, "loras": lora_record(job.loras), "item": item}
+            write_outputs(result, job.output, self.config.fps, context)
         except OSError as exc:
             self._fail(job, f"cannot write {job.output}: {exc.strerror or exc}")
             if exc.errno in STOP_ERRNOS:
@@ -570,6 +623,7 @@ class BatchRunner:
             "output": str(job.output) if job.output else None,
             "seed": job.settings.seed if job.settings else None,
             "settings": asdict(job.settings) if job.settings else None,
+            "loras": lora_record(job.loras),
             "seconds": {k: round(v, 4) for k, v in seconds.items()} if seconds else None,
             "error": error,
             "step": step,
@@ -581,14 +635,19 @@ class BatchRunner:
         except OSError as exc:
             raise BatchStopped(f"cannot write the manifest {self.manifest.path}: {exc.strerror or exc}") from exc
 
-    def _recorded_outputs(self) -> set[tuple[str, str]]:
-        """(output, settings) of every ``done`` record: what an earlier run finished."""
+    def _recorded_outputs(self) -> set[tuple[str, str, str]]:
+        """(output, settings, LoRAs) of every ``done`` record: what an earlier run finished."""
         return {
-            (os.path.abspath(r["output"]), json.dumps(r.get("settings"), sort_keys=True))
+            (
+                os.path.abspath(r["output"]),
+                json.dumps(r.get("settings"), sort_keys=True),
+                json.dumps(r.get("loras", lora_record([])), sort_keys=True),
+            )
             for r in self.manifest.records()
             if r.get("status") == "done" and isinstance(r.get("output"), str)
         }
 
     @staticmethod
-    def _key(job: Job) -> tuple[str, str]:
-        return os.path.abspath(job.output), json.dumps(asdict(job.settings), sort_keys=True)
+    def _key(job: Job) -> tuple[str, str, str]:
+        settings = json.dumps(asdict(job.settings), sort_keys=True)
+        return os.path.abspath(job.output), settings, json.dumps(lora_record(job.loras), sort_keys=True)

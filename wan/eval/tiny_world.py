@@ -288,8 +288,11 @@ def render_scenes(
     height: int = 128,
     width: int = 128,
     device: torch.device | str | None = None,
+    background: tuple[float, float, float] = BACKGROUND,
 ) -> torch.Tensor:
     """The scenes' first ``num_frames`` frames as a float32 tensor [B, 3, F, H, W] in [-1, 1].
+
+    ``background`` (RGB in [0, 1]) is the world's grey unless a LoRA is taught another colour.
 
     Edges are anti-aliased (coverage from the signed distance in pixels), so the clips have no
     aliasing that the VAE would spend capacity on. Shapes are drawn in order, later on top.
@@ -302,7 +305,7 @@ def render_scenes(
     ys = (torch.arange(height, dtype=torch.float32, device=device).view(1, 1, -1, 1) + 0.5) / scale
     xs = (torch.arange(width, dtype=torch.float32, device=device).view(1, 1, 1, -1) + 0.5) / scale
     shape = (len(scenes), num_frames, height, width)
-    video = torch.stack([torch.full(shape, c, dtype=torch.float32, device=device) for c in BACKGROUND], dim=1)
+    video = torch.stack([torch.full(shape, c, dtype=torch.float32, device=device) for c in background], dim=1)
     for k in range(table.shape[1]):
         # Each parameter as [B, 1, 1, 1], broadcast against frames [1, F, 1, 1] and pixels.
         present, kind, red, green, blue, x, y, size, vx, vy, growth = slots[:, k].T.reshape(11, -1, 1, 1, 1)
