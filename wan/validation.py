@@ -179,6 +179,18 @@ def _cache_spec(value: str, config: TaskConfig) -> str | None:
     return None
 
 
+def _lora_list(value: list[str], config: TaskConfig) -> str | None:
+    from wan.lora import parse_lora_arg
+
+    for entry in value:
+        path, scale = parse_lora_arg(entry)
+        if not math.isfinite(scale):
+            return f"{entry!r}: the scale must be a finite number"
+        if not path.is_file() or not os.access(path, os.R_OK):
+            return f"{entry!r}: {path} is not a readable file; give FILE[:SCALE]"
+    return None
+
+
 RULES: dict[str, Rule] = {
     "prompt": _prompt,
     "size": _size,
@@ -200,6 +212,9 @@ RULES: dict[str, Rule] = {
     "attention_backend": _non_empty,
     "cache": _cache_spec,
     "dist_timeout_s": _number(0, 86400, low_open=True),
+    "lora": _lora_list,
+    "lora_high": _lora_list,
+    "lora_low": _lora_list,
 }
 """Flag (argparse dest, batch item key) -> check. Flags not listed take any value argparse accepts."""
 
