@@ -49,6 +49,7 @@ from wan.checkpoints import WanComponents  # noqa: E402
 from wan.config import TaskConfig, load_task_config  # noqa: E402
 from wan.frames import half_frame_count, latent_frame_count  # noqa: E402
 from wan.guidance import HIGH, LOW, StepPlan, plan_steps, route  # noqa: E402
+from wan.half_frame import PLAIN_STEPS, Window, default_steps, in_window  # noqa: E402
 from wan.solvers import make_scheduler  # noqa: E402
 from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
 
@@ -81,7 +82,9 @@ FULL_TRUNCATE_STEPS = 5  # --cfg_truncate_steps of the truncation modes at 40 st
 FULL_TRUNCATE_HIGH_STEPS = 3  # --cfg_truncate_high_noise_steps at 40 steps
 GUIDE_HIGH, GUIDE_LOW = 4.0, 3.0
 NATIVE, CUDNN = "native", "_native_cudnn"
-OUR_MODES = ("baseline", "half_frame", "cfg_truncate", "half_frame+cfg_truncate")
+OUR_MODES = ("baseline", "half_frame", "half_frame_default", "cfg_truncate", "half_frame+cfg_truncate")
+"""``half_frame`` is the plain window (every high-noise step at half frames, renoise completion);
+``half_frame_default`` is what ``--enable_half_frame_generation`` alone runs (wan.half_frame)."""
 ALL_MODES = ("diffusers", *OUR_MODES, "cudnn")
 FLOPS_FORMULA = (
     "per forward = layers * (8 L D^2 + 4 L^2 D + 4 L D^2 + 4 Lt D^2 + 4 L Lt D + 4 L D F): self-attn q/k/v/o "
@@ -220,8 +223,10 @@ def truncation(steps: int) -> tuple[int, int]:
 def mode_settings(mode: str, steps: int) -> dict[str, Any]:
     """GenerationSettings fields of one of our modes at ``steps`` sampling steps."""
     fields: dict[str, Any] = {}
-    if "half_frame" in mode:
-        fields.update(half_frame=True, frame_completion="renoise")
+    if mode == "half_frame_default":
+        fields.update(half_frame=True)
+    elif "half_frame" in mode:
+        fields.update(half_frame=True, half_frame_steps=PLAIN_STEPS, frame_completion="renoise")
     if "cfg_truncate" in mode:
         trunc, trunc_high = truncation(steps)
         fields.update(cfg_truncate_steps=trunc, cfg_truncate_high_noise_steps=trunc_high)
@@ -243,13 +248,20 @@ def step_plan(config: TaskConfig, steps: int, fields: dict[str, Any]) -> list[St
     )
 
 
-def forward_seconds(plan: list[StepPlan], per_forward: dict[str, dict[str, dict]], half_frame: bool) -> float:
+def forward_seconds(plan: list[StepPlan], per_forward: dict[str, dict[str, dict]], fields: dict[str, Any]) -> float:
     """Time of a plan's forwards alone, from the measured per-forward medians."""
-    total = 0.0
-    for p in plan:
-        length = "half" if half_frame and p.expert == HIGH else "full"
-        total += p.forwards * per_forward[p.expert][length]["median_s"]
-    return total
+    half = half_steps(plan, fields)
+    return sum(
+        p.forwards * per_forward[p.expert]["half" if h else "full"]["median_s"] for p, h in zip(plan, half, strict=True)
+    )
+
+
+def half_steps(plan: list[StepPlan], fields: dict[str, Any]) -> list[bool]:
+    """Which steps of ``plan`` run at half frames under the mode's ``fields`` (its resolved window)."""
+    if not fields.get("half_frame"):
+        return [False] * len(plan)
+    window = fields.get("half_frame_steps") or default_steps(len(plan))
+    return in_window(Window.parse(window), [p.expert for p in plan])
 
 
 def plan_summary(plan: list[StepPlan]) -> dict[str, int]:
@@ -545,7 +557,7 @@ class Bench:
         per_forward = self.per_forward.get(backend) or self.per_forward.get(NATIVE)
         if per_forward is None:
             return 0.0
-        return 1.1 * forward_seconds(step_plan(self.task, steps, fields), per_forward, fields.get("half_frame", False))
+        return 1.1 * forward_seconds(step_plan(self.task, steps, fields), per_forward, fields)
 
     def record(self, name: str, result: dict[str, Any]) -> None:
         self.report["modes"][name] = result
@@ -569,10 +581,12 @@ class Bench:
             result["speedup_vs_diffusers"] = diff / result["seconds"] if diff else None
             if per_forward is None:
                 continue
-            half = result["settings"].get("half_frame", False)
-            reduced = forward_seconds(step_plan(self.task, self.args.steps, result["settings"]), per_forward, half)
-            plan40 = step_plan(self.task, FULL_STEPS, mode_settings(result["mode"], FULL_STEPS))
-            projected = forward_seconds(plan40, per_forward, half)
+            reduced = forward_seconds(
+                step_plan(self.task, self.args.steps, result["settings"]), per_forward, result["settings"]
+            )
+            fields40 = mode_settings(result["mode"], FULL_STEPS)
+            plan40 = step_plan(self.task, FULL_STEPS, fields40)
+            projected = forward_seconds(plan40, per_forward, fields40)
             result["projection_40_steps"] = {
                 "label": "projection: 40-step plan x measured per-forward medians, not a measured run",
                 **plan_summary(plan40),

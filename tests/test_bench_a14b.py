@@ -20,7 +20,7 @@ from wan.solvers import make_scheduler
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_a14b.py"
 STEPS = 6  # shift 12: 4 high-noise steps, then 2 low-noise ones
-OUR_MODES = ("baseline", "half_frame", "cfg_truncate", "half_frame+cfg_truncate")
+OUR_MODES = ("baseline", "half_frame", "half_frame_default", "cfg_truncate", "half_frame+cfg_truncate")
 
 
 def load_script():
@@ -98,6 +98,7 @@ def test_forward_counts_match_the_plan(report):
         "diffusers": full,
         "baseline": full,
         "half_frame": full,
+        "half_frame_default": full,
         "cfg_truncate": truncated,
         "half_frame+cfg_truncate": truncated,
     }
@@ -108,8 +109,10 @@ def test_forward_counts_match_the_plan(report):
 def test_half_frame_runs_high_noise_on_half_the_tokens(report):
     tokens = report["setup"]["tokens"]
     for name, r in report["modes"].items():
-        high = tokens["half"] if "half_frame" in name else tokens["full"]
-        assert r["tokens"] == {HIGH: r["forwards"][HIGH] * high, LOW: r["forwards"][LOW] * tokens["full"]}
+        high = r["forwards"][HIGH] * (tokens["half"] if "half_frame" in name else tokens["full"])
+        if name == "half_frame_default":  # its window at 6 steps: the first step (0:4 of 40, scaled)
+            high = 2 * tokens["half"] + (r["forwards"][HIGH] - 2) * tokens["full"]
+        assert r["tokens"] == {HIGH: high, LOW: r["forwards"][LOW] * tokens["full"]}
 
 
 def test_projection_uses_the_40_step_plan(report):

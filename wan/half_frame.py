@@ -72,27 +72,29 @@ def default_steps(sample_steps: int) -> str:
     return f"{start}:{max(start + 1, round(window.end * sample_steps / RELEASED_STEPS))}"
 
 
-def frame_counts(window: Window, experts: Sequence[str], full_frames: int) -> list[int]:
-    """Latent frames of every step: half inside the window, full elsewhere.
-
-    The window must lie in the high-noise phase: the low-noise expert always sees full frames.
-    """
+def in_window(window: Window, experts: Sequence[str]) -> list[bool]:
+    """Which steps run at half frames: those in the window, which must lie in the high-noise phase."""
     high_steps = sum(e == HIGH for e in experts)
     if any(e == HIGH for e in experts[high_steps:]):
         raise ConfigError("half-frame generation needs every high-noise step before the first low-noise one")
-    end = high_steps if window.end is None else window.end
     if high_steps == len(experts):
         raise ConfigError(
             "half-frame generation needs low-noise steps to complete the frames; no step is below "
             "the boundary with these --sample_steps/--sample_shift"
         )
+    end = high_steps if window.end is None else window.end
     if end > high_steps or window.start >= end:
         raise ConfigError(
             f"--half_frame_steps {window.start}:{window.end or ''} must lie within the {high_steps} "
             f"high-noise steps (0:{high_steps})"
         )
+    return [window.start <= i < end for i in range(len(experts))]
+
+
+def frame_counts(window: Window, experts: Sequence[str], full_frames: int) -> list[int]:
+    """Latent frames of every step: half inside the window, full elsewhere (the low-noise phase is full)."""
     half = half_frame_count(full_frames)
-    return [half if window.start <= i < end else full_frames for i in range(len(experts))]
+    return [half if inside else full_frames for inside in in_window(window, experts)]
 
 
 def dit_tokens(counts: Sequence[int], forwards: Sequence[int]) -> int:
