@@ -110,7 +110,7 @@ def test_half_frame_runs_high_noise_on_half_the_tokens(report):
     tokens = report["setup"]["tokens"]
     for name, r in report["modes"].items():
         high = r["forwards"][HIGH] * (tokens["half"] if "half_frame" in name else tokens["full"])
-        if name == "half_frame_default":  # its window at 6 steps: the first step (0:4 of 40, scaled)
+        if name == "half_frame_default":  # its window at 6 steps: the first step (0:2 of 40, scaled)
             high = 2 * tokens["half"] + (r["forwards"][HIGH] - 2) * tokens["full"]
         assert r["tokens"] == {HIGH: high, LOW: r["forwards"][LOW] * tokens["full"]}
 

@@ -50,8 +50,8 @@ def test_frame_counts_refuse_low_noise_or_no_switch(window, experts):
 
 
 def test_default_steps_scale_with_the_step_count():
-    assert default_steps(40) == "0:4"
-    assert default_steps(20) == "0:2"
+    assert default_steps(40) == "0:2"
+    assert default_steps(80) == "0:4"
     assert default_steps(3) == "0:1"
 
 

@@ -96,7 +96,7 @@ def test_half_frame_window_runs_full_half_full(pipe, positions):
 
 def test_stride2_positions_change_the_video_and_default_window_is_recorded(pipe):
     plain = run(pipe, half_frame=True)
-    assert plain.settings.half_frame_steps == "0:1"  # 0:4 of 40 steps, scaled to the test's 12
+    assert plain.settings.half_frame_steps == "0:1"  # 0:2 of 40 steps, scaled to the test's 12
     strided = run(pipe, half_frame=True, half_frame_positions="stride2")
     assert not torch.equal(plain.video, strided.video)
 

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 PLAIN_STEPS = "0:"
 """The seed's window: half frames from the first step to the expert switch."""
-DEFAULT_STEPS = "0:4"
+DEFAULT_STEPS = "0:2"
 """What ``--enable_half_frame_generation`` alone runs at the released 40 steps (chosen from the
 curve in docs/QUALITY.md); other step counts scale it (``default_steps``)."""
 RELEASED_STEPS = 40
