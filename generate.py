@@ -131,13 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument(
         "--enable_half_frame_generation",
         action="store_true",
-        help="high-noise expert on ceil(T/2) latent frames, completed to T at the expert switch",
+        help="a window of high-noise steps on ceil(T/2) latent frames (--half_frame_steps; default: the measured "
+        "best trade in docs/QUALITY.md)",
+    )
+    ours.add_argument(
+        "--half_frame_steps",
+        default=None,
+        metavar="START:END",
+        help="steps START..END-1 (0-based, within the high-noise phase) run at half frames; START: runs to the "
+        "expert switch ('0:' with --frame_completion repeat is the seed's plain method)",
+    )
+    ours.add_argument(
+        "--half_frame_positions",
+        default="contiguous",
+        choices=["contiguous", "stride2"],
+        help="temporal RoPE positions of the half frames: 0,1,2,... (default) or 0,2,4,...",
     )
     ours.add_argument(
         "--frame_completion",
         default=None,
         choices=["repeat", "interpolate", "renoise", "renoise_fresh"],
-        help="how the half-frame latent is completed at the switch (default: renoise)",
+        help="how the half-frame latent is completed back to full frames (default: renoise)",
     )
     ours.add_argument(
         "--enable_improved_frame_completion",

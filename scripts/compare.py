@@ -2,7 +2,8 @@
 
 For each mode and prompt: MSE / PSNR / SSIM of the video against the baseline video, the number
 of DiT forwards and tokens processed (the speed proxy that holds on any machine), seconds, and on
-``t2v-tiny`` prompt adherence (``wan.eval.adherence``). Writes ``report.json``, prints a table, and
+``t2v-tiny`` prompt adherence (``wan.eval.adherence``) and motion amplitude against the baseline's
+(``wan.eval.motion``: mean ratio, and the motion error, mean |ratio - 1|). Writes ``report.json``, prints a table, and
 writes a side-by-side PNG (one row per mode) and mp4 for the first prompt.
 
 ``--workers N`` runs N copies of this script (``--shard K/N``: prompts i with i % N == K, seeds still
@@ -13,6 +14,7 @@ in total than one process (docs/QUALITY.md).
 
     python scripts/compare.py --prompts 64                                    # t2v-tiny, held-out prompts
     python scripts/compare.py --prompts 64 --workers 4 --devices cuda:0,cuda:1
+    python scripts/compare.py --prompts 8 --modes baseline,half_default,half@4:22,half@8:26+stride2   # windows
     python scripts/compare.py --task t2v-A14B --ckpt_dir DIR --prompt_file prompts.txt --modes baseline,half_renoise
 """
 
@@ -39,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wan.checkpoints import CheckpointError  # noqa: E402
 from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
 from wan.eval.metrics import compare_videos  # noqa: E402
+from wan.eval.motion import summarise_motion  # noqa: E402
 from wan.frames import COMPLETIONS  # noqa: E402
+from wan.half_frame import PLAIN_STEPS, POSITIONS  # noqa: E402
 from wan.levers import Levers, apply_levers  # noqa: E402
 from wan.levers.cache import parse_cache_spec  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
@@ -50,13 +54,18 @@ logger = logging.getLogger("compare")
 
 PSNR_CAP = 100.0  # identical videos have infinite PSNR; JSON and means get this instead
 CFG_TRUNCATION = {"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3}
+PLAIN = {"half_frame": True, "half_frame_steps": PLAIN_STEPS}
 MODES: dict[str, dict] = {
     "baseline": {},
-    **{f"half_{m}": {"half_frame": True, "frame_completion": m} for m in COMPLETIONS},
+    "half_default": {"half_frame": True},
+    **{f"half_{m}": {**PLAIN, "frame_completion": m} for m in COMPLETIONS},
     "cfg_trunc": CFG_TRUNCATION,
-    "half_repeat+cfg_trunc": {"half_frame": True, "frame_completion": "repeat", **CFG_TRUNCATION},
-    "half_renoise+cfg_trunc": {"half_frame": True, "frame_completion": "renoise", **CFG_TRUNCATION},
+    "half_repeat+cfg_trunc": {**PLAIN, "frame_completion": "repeat", **CFG_TRUNCATION},
+    "half_renoise+cfg_trunc": {**PLAIN, "frame_completion": "renoise", **CFG_TRUNCATION},
 }
+"""Named modes; ``half_repeat`` is the seed's plain method (half frames up to the switch, repeat)."""
+WINDOW_MODE = re.compile(r"half@(\d+:\d*)((?:\+[a-z_0-9]+)*)")
+"""``half@START:END`` plus options ``+stride2``, ``+<completion>``, ``+cfg_trunc``: any window of the curve."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt_file", default=None, help="one prompt per line (default: t2v-tiny held-out prompts)")
     p.add_argument("--prompts", type=int, default=16, help="how many prompts to use")
     p.add_argument("--base_seed", type=int, default=0, help="prompt i uses seed base_seed + i in every mode")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from: {', '.join(MODES)}")
+    p.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated, from: {', '.join(MODES)}; or half@START:END[+stride2][+<completion>][+cfg_trunc]",
+    )
     p.add_argument("--size", default=None)
     p.add_argument("--frame_num", type=int, default=None)
     p.add_argument("--sample_steps", type=int, default=None)
@@ -92,6 +105,26 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def mode_fields(mode: str) -> dict:
+    """GenerationSettings fields of a named mode or of ``half@START:END[+option...]``."""
+    if mode in MODES:
+        return MODES[mode]
+    match = WINDOW_MODE.fullmatch(mode)
+    if not match:
+        raise ConfigError(f"unknown mode {mode!r}; choose from: {', '.join(MODES)}, or half@START:END[+option]")
+    fields: dict = {"half_frame": True, "half_frame_steps": match[1]}
+    for option in filter(None, match[2].split("+")):
+        if option in POSITIONS:
+            fields["half_frame_positions"] = option
+        elif option in COMPLETIONS:
+            fields["frame_completion"] = option
+        elif option == "cfg_trunc":
+            fields.update(CFG_TRUNCATION)
+        else:
+            raise ConfigError(f"unknown option {option!r} in mode {mode!r}: {', '.join((*POSITIONS, *COMPLETIONS))}")
+    return fields
+
+
 def parse_modes(text: str) -> list[str]:
     """The requested modes, baseline first: every other mode is scored against it.
 
@@ -105,16 +138,14 @@ def parse_modes(text: str) -> list[str]:
 
 
 def mode_settings(mode: str) -> tuple[dict, Levers]:
-    """A mode's generation settings and levers (a preset's, resolved for this machine, or the ``@`` list)."""
+    """A mode's generation settings and levers (a preset's, resolved for this machine, or the ``~`` list)."""
     name, _, lever_text = mode.partition("~")
     if name.startswith("preset_"):
         preset = name.removeprefix("preset_")
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         levers, _notes = resolve_levers(preset, parse_levers(lever_text), device)
         return preset_generation_defaults(preset), levers
-    if name not in MODES:
-        raise ConfigError(f"unknown mode {name!r}; choose from: {', '.join(MODES)}, preset_<name>")
-    return MODES[name], replace(Levers(), **parse_levers(lever_text))
+    return mode_fields(name), replace(Levers(), **parse_levers(lever_text))
 
 
 def parse_levers(text: str) -> dict:
@@ -153,6 +184,15 @@ def load_prompts(args: argparse.Namespace) -> list[str]:
 
 def summarise(values: list[float], worst) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "worst": float(worst(values))}
+
+
+def motion_check(task: str, frames: np.ndarray, prompt: str, baseline_frames: np.ndarray) -> dict:
+    """Motion amplitude against the baseline's where the task has a detector (the tiny world), else {}."""
+    if task != "t2v-tiny":
+        return {}
+    from wan.eval.motion import motion_scores, video_amplitude
+
+    return motion_scores(frames, prompt, video_amplitude(baseline_frames, prompt))
 
 
 def adherence_check(task: str, video: torch.Tensor, prompt: str) -> bool | None:
@@ -266,6 +306,8 @@ def run_prompts(
                     "tokens": sum(result.tokens.values()),
                     "seconds": seconds,
                     "adherent": adherence_check(config.task, result.video, prompt),
+                    "half_frame_steps": result.settings.half_frame_steps,
+                    **motion_check(config.task, frames, prompt, baseline_frames),
                 }
             )
             if i == 0:
@@ -323,6 +365,12 @@ def merge_videos(reports: list[dict], modes: list[str]) -> dict[str, list[dict]]
     return {mode: [reports[i % n]["modes"][mode]["videos"][i // n] for i in range(total)] for mode in modes}
 
 
+def settings_of(mode: str, rows: list[dict]) -> dict:
+    """The mode's fields, with the half-frame window it resolved to (``half_default`` names none)."""
+    window = rows[0].get("half_frame_steps") if rows else None
+    return {**mode_settings(mode)[0], **({"half_frame_steps": window} if window else {})}
+
+
 def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], results: dict) -> dict:
     base_tokens = np.mean([r["tokens"] for r in results["baseline"]])
     base_forwards = np.mean([r["forwards"] for r in results["baseline"]])
@@ -331,7 +379,7 @@ def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], 
         rows = results[mode]
         adherent = [r["adherent"] for r in rows if r["adherent"] is not None]
         summary[mode] = {
-            "settings": mode_settings(mode)[0],
+            "settings": settings_of(mode, rows),
             "levers": mode_settings(mode)[1].as_dict(),
             "mse": summarise([r["mse"] for r in rows], max),
             "psnr": summarise([r["psnr"] for r in rows], min),
@@ -342,6 +390,7 @@ def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], 
             "tokens_vs_baseline": float(np.mean([r["tokens"] for r in rows]) / base_tokens),
             "seconds": float(np.mean([r["seconds"] for r in rows])),
             "adherence": float(np.mean(adherent)) if adherent else None,
+            **summarise_motion(rows),
             "videos": rows,
         }
     return {
@@ -358,15 +407,17 @@ def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], 
 def format_table(report: dict) -> str:
     head = (
         f"{'mode':<24} {'MSE mean':>9} {'PSNR mean':>9} {'PSNR min':>8} {'SSIM mean':>9} {'SSIM min':>8} "
-        f"{'fwd':>6} {'tokens':>7} {'sec':>6} {'adher.':>6}"
+        f"{'fwd':>6} {'tokens':>7} {'sec':>6} {'adher.':>6} {'motion':>6} {'m.err':>6}"
     )
     lines = [head, "-" * len(head)]
     for mode, m in report["modes"].items():
         adherence = "-" if m["adherence"] is None else f"{m['adherence']:.0%}"
+        motion = "-" if m.get("amplitude_vs_baseline") is None else f"{m['amplitude_vs_baseline']:.2f}"
+        error = "-" if m.get("motion_error") is None else f"{m['motion_error']:.2f}"
         lines.append(
             f"{mode:<24} {m['mse']['mean']:>9.5f} {m['psnr']['mean']:>9.2f} {m['psnr']['worst']:>8.2f} "
             f"{m['ssim']['mean']:>9.4f} {m['ssim']['worst']:>8.4f} {m['forwards']:>6.1f} "
-            f"{m['tokens_vs_baseline']:>6.2f}x {m['seconds']:>6.2f} {adherence:>6}"
+            f"{m['tokens_vs_baseline']:>6.2f}x {m['seconds']:>6.2f} {adherence:>6} {motion:>6} {error:>6}"
         )
     return "\n".join(lines)
 

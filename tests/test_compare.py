@@ -27,7 +27,8 @@ def common_argv(parts, tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def report(common_argv, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "out"
-    argv = [*common_argv, "--modes", "half_repeat,cfg_trunc,half_renoise+cfg_trunc", "--out_dir", str(out)]
+    modes = "half_repeat,cfg_trunc,half_renoise+cfg_trunc,half@1:3+stride2"
+    argv = [*common_argv, "--modes", modes, "--out_dir", str(out)]
     assert compare.main(argv) == 0
     return out, json.loads((out / "report.json").read_text())
 
@@ -45,7 +46,7 @@ def test_baseline_against_itself_is_perfect(report):
 def test_modes_are_scored_and_counted(report):
     _, data = report
     modes = data["modes"]
-    assert list(modes) == ["baseline", "half_repeat", "cfg_trunc", "half_renoise+cfg_trunc"]
+    assert list(modes) == ["baseline", "half_repeat", "cfg_trunc", "half_renoise+cfg_trunc", "half@1:3+stride2"]
     # 8 steps at shift 12: 6 high-noise (0-5), 2 low-noise (6-7). Truncation 5/3 makes steps 3-7
     # cond-only (the last 5 steps cover the last 3 high-noise ones): 5 passes fewer.
     assert modes["cfg_trunc"]["forwards"] == 16 - 5
@@ -65,7 +66,35 @@ def test_pictures_are_written(report):
     assert not list(out.glob(".*tmp*"))
 
 
-def test_unknown_mode_is_refused():
+def test_window_mode_runs_its_window_and_motion_is_scored(report):
+    _, data = report
+    window = data["modes"]["half@1:3+stride2"]
+    assert window["settings"] == {"half_frame": True, "half_frame_steps": "1:3", "half_frame_positions": "stride2"}
+    assert window["tokens_vs_baseline"] == pytest.approx((2 * 2 + 6 * 3) / (8 * 3))
+    assert data["modes"]["baseline"]["motion_error"] in (0.0, None)
+    assert all("amplitude" in row for row in window["videos"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "fields"),
+    [
+        ("half_default", {"half_frame": True}),
+        ("half@0:", {"half_frame": True, "half_frame_steps": "0:"}),
+        ("half@4:22+repeat+cfg_trunc", {"half_frame": True, "half_frame_steps": "4:22", "frame_completion": "repeat",
+                                        **compare.CFG_TRUNCATION}),
+    ],
+)  # fmt: skip
+def test_mode_settings(mode, fields):
+    assert compare.mode_settings(mode) == fields
+
+
+@pytest.mark.parametrize("mode", ["warp_speed", "half@4", "half@1:3+fast"])
+def test_unknown_mode_is_refused(mode):
+    with pytest.raises(compare.ConfigError, match="unknown"):
+        compare.parse_modes(mode)
+
+
+def test_unknown_mode_is_refused_by_main():
     with pytest.raises(compare.ConfigError, match="unknown mode"):
         compare.main(["--modes", "warp_speed"])
 

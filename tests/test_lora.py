@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from tiny_models import LORA_LAYERS, lora_metadata, lora_tensors, random_lora
 
 import generate
+from wan.batch import sidecar_path
 from wan.config import ConfigError, load_task_config
 from wan.guidance import HIGH, LOW, plan_steps
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras, lora_record, lora_specs, parse_lora_arg
@@ -239,7 +240,7 @@ def tiny_lora(parts, tmp_path) -> Path:
 def test_cli_lora_high_lands_in_the_sidecar(cli, tiny_lora, tmp_path):
     out = tmp_path / "a.mp4"
     assert generate.main([*cli, "--save_file", str(out), "--lora_high", f"{tiny_lora}:0.5", "--base_seed", "1"]) == 0
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads(sidecar_path(out).read_text())
     digest = hashlib.sha256(tiny_lora.read_bytes()).hexdigest()
     assert meta["loras"] == {HIGH: [{"file": "tiny.safetensors", "sha256": digest, "scale": 0.5}], LOW: []}
     assert meta["seconds"]["lora_fuse"] >= 0
@@ -249,7 +250,10 @@ def test_cli_missing_lora_is_exit_2_before_loading(cli, tmp_path, monkeypatch, c
     monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
     assert generate.main([*cli, "--save_file", str(tmp_path / "a.mp4"), "--lora", "nope.safetensors:2"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: LoRA file nope.safetensors cannot be read (No such file or directory)\n"
+    assert err == (
+        "error: --lora nope.safetensors:2: nope.safetensors is not a readable file; "
+        "give FILE[:SCALE] of a LoRA .safetensors\n"
+    )
 
 
 # ----------------------------------------------------------------------------------- batch items

@@ -67,7 +67,7 @@ def test_same_seed_same_video_bitwise(pipe):
 def test_half_frame_experts_see_half_then_full_frames(pipe, frame_num, full, half, method):
     seen, handles = record_frames(pipe)
     try:
-        result = run(pipe, frame_num=frame_num, half_frame=True, frame_completion=method)
+        result = run(pipe, frame_num=frame_num, half_frame=True, half_frame_steps="0:", frame_completion=method)
     finally:
         for h in handles:
             h.remove()
@@ -79,8 +79,33 @@ def test_half_frame_experts_see_half_then_full_frames(pipe, frame_num, full, hal
     assert "completion" in result.timings
 
 
+@pytest.mark.parametrize("positions", ["contiguous", "stride2"])
+def test_half_frame_window_runs_full_half_full(pipe, positions):
+    seen, handles = record_frames(pipe)
+    try:
+        result = run(pipe, half_frame=True, half_frame_steps="1:3", half_frame_positions=positions)
+    finally:
+        for h in handles:
+            h.remove()
+    high = [5, 3, 3] + [5] * (result.high_noise_steps - 3)
+    assert seen[HIGH] == [n for n in high for _ in range(2)]
+    assert seen[LOW] == [5] * (2 * result.low_noise_steps)
+    assert result.tokens[HIGH] == 2 * sum(high) * 4
+    assert result.settings.half_frame_steps == "1:3"
+
+
+def test_stride2_positions_change_the_video_and_default_window_is_recorded(pipe):
+    plain = run(pipe, half_frame=True)
+    assert plain.settings.half_frame_steps == "0:1"  # 0:2 of 40 steps, scaled to the test's 12
+    strided = run(pipe, half_frame=True, half_frame_positions="stride2")
+    assert not torch.equal(plain.video, strided.video)
+
+
 def test_completion_methods_give_different_videos(pipe):
-    videos = {m: run(pipe, half_frame=True, frame_completion=m).video for m in ("repeat", "interpolate", "renoise")}
+    videos = {
+        m: run(pipe, half_frame=True, half_frame_steps="0:", frame_completion=m).video
+        for m in ("repeat", "interpolate", "renoise")
+    }
     assert not torch.equal(videos["repeat"], videos["interpolate"])
     assert not torch.equal(videos["repeat"], videos["renoise"])
 
@@ -129,6 +154,9 @@ def test_nan_is_reported_with_step_and_expert(pipe):
         ({"frame_num": 16}, "4n\\+1"),
         ({"sample_steps": 0}, "--sample_steps 0: must be an integer >= 1"),
         ({"frame_completion": "magic"}, "--frame_completion 'magic': choose one of"),
+        ({"half_frame": True, "half_frame_steps": "4"}, "START:END"),
+        ({"half_frame": True, "half_frame_steps": "0:30"}, "within the"),
+        ({"half_frame": True, "half_frame_positions": "middle"}, "--half_frame_positions 'middle': choose one of"),
     ],
 )
 def test_bad_settings_are_refused(pipe, kw, message):

@@ -2,9 +2,10 @@
 
 Wan's VAE packs 4 pixel frames into one latent frame after the first, so a video of ``frame_num``
 frames (4n+1) has ``T = (frame_num - 1) // 4 + 1`` latent frames. Half-frame generation lets the
-high-noise expert denoise ``Th = ceil(T / 2)`` of them and completes the latent to ``T`` frames at
-the expert switch. Half-frame latent frame ``i`` stands for full frame ``2 i`` (the start noise is the
-full noise at frames 0, 2, 4, ...), so every completion maps full frame ``j`` to half position ``j / 2``.
+high-noise expert denoise ``Th = ceil(T / 2)`` of them for a window of steps and completes the latent
+to ``T`` frames at the window's end (``wan.half_frame`` decides when). Half-frame latent frame ``i``
+stands for full frame ``2 i`` (the start noise is the full noise at frames 0, 2, 4, ...), so every
+completion maps full frame ``j`` to half position ``j / 2``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import torch
 from wan.config import ConfigError
 
 COMPLETIONS = ("repeat", "interpolate", "renoise", "renoise_fresh")
-"""How the half-frame latent becomes a full one at the switch.
+"""How the half-frame latent becomes a full one at the end of the half-frame window.
 
 - ``repeat``: F1,F1,F2,F2,... (the seed's method), on the noisy latent.
 - ``interpolate``: linear interpolation in time on the noisy latent.
-- ``renoise``: take x0 = x_t - sigma * v from the last high-noise step, interpolate x0 in time,
-  and re-noise at the switch sigma with the full-frame noise drawn from the seed at the start, so the
-  low-noise phase sees i.i.d. noise (as in training) and the baseline's own noise.
+- ``renoise``: take x0 = x_t - sigma * v from the last half-frame step, interpolate x0 in time,
+  and re-noise at the next step's sigma with the full-frame noise drawn from the seed at the start,
+  so the full-frame steps see i.i.d. noise (as in training) and the baseline's own noise.
 - ``renoise_fresh``: as ``renoise`` but with freshly drawn noise.
 """
 X0_COMPLETIONS = ("renoise", "renoise_fresh")

@@ -1,11 +1,11 @@
 """WanT2V: Wan2.2 text-to-video with two experts, half-frame generation and CFG truncation.
 
-The loop in ``WanT2V.generate`` is the product: each step is routed to the high-noise or the
-low-noise expert by its timestep (``wan.guidance``); with half-frame generation the high-noise
-steps run on half the latent frames and, at the expert switch, the latent is completed to the
-full frame count (``wan.frames``) before the low-noise expert runs. The experts are diffusers
-``WanTransformer3DModel``s, which derive sequence length and the RoPE grid from each input's
-shape, so the switch needs no model state to change: only the latent and the solver history.
+The loop in ``WanT2V.sample`` is the product: each step is routed to the high-noise or the
+low-noise expert by its timestep (``wan.guidance``); with half-frame generation a window of
+high-noise steps runs on half the latent frames, and the loop calls ``wan.half_frame.transition``
+wherever the plan's frame count changes. The experts are diffusers ``WanTransformer3DModel``s,
+which derive sequence length and the RoPE grid from each input's shape, so a transition needs no
+model state to change: only the latent and the solver history.
 """
 
 from __future__ import annotations
@@ -25,16 +25,11 @@ from tqdm.auto import tqdm
 
 from wan.checkpoints import WanComponents, load_components
 from wan.config import ConfigError, TaskConfig
-from wan.frames import (
-    X0_COMPLETIONS,
-    complete_frames,
-    half_frame_indices,
-    latent_frame_count,
-    predict_x0,
-)
+from wan.frames import latent_frame_count, predict_x0
 from wan.guidance import HIGH, LOW, StepPlan, apply_cfg, plan_steps
+from wan.half_frame import HalfFramePlan, default_steps, transition
 from wan.placement import Placement, Resident, apply_placement
-from wan.solvers import complete_history, make_scheduler, restart_history, step_sigmas
+from wan.solvers import make_scheduler, step_sigmas
 from wan.validation import check_settings
 
 logger = logging.getLogger(__name__)
@@ -69,6 +64,8 @@ class GenerationSettings:
     guide_scale_high: float | None = None
     guide_scale_low: float | None = None
     half_frame: bool = False
+    half_frame_steps: str | None = None  # "START:END" high-noise steps at half frames; None: the default
+    half_frame_positions: str = "contiguous"
     frame_completion: str = DEFAULT_COMPLETION
     cfg_truncate_steps: int = 0
     cfg_truncate_high_noise_steps: int = 0
@@ -84,6 +81,8 @@ class GenerationSettings:
         s.sample_shift = config.sample_shift if s.sample_shift is None else s.sample_shift
         s.guide_scale_high = config.guide_scale_high if s.guide_scale_high is None else s.guide_scale_high
         s.guide_scale_low = config.guide_scale_low if s.guide_scale_low is None else s.guide_scale_low
+        if s.half_frame:
+            s.half_frame_steps = s.half_frame_steps or default_steps(s.sample_steps)
         check_settings(s, config)
         return s
 
@@ -304,12 +303,11 @@ class WanT2V:
         cond_ctx = cond_context.to(self.device, transformer_dtype)
         uncond_ctx = uncond_context.to(self.device, transformer_dtype)
 
-        # All noise comes from the seed up front at full frame count; the half-frame start latent is
-        # its frames 0, 2, 4, ... so the x0 completions can re-noise with the baseline's own noise.
+        # All noise comes from the seed up front at full frame count; a half-frame latent is its frames
+        # 0, 2, 4, ... so the x0 transitions can re-noise with the baseline's own noise.
         generator = torch.Generator(device="cpu").manual_seed(s.seed)
         shape = (1, self.experts[HIGH].config.in_channels, full_frames, height // stride_h, width // stride_w)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-        latents = noise[:, :, half_frame_indices(full_frames)].contiguous() if s.half_frame else noise
 
         scheduler = make_scheduler(s.sample_solver, s.sample_shift, self.config.num_train_timesteps)
         scheduler.set_timesteps(s.sample_steps, device=self.device)
@@ -324,39 +322,44 @@ class WanT2V:
             cfg_truncate_steps=s.cfg_truncate_steps,
             cfg_truncate_high_noise_steps=s.cfg_truncate_high_noise_steps,
         )
+        frames_plan = HalfFramePlan.build(
+            s.half_frame_steps if s.half_frame else None,
+            [p.expert for p in plans],
+            full_frames,
+            s.frame_completion,
+            s.half_frame_positions,
+        )
 
         forwards = {HIGH: 0, LOW: 0}
         tokens = {HIGH: 0, LOW: 0}
         seconds = {HIGH: 0.0, LOW: 0.0, "completion": 0.0}
-        x0_estimate: torch.Tensor | None = None
-        completed = not s.half_frame
+        latents, x0_estimate = noise, None
         bar = tqdm(plans, desc="denoising", unit="step", disable=not progress, dynamic_ncols=True)
         for plan in bar:
-            if not completed and plan.expert == LOW:
+            frames = frames_plan.frames(plan.index)
+            if frames != latents.shape[2]:
                 start = self._now()
-                latents = self._complete(
-                    s.frame_completion,
+                latents = transition(
+                    frames_plan,
                     latents,
-                    full_frames,
-                    x0_estimate,
-                    sigmas[plan.index],
-                    noise,
-                    scheduler,
-                    generator,
+                    frames,
+                    x0=x0_estimate,
+                    sigma=sigmas[plan.index],
+                    noise=noise,
+                    scheduler=scheduler,
+                    generator=generator,
                 )
-                completed = True
                 seconds["completion"] += self._now() - start
             start = self._now()
             expert = self.placement.expert(self, plan.expert)
-            frames = latents.shape[2]
             bar.set_postfix(expert=plan.expert, frames=frames, tokens=frames * tokens_per_frame, cfg=plan.use_cfg)
             model_input = latents.to(transformer_dtype)
             timestep = torch.full((1,), plan.timestep, device=self.device)
-            velocity = self.velocity(expert, model_input, timestep, plan, cond_ctx, uncond_ctx)
+            with frames_plan.positions_for(expert, plan.index):
+                velocity = self.velocity(expert, model_input, timestep, plan, cond_ctx, uncond_ctx)
             forwards[plan.expert] += plan.forwards
             tokens[plan.expert] += plan.forwards * frames * tokens_per_frame
-            if not completed and s.frame_completion in X0_COMPLETIONS:
-                x0_estimate = predict_x0(latents, velocity.float(), sigmas[plan.index])
+            x0_estimate = predict_x0(latents, velocity.float(), sigmas[plan.index])
             latents = scheduler.step(velocity, scheduler.timesteps[plan.index], latents, return_dict=False)[0]
             if not torch.isfinite(latents).all():
                 raise NonFiniteLatentError(plan.index, plan.expert)
@@ -378,29 +381,6 @@ class WanT2V:
             high_noise_steps=sum(p.expert == HIGH for p in plans),
             low_noise_steps=sum(p.expert == LOW for p in plans),
         )
-
-    def _complete(
-        self,
-        method: str,
-        latents: torch.Tensor,
-        full_frames: int,
-        x0_estimate: torch.Tensor | None,
-        switch_sigma: float,
-        noise: torch.Tensor,
-        scheduler,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
-        """The expert switch of half-frame generation: complete latent and solver history to T frames."""
-        if method in X0_COMPLETIONS:
-            if method == "renoise_fresh":  # the seed's generator continues: new noise, same every run
-                noise = torch.randn(noise.shape, generator=generator, dtype=noise.dtype).to(noise.device)
-            full = complete_frames(method, latents, full_frames, x0=x0_estimate, switch_sigma=switch_sigma, noise=noise)
-            restart_history(scheduler)
-        else:
-            full = complete_frames(method, latents, full_frames)
-            complete_history(scheduler, lambda t: complete_frames(method, t, full_frames))
-        logger.debug("completed %d -> %d latent frames with %s", latents.shape[2], full.shape[2], method)
-        return full.to(latents.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

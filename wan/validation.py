@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from wan.config import ConfigError, TaskConfig
 from wan.frames import COMPLETIONS
 from wan.guidance import HIGH, plan_steps
+from wan.half_frame import POSITIONS
 from wan.solvers import SOLVERS, make_scheduler
 from wan.video import VIDEO_SUFFIXES, writable_target_problem
 
@@ -184,10 +185,21 @@ def _lora_list(value: list[str], config: TaskConfig) -> str | None:
 
     for entry in value:
         path, scale = parse_lora_arg(entry)
+        which = f"{entry}: " if len(value) > 1 else ""
         if not math.isfinite(scale):
-            return f"{entry!r}: the scale must be a finite number"
+            return f"{which}the scale must be a finite number"
         if not path.is_file() or not os.access(path, os.R_OK):
-            return f"{entry!r}: {path} is not a readable file; give FILE[:SCALE]"
+            return f"{which}{path} is not a readable file; give FILE[:SCALE] of a LoRA .safetensors"
+    return None
+
+
+def _half_frame_window(value: str, config: TaskConfig) -> str | None:
+    from wan.half_frame import Window
+
+    try:
+        Window.parse(value)
+    except ConfigError as exc:
+        return str(exc).removeprefix("--half_frame_steps ")
     return None
 
 
@@ -201,6 +213,8 @@ RULES: dict[str, Rule] = {
     "sample_shift": _number(0, MAX_SHIFT, low_open=True),
     "sample_guide_scale": _number(0, MAX_GUIDE_SCALE),
     "frame_completion": _choice(COMPLETIONS),
+    "half_frame_steps": _half_frame_window,
+    "half_frame_positions": _choice(POSITIONS),
     "cfg_truncate_steps": _count(0),
     "cfg_truncate_high_noise_steps": _count(0),
     "ulysses_size": _count(1),
@@ -227,6 +241,8 @@ SETTING_FLAGS = {
 
 
 def show(value: Any) -> str:
+    if isinstance(value, list):  # a repeatable flag
+        return " ".join(map(str, value))
     return repr(value) if isinstance(value, str) else str(value)
 
 

@@ -73,10 +73,10 @@ TWO_SHAPE_PROBABILITY = 0.5
 
 # Ranges, in frame units (half-extent = half the side of the square / radius of the circle).
 _SIZE_MOVING = (0.07, 0.12)
-_TRAVEL = (0.30, 0.45)  # distance covered in MAX_FRAMES - 1 frames: 38-58 px at 128 px
+TRAVEL = (0.30, 0.45)  # distance covered in MAX_FRAMES - 1 frames: 38-58 px at 128 px
 _SIZE_GROWING_START = (0.05, 0.08)
 _SIZE_SHRINKING_START = (0.13, 0.20)
-_SCALE = (2.0, 2.6)  # size ratio end/start (growing) or start/end (shrinking) over MAX_FRAMES - 1 frames
+SCALE = (2.0, 2.6)  # size ratio end/start (growing) or start/end (shrinking) over MAX_FRAMES - 1 frames
 _MARGIN = 0.02  # gap kept to the frame border
 _GAP = 0.05  # gap kept between the two shapes of a scene, at every frame
 
@@ -220,10 +220,10 @@ def sample_scene(rng: random.Random, split: Split = "train") -> Scene:
     caption = _draw_caption(rng, split)
     motion = caption.motion
     if motion in TRANSLATIONS:
-        rate = rng.uniform(*_TRAVEL) / (MAX_FRAMES - 1)
+        rate = rng.uniform(*TRAVEL) / (MAX_FRAMES - 1)
         sizes = [rng.uniform(*_SIZE_MOVING) for _ in caption.objects]
     else:
-        rate = math.log(rng.uniform(*_SCALE)) / (MAX_FRAMES - 1)
+        rate = math.log(rng.uniform(*SCALE)) / (MAX_FRAMES - 1)
         start = _SIZE_GROWING_START if motion == "growing" else _SIZE_SHRINKING_START
         rate = rate if motion == "growing" else -rate
         sizes = [rng.uniform(*start) for _ in caption.objects]
