@@ -173,6 +173,14 @@ def keep_fp32_modules(model: torch.nn.Module) -> None:
             param.data = param.data.float()
 
 
+def text_embeddings(rows: int, dim: int, device: torch.device, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """[1, 512, dim] like umT5's output: ``rows`` random rows, zeros past the prompt's length."""
+    generator = torch.Generator().manual_seed(seed)
+    embeds = torch.zeros(1, TEXT_TOKENS, dim)
+    embeds[:, :rows] = torch.randn(1, rows, dim, generator=generator)
+    return embeds.to(device, dtype)
+
+
 def build_expert(config: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: int, std: float):
     """A random expert made on ``device`` in ``dtype`` (no CPU copy: 2 x 28.6 GB must fit next to activations).
 

@@ -60,6 +60,7 @@ from bench_a14b import (  # noqa: E402
     peak_memory_gb,
     reset_peak_memory,
     step_plan,
+    text_embeddings,
 )
 
 from wan import distributed  # noqa: E402
@@ -93,14 +94,6 @@ TINY_MULTI = dict(TINY_OVERRIDES, num_attention_heads=8)
 """bench_a14b's toy dims with 8 heads, so Ulysses over up to 8 CPU processes splits them."""
 GUIDE_SCALE = 4.0
 FULL_STEPS = 40
-
-
-def text_embeddings(rows: int, dim: int, device: torch.device, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """[1, 512, dim] like umT5's output: ``rows`` random rows, zeros past the prompt's length."""
-    generator = torch.Generator().manual_seed(seed)
-    embeds = torch.zeros(1, TEXT_TOKENS, dim)
-    embeds[:, :rows] = torch.randn(1, rows, dim, generator=generator)
-    return embeds.to(device, dtype)
 
 
 class MultiBench:

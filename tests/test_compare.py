@@ -84,8 +84,8 @@ def test_window_mode_runs_its_window_and_motion_is_scored(report):
                                         **compare.CFG_TRUNCATION}),
     ],
 )  # fmt: skip
-def test_mode_settings(mode, fields):
-    assert compare.mode_settings(mode) == fields
+def test_mode_fields(mode, fields):
+    assert compare.mode_fields(mode) == fields
 
 
 @pytest.mark.parametrize("mode", ["warp_speed", "half@4", "half@1:3+fast"])
