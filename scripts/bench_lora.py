@@ -38,6 +38,7 @@ from wan.config import load_task_config  # noqa: E402
 from wan.frames import latent_frame_count  # noqa: E402
 from wan.guidance import HIGH, LOW  # noqa: E402
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras  # noqa: E402
+from wan.placement import ModelOffload  # noqa: E402
 from wan.text2video import WanT2V  # noqa: E402
 
 logger = logging.getLogger("bench_lora")
@@ -121,11 +122,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     context = text_embeddings(120, config["text_dim"], device, dtype, 10)
     report["forward_s"] = {"base": {n: forward_seconds(e, hidden, context, args.repeats) for n, e in experts.items()}}
     save()
-    if args.offload_model:  # generate.py's default on one GPU: the experts wait on the CPU, fusing visits the GPU
-        for expert in experts.values():
-            expert.to("cpu")
     components = WanComponents(None, None, None, experts[HIGH], experts[LOW], layout="diffusers")
-    pipe = WanT2V(task, components, device=device, offload_model=args.offload_model)
+    # --offload_model: the official --offload_model True, the experts wait in CPU memory while the LoRA fuses
+    placement = ModelOffload(reason="--offload_model") if args.offload_model else None
+    pipe = WanT2V(task, components, device=device, placement=placement)
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "random_rank_lora.safetensors"

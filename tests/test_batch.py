@@ -294,7 +294,6 @@ def test_items_without_seed_get_a_fixed_one():
         ({"prompt": "x", "sample_steps": True}, "'sample_steps' must be an integer"),
         ({"prompt": "x", "enable_half_frame_generation": 1}, "must be true or false"),
         ({"prompt": "x", "seed": 1, "base_seed": 2}, "both set the seed"),
-        ({"prompt": "x", "sample_solver": "ddim"}, "unknown sample_solver"),
         ({"prompt": "x", "lora": ["a", 1]}, r"'lora' must be \"FILE\[:SCALE\]\" or a list of them"),
         ({"prompt": "x", "lora_low": 0.5}, "'lora_low' must be"),
     ],

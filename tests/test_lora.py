@@ -278,7 +278,7 @@ def test_batch_groups_items_by_lora_and_resume_compares_them(cli, tiny_lora, tmp
     assert [r["index"] for r in records if r["status"] == "done"] == [0, 2, 1, 3]
     (failed,) = [r for r in records if r["status"] == "failed"]
     assert failed["index"] == 4 and "blocks.7.attn1.to_q.lora_A.weight matches no layer" in failed["error"]
-    assert len(loads) == 3  # base items and the first LoRA set share a load; the other two sets load afresh
+    assert len(loads) == 4  # one per set (base, then three LoRA sets): levers must see the fused weights
     sidecar = json.loads(next((tmp_path / "out").glob("0003_*.json")).read_text())
     assert [e["scale"] for e in sidecar["loras"][LOW]] == [0.5] and sidecar["loras"][HIGH] == []
 
