@@ -6,7 +6,7 @@ from tiny_models import CAPTIONS, as_components, wan_pipeline
 
 from wan.config import ConfigError
 from wan.guidance import HIGH, LOW
-from wan.text2video import GenerationSettings, NonFiniteLatentError, WanT2V, clean_prompt
+from wan.text2video import GenerationSettings, NonFiniteLatentError, WanT2V
 
 PROMPT = "a red square moving left"
 
@@ -169,10 +169,6 @@ def test_size_not_divisible_by_patch_is_refused(parts, test_config, pipe):
     odd = WanT2V(dataclasses.replace(test_config, sizes=("40*32",), patch_size=(1, 1, 1)), pipe.parts)
     with pytest.raises(ConfigError, match="multiple of 16 in width"):
         run(odd, size="40*32")
-
-
-def test_clean_prompt():
-    assert clean_prompt("  a  red&amp;blue\n square ") == "a red&blue square"
 
 
 def test_a_prompt_longer_than_the_text_window_is_cut_with_a_warning(pipe, caplog):

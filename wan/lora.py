@@ -34,8 +34,6 @@ from wan.guidance import HIGH, LOW
 if TYPE_CHECKING:
     from diffusers import WanTransformer3DModel
 
-    from wan.text2video import WanT2V
-
 logger = logging.getLogger(__name__)
 
 BOTH = (HIGH, LOW)
@@ -129,7 +127,7 @@ def lora_record(files: Iterable[LoraFile]) -> dict[str, list[dict[str, Any]]]:
     return record
 
 
-def apply_loras(pipe: WanT2V, files: Sequence[LoraFile]) -> None:
+def apply_loras(pipe, files: Sequence[LoraFile]) -> None:  # pipe: a loaded wan.text2video.WanT2V
     """Fuse every LoRA into its experts, in order; afterwards the experts hold plain weights again.
 
     Every file is checked against its experts before any is fused, so a refused set leaves the

@@ -10,16 +10,13 @@ model state to change: only the latent and the solver history.
 
 from __future__ import annotations
 
-import html
 import logging
-import re
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import ftfy
 import torch
 from tqdm.auto import tqdm
 
@@ -29,6 +26,7 @@ from wan.frames import latent_frame_count, predict_x0
 from wan.guidance import HIGH, LOW, StepPlan, apply_cfg, plan_steps
 from wan.half_frame import HalfFramePlan, default_steps, transition
 from wan.placement import Placement, Resident, apply_placement
+from wan.prompt import clean_prompt
 from wan.solvers import make_scheduler, step_sigmas
 from wan.validation import check_settings
 
@@ -97,12 +95,6 @@ class GenerationResult:
     tokens: dict[str, int] = field(default_factory=dict)  # tokens processed per expert, summed over forwards
     high_noise_steps: int = 0
     low_noise_steps: int = 0
-
-
-def clean_prompt(text: str) -> str:
-    """Fix mojibake, unescape HTML and squeeze white space, as Wan's text pipeline does before T5."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return re.sub(r"\s+", " ", text).strip()
 
 
 def encode_prompts(tokenizer, text_encoder, texts: list[str], text_len: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from wan.config import ConfigError, TaskConfig
 from wan.frames import COMPLETIONS
 from wan.guidance import HIGH, plan_steps
 from wan.half_frame import POSITIONS
+from wan.prompt import clean_prompt
 from wan.solvers import SOLVERS, make_scheduler
 from wan.video import VIDEO_SUFFIXES, writable_target_problem
 
@@ -100,7 +101,6 @@ def _frame_num(value: int, config: TaskConfig) -> str | None:
 
 
 def _prompt(value: str, config: TaskConfig) -> str | None:
-    from wan.text2video import clean_prompt  # text2video imports this module
 
     return None if clean_prompt(value) else "the prompt is empty after cleaning (white space, HTML, mojibake)"
 
