@@ -377,14 +377,11 @@ def load_pipeline(
 
 def largest_run(config: TaskConfig, runs: list[GenerationSettings]) -> dict[str, int]:
     """Token count and video shape of the run that needs the most memory, for the placement estimate."""
-    from wan.frames import latent_frame_count
+    from wan.distributed import token_counts
 
     def shape(s: GenerationSettings) -> dict[str, int]:
         width, height = config.parse_size(s.size)
-        frames = latent_frame_count(s.frame_num, config.vae_stride[0])
-        _, patch_h, patch_w = config.patch_size
-        tokens = frames * (height // config.vae_stride[1] // patch_h) * (width // config.vae_stride[2] // patch_w)
-        return {"tokens": tokens, "frames": s.frame_num, "height": height, "width": width}
+        return {"tokens": token_counts(config, s)[0], "frames": s.frame_num, "height": height, "width": width}
 
     empty = {"tokens": 0, "frames": 1, "height": 0, "width": 0}
     return max((shape(s) for s in runs), key=lambda d: d["tokens"], default=empty)
@@ -407,7 +404,6 @@ def sidecar_context(
             "levers": args.levers.as_dict(),
             "preset_notes": args.preset_notes,
             "t5_cpu": args.t5_cpu,
-            "attention_backend": args.attention_backend,
             "device": args.device,
         },
     }

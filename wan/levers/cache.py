@@ -94,8 +94,8 @@ def cache_config(method: str, value: float):
     )
 
 
-def enable_cache(pipe, spec_text: str) -> dict[str, float]:
-    """Install the cache hooks on both experts; returns each expert's knob (for the sidecar)."""
+def enable_cache(pipe, spec_text: str) -> None:
+    """Install the cache hooks on both experts, each with its own knob (logged)."""
     spec = parse_cache_spec(spec_text)
     calibration = read_calibration(getattr(pipe, "ckpt_dir", None))
     chosen = {}
@@ -104,7 +104,6 @@ def enable_cache(pipe, spec_text: str) -> dict[str, float]:
         expert.enable_cache(cache_config(spec.method, chosen[name]))
     pipe.compute_counter = ComputeCounter(pipe.experts)
     logger.info("cache %s: %s", spec.method, ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
-    return chosen
 
 
 class ComputeCounter:
