@@ -41,7 +41,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from wan.checkpoints import WanComponents  # noqa: E402
 from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
 from wan.frames import latent_frame_count  # noqa: E402
 from wan.guidance import HIGH, LOW, StepPlan, plan_steps, route  # noqa: E402
-from wan.levers import Levers, apply_levers  # noqa: E402
+from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
 from wan.levers.compile import compile_seconds, reset_compiled  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
 from wan.placement import Placement, apply_placement, choose_placement  # noqa: E402
@@ -861,13 +861,31 @@ class Bench:
 STAGES = ("text_encoding", "high_noise", "low_noise", "completion", "vae_decode")
 
 
+def mode_of(name: str) -> Mode | None:
+    """A mode by name: one of ``MODES``, optionally with levers after ``~`` (``preset_exact~attention_backend=X``)."""
+    base, _, lever_text = name.partition("~")
+    mode = MODES[base]
+    if not lever_text:
+        return mode
+    if mode is None:
+        raise ConfigError("the peer takes no levers")
+    return replace(mode, levers={**mode.levers, **parse_levers(lever_text)})
+
+
 def selected_modes(text: str) -> list[str]:
-    """--modes in run order (``MODES``' order), the peer always first."""
-    asked = {m.strip() for m in text.split(",") if m.strip()}
-    unknown = sorted(asked - set(MODES))
+    """--modes in run order (``MODES``' order, each base's variants after it), the peer always first."""
+    asked = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted({m for m in asked if m.partition("~")[0] not in MODES})
     if unknown:
         raise SystemExit(f"error: unknown --modes {', '.join(unknown)}; choose from {', '.join(MODES)}")
-    return [m for m in MODES if m in asked or m == "peer"]
+    try:
+        for name in asked:
+            mode_of(name)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    order = list(MODES)
+    ranked = sorted(dict.fromkeys(asked), key=lambda m: order.index(m.partition("~")[0]))
+    return ["peer", *(m for m in ranked if m != "peer")]
 
 
 def run(args: argparse.Namespace, started: float) -> dict[str, Any]:
@@ -880,7 +898,7 @@ def run(args: argparse.Namespace, started: float) -> dict[str, Any]:
     with bench.stage("matmul peak"):
         bench.measure_matmul()
     for name in modes:
-        mode = MODES[name]
+        mode = mode_of(name)
         if mode is not None and (reason := bench.unavailable(mode)):
             bench.skip(name, reason)
             continue

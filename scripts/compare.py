@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +44,7 @@ from wan.eval.metrics import compare_videos  # noqa: E402
 from wan.eval.motion import summarise_motion  # noqa: E402
 from wan.frames import COMPLETIONS  # noqa: E402
 from wan.half_frame import PLAIN_STEPS, POSITIONS  # noqa: E402
-from wan.levers import Levers, apply_levers  # noqa: E402
-from wan.levers.cache import parse_cache_spec  # noqa: E402
+from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
 from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
 from wan.video import atomic_path, frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
@@ -146,20 +145,6 @@ def mode_settings(mode: str) -> tuple[dict, Levers]:
         levers, _notes = resolve_levers(preset, parse_levers(lever_text), device)
         return preset_generation_defaults(preset), levers
     return mode_fields(name), replace(Levers(), **parse_levers(lever_text))
-
-
-def parse_levers(text: str) -> dict:
-    """``fp8/compile/cache=fbc:0.05`` -> {"fp8": True, "compile": True, "cache": "fbc:0.05"}."""
-    names = {f.name for f in fields(Levers)}
-    levers: dict = {}
-    for token in filter(None, text.split("/")):
-        key, has_value, value = token.partition("=")
-        if key not in names:
-            raise ConfigError(f"unknown lever {key!r} in a mode; levers: {', '.join(sorted(names))}")
-        levers[key] = value if has_value else True
-    if levers.get("cache"):
-        parse_cache_spec(levers["cache"])
-    return levers
 
 
 def worker_devices(args: argparse.Namespace) -> list[str]:

@@ -167,6 +167,11 @@ def test_cache_reports_skips_and_the_cost_of_a_skipped_forward(report):
 
 def test_selected_modes_run_in_order_with_the_peer():
     assert bench.selected_modes("cache,default") == ["peer", "default", "cache"]
+    assert bench.selected_modes("cache,default~compile") == ["peer", "default~compile", "cache"]
+    mode = bench.mode_of("preset_exact~attention_backend=native")
+    assert mode.preset == "exact" and mode.levers == {"attention_backend": "native"}
+    with pytest.raises(SystemExit, match="unknown lever 'warp'"):
+        bench.selected_modes("default~warp")
     with pytest.raises(SystemExit):
         bench.selected_modes("nope")
 

@@ -58,6 +58,19 @@ def test_cache_skips_forwards_and_stays_close(test_config, parts, baseline, spec
     assert torch.equal(result.video, again.video)
 
 
+def test_compute_counter_counts_under_compile(test_config, parts):
+    """The fast preset compiles the cached blocks: the counter must still see the forwards that computed."""
+    reset_compiled()
+    plain = make_pipe(test_config, parts)
+    apply_levers(plain, Levers(cache="taylorseer:2"))
+    plain.generate(SETTINGS, progress=False)
+    compiled = make_pipe(test_config, parts)
+    apply_levers(compiled, Levers(cache="taylorseer:2", compile=True))
+    compiled.generate(SETTINGS, progress=False)
+    assert compiled.compute_counter.snapshot() == plain.compute_counter.snapshot()
+    reset_compiled()
+
+
 def test_compute_counter_counts_every_full_forward(test_config, parts, baseline):
     pipe = make_pipe(test_config, parts)
     counter = ComputeCounter(pipe.experts)

@@ -9,10 +9,11 @@ since it depends on memory rather than on speed/quality trade-offs.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
+from wan.config import ConfigError
 from wan.levers.attention import set_attention_backend
-from wan.levers.cache import enable_cache
+from wan.levers.cache import enable_cache, parse_cache_spec
 from wan.levers.compile import compile_experts
 from wan.levers.fp8 import quantize_experts_fp8
 
@@ -30,6 +31,20 @@ class Levers:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def parse_levers(text: str) -> dict:
+    """``fp8/compile/cache=fbc:0.05`` -> {"fp8": True, "compile": True, "cache": "fbc:0.05"} (benchmark mode names)."""
+    names = {f.name for f in fields(Levers)}
+    levers: dict = {}
+    for token in filter(None, text.split("/")):
+        key, has_value, value = token.partition("=")
+        if key not in names:
+            raise ConfigError(f"unknown lever {key!r} in a mode; levers: {', '.join(sorted(names))}")
+        levers[key] = value if has_value else True
+    if levers.get("cache"):
+        parse_cache_spec(levers["cache"])
+    return levers
 
 
 def apply_levers(pipe, levers: Levers) -> None:

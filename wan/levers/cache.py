@@ -115,6 +115,9 @@ class ComputeCounter:
 
     def __init__(self, experts: dict[str, torch.nn.Module]):
         self.computed = {name: 0 for name in experts}
+        # Regional compile reuses block 0's code for every block and by default does not guard on hooks,
+        # so the last block would run without this one: guard on them (the last block compiles apart).
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
         for name, expert in experts.items():
             last_linear = [m for m in expert.blocks[-1].ffn.modules() if isinstance(m, torch.nn.Linear)][-1]
             last_linear.register_forward_pre_hook(self._hook(name))
