@@ -372,6 +372,7 @@ def load_pipeline(
         apply_loras(pipe, loras)  # before parallelize: FSDP and Ulysses then see plain fused weights
         timings["lora_fuse"] = time.perf_counter() - start
     apply_levers(pipe, args.levers)
+    args.cache_settings = getattr(pipe, "cache_settings", None)  # thresholds resolved from the calibration
     return pipe, timings
 
 
@@ -402,6 +403,7 @@ def sidecar_context(
             "placement": args.placement,
             "preset": args.preset,
             "levers": args.levers.as_dict(),
+            "cache_settings": getattr(args, "cache_settings", None),
             "preset_notes": args.preset_notes,
             "t5_cpu": args.t5_cpu,
             "device": args.device,

@@ -103,6 +103,7 @@ def enable_cache(pipe, spec_text: str) -> None:
         chosen[name] = expert_settings(spec, name, calibration)
         expert.enable_cache(cache_config(spec.method, chosen[name]))
     pipe.compute_counter = ComputeCounter(pipe.experts)
+    pipe.cache_settings = {"method": spec.method, **chosen}  # the sidecar records what each expert used
     logger.info("cache %s: %s", spec.method, ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
 
 
