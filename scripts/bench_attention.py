@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,6 @@ THIRD_PARTY = ("flash_attn", "flash_attn_interface", "flash_attn_cute", "sageatt
 
 def time_ms(fn, device: torch.device, repeats: int) -> float:
     """Mean milliseconds of ``fn`` over ``repeats`` calls, after one untimed call."""
-    import time
-
     fn()
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
