@@ -372,7 +372,6 @@ def load_pipeline(
         apply_loras(pipe, loras)  # before parallelize: FSDP and Ulysses then see plain fused weights
         timings["lora_fuse"] = time.perf_counter() - start
     apply_levers(pipe, args.levers)
-    args.cache_settings = getattr(pipe, "cache_settings", None)  # thresholds resolved from the calibration
     return pipe, timings
 
 
@@ -392,6 +391,8 @@ def sidecar_context(
     args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path, loras: list[LoraFile] | None = None
 ) -> dict[str, Any]:
     """What the sidecar records besides the video's own settings and timings."""
+    from wan.guidance import HIGH, LOW
+    from wan.levers.cache import cache_settings
     from wan.lora import lora_record
 
     return {
@@ -403,7 +404,7 @@ def sidecar_context(
             "placement": args.placement,
             "preset": args.preset,
             "levers": args.levers.as_dict(),
-            "cache_settings": getattr(args, "cache_settings", None),
+            "cache_settings": cache_settings(args.levers.cache, ckpt_dir, (HIGH, LOW)) if args.levers.cache else None,
             "preset_notes": args.preset_notes,
             "t5_cpu": args.t5_cpu,
             "device": args.device,

@@ -72,6 +72,14 @@ def assert_complete(path: Path, frames: int = 5, height: int = 32, width: int = 
     assert json.loads(sidecar_path(path).read_text())["save_file"] == str(path)
 
 
+def test_batch_sidecars_record_each_experts_cache_setting(cli, tmp_path):
+    """The batch's sidecar context is made before any load: the cache settings must not depend on the load."""
+    assert generate.main(cli(CAPTIONS[:1], "--cache", "fbc:0.2")) == 0
+    (video,) = (tmp_path / "out").glob("*.mp4")
+    options = json.loads(sidecar_path(video).read_text())["options"]
+    assert options["cache_settings"] == {"method": "fbc", "high_noise": 0.2, "low_noise": 0.2}
+
+
 # ----------------------------------------------------------------------------------- resume
 def test_killed_batch_resumes_with_every_item_done_once(cli, tmp_path):
     """SIGKILL mid-batch, then the same command: each item done exactly once, no partial file left."""

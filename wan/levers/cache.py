@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +79,14 @@ def expert_settings(spec: CacheSpec, expert: str, calibration: dict) -> float:
     calibrated = calibration.get(spec.method, {}).get(expert)
     if calibrated is not None:
         return float(calibrated)
-    default = DEFAULT_FBC_THRESHOLD if spec.method == "fbc" else DEFAULT_TAYLORSEER_INTERVAL
-    logger.warning("no calibrated %s setting for the %s expert: using %s", spec.method, expert, default)
-    return default
+    return DEFAULT_FBC_THRESHOLD if spec.method == "fbc" else DEFAULT_TAYLORSEER_INTERVAL
+
+
+def cache_settings(spec_text: str, ckpt_dir: str | Path | None, experts: Iterable[str]) -> dict[str, str | float]:
+    """What each expert uses for ``spec_text`` with this checkpoint's calibration: the sidecar's record too."""
+    spec = parse_cache_spec(spec_text)
+    calibration = read_calibration(ckpt_dir)
+    return {"method": spec.method, **{name: expert_settings(spec, name, calibration) for name in experts}}
 
 
 def cache_config(method: str, value: float):
@@ -101,9 +107,10 @@ def enable_cache(pipe, spec_text: str) -> None:
     chosen = {}
     for name, expert in pipe.experts.items():
         chosen[name] = expert_settings(spec, name, calibration)
+        if spec.value is None and name not in calibration.get(spec.method, {}):
+            logger.warning("no calibrated %s setting for the %s expert: using %s", spec.method, name, chosen[name])
         expert.enable_cache(cache_config(spec.method, chosen[name]))
     pipe.compute_counter = ComputeCounter(pipe.experts)
-    pipe.cache_settings = {"method": spec.method, **chosen}  # the sidecar records what each expert used
     logger.info("cache %s: %s", spec.method, ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
 
 
