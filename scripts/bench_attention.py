@@ -15,7 +15,7 @@ import argparse
 import importlib.util
 import json
 import logging
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_a14b import A14B_CONFIG, now  # noqa: E402
+
 logger = logging.getLogger("bench_attention")
 
 SHAPES = {"480p": 21 * 30 * 52, "720p": 21 * 45 * 80}  # latent frames x (H/16) x (W/16) at 81 frames
-HEADS, HEAD_DIM = 40, 128
+HEADS, HEAD_DIM = A14B_CONFIG["num_attention_heads"], A14B_CONFIG["attention_head_dim"]
 KERNELS = {
     "flash": SDPBackend.FLASH_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -39,18 +43,10 @@ THIRD_PARTY = ("flash_attn", "flash_attn_interface", "flash_attn_cute", "sageatt
 def time_ms(fn, device: torch.device, repeats: int) -> float:
     """Mean milliseconds of ``fn`` over ``repeats`` calls, after one untimed call."""
     fn()
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(repeats):
-            fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / repeats
-    began = time.perf_counter()
+    start = now(device)
     for _ in range(repeats):
         fn()
-    return (time.perf_counter() - began) * 1e3 / repeats
+    return (now(device) - start) * 1e3 / repeats
 
 
 def measure_shape(tokens: int, device: torch.device, dtype: torch.dtype, repeats: int, kernels: list[str]) -> dict:
