@@ -1,9 +1,13 @@
 """PyTorch's SDPA kernels on Wan2.2-A14B's self-attention shapes: milliseconds, TFLOP/s, error against flash.
 
-Each kernel is forced with ``sdpa_kernel`` on q, k, v of shape (1, 40 heads, L, 128) in bf16, L the
-tokens of 81 frames at 480p and 720p; mean of ``--repeats`` calls after one. The row ``default`` is
-PyTorch's own choice (what diffusers' ``native`` backend and the peer run). Installed third-party
-attention packages are listed, so the report says what else could have been tried.
+q, k, v come in the layout diffusers' Wan attention hands its backends, (1, L, 40 heads, 128) in
+bf16, L the tokens of 81 frames at 480p and 720p; SDPA gets them as (1, heads, L, 128) views, as
+diffusers' ``native`` backend does. Each SDPA kernel is forced with ``sdpa_kernel``; mean of
+``--repeats`` calls after one. The row ``default`` is PyTorch's own choice (what the ``native``
+backend and the peer run). Kernels from other packages run where installed: ``flash_4``
+(flash-attn-4 through the engine's ``--attention_backend flash_4`` op) and ``sage`` (SageAttention,
+int8 QK^T: approximate). Installed attention packages are listed, so the report says what else
+could have been tried.
 
     python scripts/bench_attention.py --out attention_kernels.json          # GPU (docs/PERFORMANCE.md)
     python scripts/bench_attention.py --device cpu --tokens 256 --out t.json # CPU check (math kernel)
@@ -27,6 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_a14b import A14B_CONFIG, now  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from wan.levers.attention import flash_attention_4  # noqa: E402
+
 logger = logging.getLogger("bench_attention")
 
 SHAPES = {"480p": 21 * 30 * 52, "720p": 21 * 45 * 80}  # latent frames x (H/16) x (W/16) at 81 frames
@@ -37,7 +45,31 @@ KERNELS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
-THIRD_PARTY = ("flash_attn", "flash_attn_interface", "flash_attn_cute", "sageattention", "kernels")
+OTHER_KERNELS = ("flash_4", "sage")
+THIRD_PARTY = ("flash_attn", "flash_attn_interface", "flash_attn.cute", "sageattention", "kernels")
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent is missing
+        return False
+
+
+def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Kernel ``name`` on (batch, tokens, heads, dim) tensors, the output in that layout."""
+    if name == "flash_4":
+        if not installed("flash_attn.cute"):
+            raise RuntimeError("flash-attn-4 is not installed")
+        return flash_attention_4(q, k, v)
+    if name == "sage":
+        if not installed("sageattention"):
+            raise RuntimeError("sageattention is not installed")
+        from sageattention import sageattn
+
+        return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
+    with sdpa_kernel([KERNELS[name]]):
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
 
 def time_ms(fn, device: torch.device, repeats: int) -> float:
@@ -51,23 +83,23 @@ def time_ms(fn, device: torch.device, repeats: int) -> float:
 
 def measure_shape(tokens: int, device: torch.device, dtype: torch.dtype, repeats: int, kernels: list[str]) -> dict:
     """Every kernel on one (1, HEADS, tokens, HEAD_DIM) problem; a kernel this machine lacks records its error."""
-    q, k, v = (torch.randn(1, HEADS, tokens, HEAD_DIM, device=device, dtype=dtype) for _ in range(3))
+    q, k, v = (torch.randn(1, tokens, HEADS, HEAD_DIM, device=device, dtype=dtype) for _ in range(3))
     flops = 4 * HEADS * tokens * tokens * HEAD_DIM
     result: dict[str, Any] = {"tokens": tokens, "flops": flops}
     reference = None
     for name in kernels:
         try:
-            with sdpa_kernel([KERNELS[name]]):
-                out = F.scaled_dot_product_attention(q, k, v)
-                ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), device, repeats)
-        except RuntimeError as exc:
+            out = attend(name, q, k, v)
+            ms = time_ms(lambda name=name: attend(name, q, k, v), device, repeats)
+        except (RuntimeError, AssertionError, ValueError) as exc:
             result[name] = {"error": (str(exc).splitlines() or [type(exc).__name__])[0][:200]}
             continue
         reference = out.float() if reference is None else reference
         error = float((out.float() - reference).norm() / reference.norm())
         result[name] = {"ms": ms, "tflops": flops / ms / 1e9, "relative_error_vs_first": error}
         logger.info("%d tokens %-9s %8.1f ms %6.0f TFLOP/s", tokens, name, ms, flops / ms / 1e9)
-    result["default"] = {"ms": time_ms(lambda: F.scaled_dot_product_attention(q, k, v), device, repeats)}
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+    result["default"] = {"ms": time_ms(lambda: F.scaled_dot_product_attention(qh, kh, vh), device, repeats)}
     logger.info("%d tokens default   %8.1f ms", tokens, result["default"]["ms"])
     return result
 
@@ -78,22 +110,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--tokens", type=int, default=None, help="one problem of this many tokens instead of 480p/720p")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated, from: {', '.join(KERNELS)}")
+    choices = [*KERNELS, *OTHER_KERNELS]
+    p.add_argument("--kernels", default=",".join(choices), help=f"comma-separated, from: {', '.join(choices)}")
     p.add_argument("--out", default="attention_kernels.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
-    unknown = sorted(set(kernels) - set(KERNELS))
+    unknown = sorted(set(kernels) - set(choices))
     if unknown:
-        raise SystemExit(f"error: unknown --kernels {', '.join(unknown)}; choose from {', '.join(KERNELS)}")
+        raise SystemExit(f"error: unknown --kernels {', '.join(unknown)}; choose from {', '.join(choices)}")
     shapes = {"custom": args.tokens} if args.tokens else SHAPES
     report = {
         "torch": torch.__version__,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": args.dtype,
-        "installed_attention_packages": [m for m in THIRD_PARTY if importlib.util.find_spec(m)],
+        "installed_attention_packages": [m for m in THIRD_PARTY if installed(m)],
         "shapes": {n: measure_shape(t, device, dtype, args.repeats, kernels) for n, t in shapes.items()},
     }
     Path(args.out).write_text(json.dumps(report, indent=1), encoding="utf-8")

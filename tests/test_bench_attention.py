@@ -22,7 +22,7 @@ def test_cpu_report(tmp_path):
             "--repeats",
             "1",
             "--kernels",
-            "math,cudnn",
+            "math,cudnn,flash_4",
             "--out",
             str(out),
         ]
@@ -32,4 +32,5 @@ def test_cpu_report(tmp_path):
     assert shape["math"]["ms"] > 0
     assert shape["flops"] == 4 * 40 * 64 * 64 * 128
     assert "error" in shape["cudnn"]  # no cuDNN kernel on a CPU: recorded, not raised
+    assert "error" in shape["flash_4"]  # a GPU kernel (or a missing package): recorded, not raised
     assert json.loads(out.read_text())["shapes"]["custom"]["tokens"] == 64

@@ -1,17 +1,100 @@
-"""Attention backend lever: diffusers' attention dispatcher (native SDPA, cuDNN, flash, sage, ...)."""
+"""Attention backend lever: diffusers' attention dispatcher (native SDPA, cuDNN, flash, sage, ...).
+
+One more name, ``flash_4``: FlashAttention 4 (the ``flash-attn-4`` package, CuTe DSL kernels with a
+Hopper forward) run through diffusers' ``flash_4_hub`` backend slot, its kernel taken from the
+installed package instead of a Hub download (no network on GPU hosts). The kernel is wrapped in a
+torch custom op, so regional ``torch.compile`` sees one opaque call instead of tracing CuTe code.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+
+import torch
+
 from wan.config import ConfigError
+
+FLASH_4 = "flash_4"
+
+
+@torch.library.custom_op("wan::flash_attention_4", mutates_args=())
+def flash_attention_4(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float | None = None, causal: bool = False
+) -> torch.Tensor:
+    """FlashAttention 4 on (batch, tokens, heads, head_dim) tensors; the output only, not the log-sum-exp."""
+    from flash_attn.cute import flash_attn_func
+
+    out = flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@flash_attention_4.register_fake
+def _(q, k, v, softmax_scale=None, causal=False):
+    return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+def backend_names() -> list[str]:
+    """Every name ``--attention_backend`` takes: diffusers' backends plus ``flash_4``."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return [b.value for b in AttentionBackendName] + [FLASH_4]
+
+
+def hopper_or_newer(device: torch.device) -> bool:
+    """FlashAttention 4 has forward kernels for compute capability 9.0 and up."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def flash_4_available(device: torch.device, parallel: bool = False) -> str | None:
+    """None if ``flash_4`` runs here, else why not (one line)."""
+    if not hopper_or_newer(device):
+        return "it needs a Hopper or newer GPU"
+    if importlib.util.find_spec("flash_attn") is None or importlib.util.find_spec("flash_attn.cute") is None:
+        return "it needs the flash-attn-4 package; pip install flash-attn-4"
+    if parallel:
+        return "diffusers has no context-parallel path for it (--ulysses_size, --cfg_parallel)"
+    return None
+
+
+def default_attention_backend(device: torch.device, parallel: bool = False) -> str | None:
+    """The fastest backend that keeps the video and runs here: ``flash_4`` where it runs, else diffusers' default.
+
+    Measured on an H200 at A14B's shapes (docs/PERFORMANCE.md): FlashAttention 4 682 TFLOP/s, PyTorch's
+    own choice (cuDNN) 566; the same math, so the video stays within bf16 rounding.
+    """
+    return FLASH_4 if flash_4_available(device, parallel) is None else None
+
+
+def _use_local_flash_4() -> str:
+    """Point diffusers' ``flash_4_hub`` slot at the installed flash-attn-4 kernel; return that backend's name."""
+    from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
+
+    _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB].kernel_fn = flash_attention_4
+    return AttentionBackendName.FLASH_4_HUB.value
+
+
+def _set_processor_backends(expert, backend: str) -> None:
+    """What ``ModelMixin.set_attention_backend`` does after its package checks, which want the Hub's ``kernels``."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    for module in expert.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and hasattr(processor, "_attention_backend"):
+            processor._attention_backend = AttentionBackendName(backend)
 
 
 def set_attention_backend(pipe, backend: str) -> None:
     """Use ``backend`` in both experts; a backend this machine lacks is a one-line error."""
-    from diffusers.models.attention_dispatch import AttentionBackendName
-
-    names = [b.value for b in AttentionBackendName]
+    names = backend_names()
     if backend not in names:
         raise ConfigError(f"unknown --attention_backend {backend!r}; choose one of: {', '.join(names)}")
+    if backend == FLASH_4:
+        if why := flash_4_available(pipe.device):
+            raise ConfigError(f"--attention_backend {FLASH_4}: {why}; run without it")
+        diffusers_name = _use_local_flash_4()
+        for expert in pipe.experts.values():
+            _set_processor_backends(expert, diffusers_name)
+        return
     try:
         for expert in pipe.experts.values():
             expert.set_attention_backend(backend)

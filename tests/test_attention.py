@@ -1,0 +1,77 @@
+"""The attention lever on the CPU: flash_4 wiring through a stand-in kernel, and its one-line errors."""
+
+import copy
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import as_components
+
+from wan.config import ConfigError
+from wan.levers import Levers, apply_levers
+from wan.levers import attention as attention_lever
+from wan.text2video import GenerationSettings, WanT2V
+
+SETTINGS = GenerationSettings(prompt="a red square moving left", seed=5, size="32*32", frame_num=9, sample_steps=4)
+
+
+@pytest.fixture
+def stand_in_flash_4(monkeypatch):
+    """A ``flash_attn.cute`` whose kernel is SDPA on flash's (batch, tokens, heads, dim) layout; counts its calls."""
+    calls = []
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
+        calls.append(q.shape)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale, is_causal=causal
+        )
+        return out.transpose(1, 2).contiguous(), None  # flash-attn returns (out, lse)
+
+    package, cute = types.ModuleType("flash_attn"), types.ModuleType("flash_attn.cute")
+    package.__path__, package.__spec__ = [], None
+    cute.flash_attn_func = flash_attn_func
+    package.cute = cute
+    monkeypatch.setitem(sys.modules, "flash_attn", package)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(attention_lever, "hopper_or_newer", lambda device: True)
+    return calls
+
+
+def test_flash_4_runs_every_attention_through_the_kernel(test_config, parts, stand_in_flash_4):
+    plain = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    baseline = plain.generate(SETTINGS, progress=False).video
+    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    apply_levers(pipe, Levers(attention_backend="flash_4"))
+    video = pipe.generate(SETTINGS, progress=False).video
+    torch.testing.assert_close(video, baseline, rtol=1e-4, atol=1e-4)
+    layers = sum(e.config.num_layers for e in pipe.experts.values()) // 2  # each step runs one expert
+    assert len(stand_in_flash_4) >= 2 * SETTINGS.sample_steps * layers  # self- and cross-attention, cond and uncond
+
+
+def test_flash_4_is_one_opaque_op_under_fullgraph_compile(stand_in_flash_4):
+    q, k, v = (torch.randn(1, 16, 2, 8) for _ in range(3))
+
+    def attend(q, k, v):
+        return torch.ops.wan.flash_attention_4(q, k, v, softmax_scale=None, causal=False) * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))
+    torch._dynamo.reset()
+
+
+def test_flash_4_without_the_package_is_one_line(test_config, parts, monkeypatch):
+    monkeypatch.setattr(attention_lever, "hopper_or_newer", lambda device: True)
+    monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: None)
+    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    with pytest.raises(ConfigError, match="flash_4: it needs the flash-attn-4 package; pip install flash-attn-4"):
+        apply_levers(pipe, Levers(attention_backend="flash_4"))
+
+
+def test_flash_4_on_a_cpu_is_one_line(test_config, parts):
+    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    with pytest.raises(ConfigError, match="flash_4: it needs a Hopper or newer GPU; run without it"):
+        apply_levers(pipe, Levers(attention_backend="flash_4"))
