@@ -216,7 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="float8 linear layers in the experts (torchao, row-wise scales; GPUs of compute capability 8.9+)",
     )
     speed.add_argument("--cache", default=None, help="step caching: fbc[:THRESHOLD] or taylorseer[:INTERVAL], or none")
-    speed.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
+    speed.add_argument(
+        "--attention_backend",
+        default=None,
+        help="a diffusers attention backend (e.g. _native_cudnn) or flash_4; default: flash_4 where flash-attn-4 "
+        "is installed on a Hopper or newer GPU (one GPU), else PyTorch's SDPA",
+    )
 
     batch = p.add_argument_group("batch (see README 'Batch generation')")
     batch.add_argument(
@@ -265,7 +270,8 @@ def resolve_levers(args: argparse.Namespace) -> Levers:
 
     cache = None if args.cache is None else ("" if args.cache.lower() == "none" else args.cache)
     explicit = {"compile": args.compile, "fp8": args.fp8, "cache": cache, "attention_backend": args.attention_backend}
-    levers, args.preset_notes = resolve(args.preset, explicit, torch.device(args.device))
+    parallel = args.ulysses_size > 1 or args.cfg_parallel
+    levers, args.preset_notes = resolve(args.preset, explicit, torch.device(args.device), parallel)
     return levers
 
 

@@ -8,7 +8,7 @@ import torch
 from tiny_models import as_components
 
 from wan.config import ConfigError
-from wan.levers import Levers, apply_levers
+from wan.levers import Levers, apply_levers, attention, presets
 from wan.levers.cache import ComputeCounter, parse_cache_spec
 from wan.levers.compile import compile_seconds, reset_compiled
 from wan.levers.presets import PRESETS, preset_generation_defaults, resolve_levers
@@ -104,6 +104,24 @@ def test_presets_leave_out_what_the_cpu_lacks_but_explicit_flags_fail():
     assert preset_generation_defaults("fast")["cfg_truncate_steps"] == 5 and preset_generation_defaults(None) == {}
     with pytest.raises(ConfigError, match="unknown --preset"):
         resolve_levers("turbo", {}, CPU)
+
+
+def test_flash_4_is_the_default_attention_only_where_it_runs(monkeypatch):
+    assert resolve_levers("exact", {}, CPU)[0].attention_backend is None  # diffusers' default off Hopper
+    with pytest.raises(ConfigError, match="--attention_backend flash_4: it needs a Hopper or newer GPU"):
+        resolve_levers(None, {"attention_backend": "flash_4"}, CPU)
+
+    def on_hopper(device, parallel=False):
+        return "no context-parallel path" if parallel else None
+
+    monkeypatch.setattr(attention, "flash_4_available", on_hopper)
+    monkeypatch.setattr(presets, "flash_4_available", on_hopper)
+    assert resolve_levers(None, {}, CPU)[0].attention_backend == "flash_4"
+    assert resolve_levers("exact", {}, CPU)[0].attention_backend == "flash_4"
+    assert resolve_levers("exact", {"attention_backend": "native"}, CPU)[0].attention_backend == "native"
+    assert resolve_levers("fast", {}, CPU, parallel=True)[0].attention_backend is None
+    with pytest.raises(ConfigError, match="flash_4: no context-parallel path"):
+        resolve_levers(None, {"attention_backend": "flash_4"}, CPU, parallel=True)
 
 
 def test_unknown_attention_backend_is_one_line(test_config, parts):

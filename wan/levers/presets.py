@@ -4,11 +4,15 @@ A preset only fills in what the user left unset: an explicit flag always wins. A
 lacks (float8 on a CPU or a pre-Ada GPU) is left out of a preset with a log line, while the same
 lever asked for explicitly is an error (``wan.levers.fp8``).
 
-- ``exact``: the fastest combination that keeps the video to bf16 tolerance (same math, other kernels).
+- ``exact``: the fastest combination that keeps the video to bf16 tolerance (same math, other kernels):
+  compile, on top of the default attention (FlashAttention 4 where it runs, ``wan.levers.attention``).
 - ``fast``: the fastest combination whose quality holds on t2v-tiny (>= 30 dB mean PSNR against the
   baseline over 32 held-out prompts, adherence within 2 points; docs/QUALITY.md has the table):
   compile, TaylorSeer step caching (a full forward every third step) and CFG truncation 5/3. Float8
   is left out: alone it costs t2v-tiny ~33 dB, too much to stack with caching under the bound.
+
+Without ``--attention_backend`` every run, preset or not, takes the fastest kernel that keeps the video
+and runs here (``default_attention_backend``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 from wan.config import ConfigError
 from wan.levers import Levers
+from wan.levers.attention import FLASH_4, default_attention_backend, flash_4_available
 from wan.levers.cache import parse_cache_spec
 from wan.levers.fp8 import fp8_available
 
@@ -44,10 +49,14 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def resolve_levers(preset: str | None, explicit: dict[str, Any], device: torch.device) -> tuple[Levers, list[str]]:
+def resolve_levers(
+    preset: str | None, explicit: dict[str, Any], device: torch.device, parallel: bool = False
+) -> tuple[Levers, list[str]]:
     """The levers of a run: ``explicit`` (lever name -> value, None where unset) over the preset's.
 
-    Returns the levers and one note per lever the preset wanted but this hardware lacks.
+    ``parallel``: the run splits each forward over GPUs (Ulysses, CFG parallel), which some kernels lack.
+    Returns the levers and one note per lever the preset wanted but this run lacks. An unset attention
+    backend becomes the default one for this run (``wan.levers.attention.default_attention_backend``).
     """
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -66,7 +75,11 @@ def resolve_levers(preset: str | None, explicit: dict[str, Any], device: torch.d
         raise ValueError(f"not levers: {sorted(unknown)}")
     if explicit.get("fp8") and (why := fp8_available(device)):
         raise ConfigError(f"--fp8: {why}; run without --fp8")
+    if explicit.get("attention_backend") == FLASH_4 and (why := flash_4_available(device, parallel)):
+        raise ConfigError(f"--attention_backend {FLASH_4}: {why}; run without it")
     chosen = replace(chosen, **{k: v for k, v in explicit.items() if v is not None})
+    if chosen.attention_backend is None:
+        chosen = replace(chosen, attention_backend=default_attention_backend(device, parallel))
     if chosen.cache:
         parse_cache_spec(chosen.cache)  # a bad spec fails here, before anything loads
     for note in notes:
