@@ -17,12 +17,18 @@ from wan.text2video import GenerationSettings, WanT2V
 SETTINGS = GenerationSettings(prompt="a red square moving left", seed=5, size="32*32", frame_num=9, sample_steps=4)
 
 
+class Calls(list):
+    broken: bool
+
+
 @pytest.fixture
 def stand_in_flash_4(monkeypatch):
     """A ``flash_attn.cute`` whose kernel is SDPA on flash's (batch, tokens, heads, dim) layout; counts its calls."""
-    calls = []
+    calls = Calls()
 
     def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
+        if calls.broken:
+            raise RuntimeError("cutlass DSL: no cu13 runtime\nlong trace")
         calls.append(q.shape)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale, is_causal=causal
@@ -33,11 +39,14 @@ def stand_in_flash_4(monkeypatch):
     package.__path__, package.__spec__ = [], None
     cute.flash_attn_func = flash_attn_func
     package.cute = cute
+    calls.broken = False
     monkeypatch.setitem(sys.modules, "flash_attn", package)
     monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
     monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: object())
     monkeypatch.setattr(attention_lever, "hopper_or_newer", lambda device: True)
-    return calls
+    attention_lever._flash_4_problem.cache_clear()
+    yield calls
+    attention_lever._flash_4_problem.cache_clear()
 
 
 def test_flash_4_runs_every_attention_through_the_kernel(test_config, parts, stand_in_flash_4):
@@ -75,3 +84,17 @@ def test_flash_4_on_a_cpu_is_one_line(test_config, parts):
     pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
     with pytest.raises(ConfigError, match="flash_4: it needs a Hopper or newer GPU; run without it"):
         apply_levers(pipe, Levers(attention_backend="flash_4"))
+
+
+def test_a_broken_flash_4_install_falls_back_by_default_and_fails_when_asked(test_config, parts, stand_in_flash_4):
+    stand_in_flash_4.broken = True
+    cpu = torch.device("cpu")
+    assert attention_lever.default_attention_backend(cpu) is None
+    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    with pytest.raises(ConfigError, match=r"flash_4: flash-attn-4 failed on this GPU \(cutlass DSL: no cu13 runtime\)"):
+        apply_levers(pipe, Levers(attention_backend="flash_4"))
+
+
+def test_a_working_flash_4_is_the_default(stand_in_flash_4):
+    assert attention_lever.default_attention_backend(torch.device("cpu")) == "flash_4"
+    assert attention_lever.default_attention_backend(torch.device("cpu"), parallel=True) is None

@@ -4,13 +4,18 @@ One more name, ``flash_4``: FlashAttention 4 (the ``flash-attn-4`` package, CuTe
 Hopper forward) run through diffusers' ``flash_4_hub`` backend slot, its kernel taken from the
 installed package instead of a Hub download (no network on GPU hosts). The kernel is wrapped in a
 torch custom op, so regional ``torch.compile`` sees one opaque call instead of tracing CuTe code.
+It is the default where it runs, so before it is chosen it runs once on a small problem against
+PyTorch's attention: a broken install or kernel build makes it unavailable (the default falls back
+to PyTorch's attention; asking for it is a one-line error) instead of failing mid-run.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
+import torch.nn.functional as F
 
 from wan.config import ConfigError
 
@@ -53,6 +58,23 @@ def flash_4_available(device: torch.device, parallel: bool = False) -> str | Non
         return "it needs the flash-attn-4 package; pip install flash-attn-4"
     if parallel:
         return "diffusers has no context-parallel path for it (--ulysses_size, --cfg_parallel)"
+    return _flash_4_problem(str(device))
+
+
+@functools.cache
+def _flash_4_problem(device: str) -> str | None:
+    """Run FlashAttention 4 once on a small problem against PyTorch's SDPA: None if they agree, else why not."""
+    q, k, v = (torch.randn(1, 256, 2, 128, device=device, dtype=torch.bfloat16) for _ in range(3))
+    try:
+        out = flash_attention_4(q, k, v).float()
+    except Exception as exc:  # any failure of the third-party package or its kernel build
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        return f"flash-attn-4 failed on this GPU ({first}); reinstall it (pip install -U flash-attn-4)"
+    reference = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    reference = reference.transpose(1, 2).float()
+    error = float((out - reference).norm() / reference.norm())
+    if not error < 1e-2:
+        return f"flash-attn-4 disagrees with PyTorch's attention here ({error:.1%} apart); reinstall it"
     return None
 
 
