@@ -215,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="float8 linear layers in the experts (torchao, row-wise scales; GPUs of compute capability 8.9+)",
     )
-    speed.add_argument("--cache", default=None, help="step caching: fbc[:THRESHOLD] or taylorseer[:INTERVAL], or none")
+    speed.add_argument(
+        "--cache", default=None, help="step caching: fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], or none"
+    )
     speed.add_argument(
         "--attention_backend",
         default=None,

@@ -56,7 +56,7 @@ def test_sidecar_records_each_experts_cache_setting(base, tmp_path):
     assert generate.main([*base, "--save_file", str(video), "--cache", "taylorseer:2"]) == 0
     options = json.loads(sidecar_path(video).read_text())["options"]
     assert options["levers"]["cache"] == "taylorseer:2"
-    assert options["cache_settings"] == {"method": "taylorseer", "high_noise": 2.0, "low_noise": 2.0}
+    assert options["cache_settings"] == {"method": "taylorseer", "order": 1, "high_noise": 2.0, "low_noise": 2.0}
 
 
 def test_default_name_in_save_dir(base, tmp_path):

@@ -9,7 +9,7 @@ from tiny_models import as_components
 
 from wan.config import ConfigError
 from wan.levers import Levers, apply_levers, attention, presets
-from wan.levers.cache import ComputeCounter, parse_cache_spec
+from wan.levers.cache import CacheSpec, ComputeCounter, parse_cache_spec
 from wan.levers.compile import compile_seconds, reset_compiled
 from wan.levers.presets import PRESETS, preset_generation_defaults, resolve_levers
 from wan.text2video import GenerationSettings, WanT2V
@@ -58,6 +58,17 @@ def test_cache_skips_forwards_and_stays_close(test_config, parts, baseline, spec
     assert torch.equal(result.video, again.video)
 
 
+def test_taylorseer_order_two_predicts_differently(test_config, parts, baseline):
+    assert parse_cache_spec("taylorseer:4:2") == CacheSpec("taylorseer", 4.0, order=2)
+    videos = {}
+    for spec in ("taylorseer:3", "taylorseer:3:2"):
+        pipe = make_pipe(test_config, parts)
+        apply_levers(pipe, Levers(cache=spec))
+        videos[spec] = pipe.generate(SETTINGS, progress=False).video
+    assert not torch.equal(videos["taylorseer:3"], videos["taylorseer:3:2"])  # the second-order term is used
+    assert (videos["taylorseer:3:2"] - baseline).abs().mean() < 0.2
+
+
 def test_compute_counter_counts_under_compile(test_config, parts):
     """The fast preset compiles the cached blocks: the counter must still see the forwards that computed."""
     reset_compiled()
@@ -85,6 +96,9 @@ def test_compute_counter_counts_every_full_forward(test_config, parts, baseline)
         ("fbc:abc", "'abc' is not a number"),
         ("fbc:1.5", "must be in (0, 1)"),
         ("taylorseer:1", "whole number >= 2"),
+        ("taylorseer:4:3", "order must be 1 or 2"),
+        ("taylorseer::2", "only taylorseer takes an order, after its interval"),
+        ("fbc:0.1:2", "only taylorseer takes an order"),
     ],
 )
 def test_bad_cache_specs(text, message):

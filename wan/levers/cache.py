@@ -7,10 +7,11 @@ A spec names the method and, optionally, its knob:
   and their cached residual is reused. Without a threshold, each expert takes its own calibrated
   one from ``cache_calibration.json`` in the checkpoint folder (``scripts/calibrate_cache.py``
   writes it), else ``DEFAULT_FBC_THRESHOLD``.
-- ``taylorseer[:INTERVAL]``: TaylorSeer, lite variant. After two full steps, every INTERVAL-th step
-  runs in full; on the steps between, every block is skipped and the output projection is predicted
-  by a first-order Taylor expansion in the step index. Only the [tokens, 64] output is kept per
-  context: predicting each block's attention and FFN instead would hold ~80 GB per context at A14B.
+- ``taylorseer[:INTERVAL[:ORDER]]``: TaylorSeer, lite variant. After two full steps, every
+  INTERVAL-th step runs in full; on the steps between, every block is skipped and the output
+  projection is predicted by a Taylor expansion of ORDER (1, the default, or 2) in the step index.
+  Only the [tokens, 64] output is kept per context: predicting each block's attention and FFN
+  instead would hold ~80 GB per context at A14B.
 
 Each expert has its own hooks, so its own state; the loop names every call's context
 (``cond``/``uncond`` and the frame count, ``wan.text2video.call_expert``), so cond and uncond, and
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,10 +38,14 @@ DEFAULT_TAYLORSEER_INTERVAL = 3
 CALIBRATION_FILE = "cache_calibration.json"
 
 
+MAX_TAYLORSEER_ORDER = 2
+
+
 @dataclass(frozen=True)
 class CacheSpec:
     method: str
     value: float | None  # threshold (fbc) or interval (taylorseer); None: calibrated or default
+    order: int = 1  # TaylorSeer's expansion order
 
 
 def parse_cache_spec(text: str) -> CacheSpec:
@@ -48,6 +53,13 @@ def parse_cache_spec(text: str) -> CacheSpec:
     method, _, value = text.strip().partition(":")
     if method not in METHODS:
         raise ConfigError(f"unknown --cache method {method!r}; choose one of: {', '.join(METHODS)} (e.g. fbc:0.05)")
+    value, _, order = value.partition(":")
+    if order:
+        if method != "taylorseer" or not value:
+            raise ConfigError(f"--cache {text}: only taylorseer takes an order, after its interval (taylorseer:4:2)")
+        if order not in {str(n) for n in range(1, MAX_TAYLORSEER_ORDER + 1)}:
+            raise ConfigError(f"--cache {text}: the taylorseer order must be 1 or 2, e.g. taylorseer:4:2")
+        return replace(parse_cache_spec(f"{method}:{value}"), order=int(order))
     if not value:
         return CacheSpec(method, None)
     try:
@@ -86,17 +98,22 @@ def cache_settings(spec_text: str, ckpt_dir: str | Path | None, experts: Iterabl
     """What each expert uses for ``spec_text`` with this checkpoint's calibration: the sidecar's record too."""
     spec = parse_cache_spec(spec_text)
     calibration = read_calibration(ckpt_dir)
-    return {"method": spec.method, **{name: expert_settings(spec, name, calibration) for name in experts}}
+    order = {"order": spec.order} if spec.method == "taylorseer" else {}
+    return {"method": spec.method, **order, **{name: expert_settings(spec, name, calibration) for name in experts}}
 
 
-def cache_config(method: str, value: float):
+def cache_config(method: str, value: float, order: int = 1):
     """The diffusers hook config for one expert."""
     from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
 
     if method == "fbc":
         return FirstBlockCacheConfig(threshold=value)
     return TaylorSeerCacheConfig(
-        cache_interval=int(value), disable_cache_before_step=2, taylor_factors_dtype=torch.float32, use_lite_mode=True
+        cache_interval=int(value),
+        disable_cache_before_step=2,
+        max_order=order,
+        taylor_factors_dtype=torch.float32,
+        use_lite_mode=True,
     )
 
 
@@ -109,9 +126,10 @@ def enable_cache(pipe, spec_text: str) -> None:
         chosen[name] = expert_settings(spec, name, calibration)
         if spec.value is None and name not in calibration.get(spec.method, {}):
             logger.warning("no calibrated %s setting for the %s expert: using %s", spec.method, name, chosen[name])
-        expert.enable_cache(cache_config(spec.method, chosen[name]))
+        expert.enable_cache(cache_config(spec.method, chosen[name], spec.order))
     pipe.compute_counter = ComputeCounter(pipe.experts)
-    logger.info("cache %s: %s", spec.method, ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
+    order = f" (order {spec.order})" if spec.method == "taylorseer" else ""
+    logger.info("cache %s%s: %s", spec.method, order, ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
 
 
 class ComputeCounter:
