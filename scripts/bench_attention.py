@@ -33,7 +33,7 @@ from bench_a14b import A14B_CONFIG, now  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wan.levers.attention import flash_attention_4  # noqa: E402
+from wan.levers.attention import flash_4_available, flash_attention_4  # noqa: E402
 
 logger = logging.getLogger("bench_attention")
 
@@ -59,8 +59,8 @@ def installed(module: str) -> bool:
 def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Kernel ``name`` on (batch, tokens, heads, dim) tensors, the output in that layout."""
     if name == "flash_4":
-        if not installed("flash_attn.cute"):
-            raise RuntimeError("flash-attn-4 is not installed")
+        if why := flash_4_available(q.device):
+            raise RuntimeError(why)
         return flash_attention_4(q, k, v)
     if name == "sage":
         if not installed("sageattention"):

@@ -36,9 +36,7 @@ METHODS = ("fbc", "taylorseer")
 DEFAULT_FBC_THRESHOLD = 0.05
 DEFAULT_TAYLORSEER_INTERVAL = 3
 CALIBRATION_FILE = "cache_calibration.json"
-
-
-MAX_TAYLORSEER_ORDER = 2
+TAYLORSEER_ORDERS = ("1", "2")
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ def parse_cache_spec(text: str) -> CacheSpec:
     if order:
         if method != "taylorseer" or not value:
             raise ConfigError(f"--cache {text}: only taylorseer takes an order, after its interval (taylorseer:4:2)")
-        if order not in {str(n) for n in range(1, MAX_TAYLORSEER_ORDER + 1)}:
+        if order not in TAYLORSEER_ORDERS:
             raise ConfigError(f"--cache {text}: the taylorseer order must be 1 or 2, e.g. taylorseer:4:2")
         return replace(parse_cache_spec(f"{method}:{value}"), order=int(order))
     if not value:
