@@ -33,7 +33,7 @@ def test_keeps_the_most_skipping_setting_above_the_bound(ckpt, task_file, tmp_pa
     assert written["_measured"]["fbc"]["skipped"] > 0
     # what --cache fbc then uses
     calibration = read_calibration(tmp_path) if out.name == "cache_calibration.json" else written
-    assert expert_settings(CacheSpec("fbc", None), "low_noise", calibration) == 0.9
+    assert expert_settings(CacheSpec("fbc"), "low_noise", calibration) == 0.9
 
 
 def test_no_setting_meets_the_bound_is_one_clear_error(ckpt, task_file, tmp_path):

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -59,7 +60,7 @@ def test_cache_skips_forwards_and_stays_close(test_config, parts, baseline, spec
 
 
 def test_taylorseer_order_two_predicts_differently(test_config, parts, baseline):
-    assert parse_cache_spec("taylorseer:4:2") == CacheSpec("taylorseer", 4.0, order=2)
+    assert parse_cache_spec("taylorseer:4:2") == CacheSpec("taylorseer", (4.0,), order=2)
     videos = {}
     for spec in ("taylorseer:3", "taylorseer:3:2"):
         pipe = make_pipe(test_config, parts)
@@ -67,6 +68,28 @@ def test_taylorseer_order_two_predicts_differently(test_config, parts, baseline)
         videos[spec] = pipe.generate(SETTINGS, progress=False).video
     assert not torch.equal(videos["taylorseer:3"], videos["taylorseer:3:2"])  # the second-order term is used
     assert (videos["taylorseer:3:2"] - baseline).abs().mean() < 0.2
+
+
+def test_per_expert_knobs_go_to_their_experts():
+    spec = parse_cache_spec("taylorseer:6+3:2")
+    assert spec == CacheSpec("taylorseer", (6.0, 3.0), order=2)
+    assert (spec.value_for("high_noise"), spec.value_for("low_noise")) == (6.0, 3.0)
+    assert parse_cache_spec("fbc:0.05").value_for("low_noise") == 0.05
+    assert parse_cache_spec("fbc").value_for("high_noise") is None  # calibrated or default
+
+
+def test_per_expert_intervals_compute_each_expert_at_its_own_rate(test_config, parts):
+    counts = {}
+    settings = dataclasses.replace(SETTINGS, sample_steps=24)  # enough steps in each expert for both rates
+    for spec in ("taylorseer:2", "taylorseer:2+4", "taylorseer:4+2"):
+        pipe = make_pipe(test_config, parts)
+        apply_levers(pipe, Levers(cache=spec))
+        pipe.generate(settings, progress=False)
+        counts[spec] = pipe.compute_counter.snapshot()
+    assert counts["taylorseer:2+4"]["high_noise"] == counts["taylorseer:2"]["high_noise"]
+    assert counts["taylorseer:2+4"]["low_noise"] < counts["taylorseer:2"]["low_noise"]
+    assert counts["taylorseer:4+2"]["high_noise"] < counts["taylorseer:2"]["high_noise"]
+    assert counts["taylorseer:4+2"]["low_noise"] == counts["taylorseer:2"]["low_noise"]
 
 
 def test_compute_counter_counts_under_compile(test_config, parts):
@@ -99,10 +122,13 @@ def test_compute_counter_counts_every_full_forward(test_config, parts, baseline)
         ("taylorseer:4:3", "order must be 1 or 2"),
         ("taylorseer::2", "only taylorseer takes an order, after its interval"),
         ("fbc:0.1:2", "only taylorseer takes an order"),
+        ("taylorseer:6+3+2", "give one value, or two as HIGH+LOW (e.g. taylorseer:6+3)"),
+        ("fbc:0.05+1.5", "must be in (0, 1)"),
+        ("taylorseer:6+", "'' is not a number"),
     ],
 )
 def test_bad_cache_specs(text, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse_cache_spec(text)
 
 

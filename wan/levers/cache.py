@@ -13,6 +13,10 @@ A spec names the method and, optionally, its knob:
   Only the [tokens, 64] output is kept per context: predicting each block's attention and FFN
   instead would hold ~80 GB per context at A14B.
 
+The knob may be one value for both experts or ``HIGH+LOW``, the high-noise expert's then the
+low-noise one's (``taylorseer:6+3:2``): with shift 12 the high-noise expert's steps move sigma far
+less than the low-noise expert's, so its output drifts less between steps and can be cached harder.
+
 Each expert has its own hooks, so its own state; the loop names every call's context
 (``cond``/``uncond`` and the frame count, ``wan.text2video.call_expert``), so cond and uncond, and
 half- and full-frame calls, never share a cache entry, and the state is reset at every video's start.
@@ -37,17 +41,30 @@ DEFAULT_FBC_THRESHOLD = 0.05
 DEFAULT_TAYLORSEER_INTERVAL = 3
 CALIBRATION_FILE = "cache_calibration.json"
 TAYLORSEER_ORDERS = ("1", "2")
+PER_EXPERT_EXAMPLES = {"fbc": "0.05+0.08", "taylorseer": "6+3"}
+
+
+EXPERTS = ("high_noise", "low_noise")  # the order of a ``HIGH+LOW`` knob
 
 
 @dataclass(frozen=True)
 class CacheSpec:
     method: str
-    value: float | None  # threshold (fbc) or interval (taylorseer); None: calibrated or default
+    values: tuple[float, ...] = ()  # one knob for both experts, or (high-noise, low-noise); (): calibrated or default
     order: int = 1  # TaylorSeer's expansion order
+
+    def value_for(self, expert: str) -> float | None:
+        """This expert's knob from the spec itself (None: take the calibrated or default one)."""
+        if len(self.values) == 2:
+            return self.values[EXPERTS.index(expert)]
+        return self.values[0] if self.values else None
 
 
 def parse_cache_spec(text: str) -> CacheSpec:
-    """``"fbc:0.05"`` -> CacheSpec("fbc", 0.05); one-line errors name what is allowed."""
+    """``"fbc:0.05"`` -> CacheSpec("fbc", (0.05,)); ``"taylorseer:6+3:2"`` -> per-expert intervals, order 2.
+
+    Errors are one line naming what is allowed.
+    """
     method, _, value = text.strip().partition(":")
     if method not in METHODS:
         raise ConfigError(f"unknown --cache method {method!r}; choose one of: {', '.join(METHODS)} (e.g. fbc:0.05)")
@@ -59,7 +76,16 @@ def parse_cache_spec(text: str) -> CacheSpec:
             raise ConfigError(f"--cache {text}: the taylorseer order must be 1 or 2, e.g. taylorseer:4:2")
         return replace(parse_cache_spec(f"{method}:{value}"), order=int(order))
     if not value:
-        return CacheSpec(method, None)
+        return CacheSpec(method)
+    knobs = value.split("+")
+    if len(knobs) > len(EXPERTS):
+        example = f"{method}:{PER_EXPERT_EXAMPLES[method]}"
+        raise ConfigError(f"--cache {text}: give one value, or two as HIGH+LOW (e.g. {example})")
+    return CacheSpec(method, tuple(_knob(text, method, knob) for knob in knobs))
+
+
+def _knob(text: str, method: str, value: str) -> float:
+    """One expert's threshold or interval, checked."""
     try:
         number = float(value)
     except ValueError:
@@ -68,7 +94,7 @@ def parse_cache_spec(text: str) -> CacheSpec:
         raise ConfigError(f"--cache {text}: the fbc threshold must be in (0, 1), e.g. fbc:0.05")
     if method == "taylorseer" and (number != int(number) or number < 2):
         raise ConfigError(f"--cache {text}: the taylorseer interval must be a whole number >= 2, e.g. taylorseer:3")
-    return CacheSpec(method, number)
+    return number
 
 
 def read_calibration(ckpt_dir: str | Path | None) -> dict:
@@ -84,8 +110,8 @@ def read_calibration(ckpt_dir: str | Path | None) -> dict:
 
 def expert_settings(spec: CacheSpec, expert: str, calibration: dict) -> float:
     """The knob for one expert: the spec's value, else the calibrated one, else the default."""
-    if spec.value is not None:
-        return spec.value
+    if (value := spec.value_for(expert)) is not None:
+        return value
     calibrated = calibration.get(spec.method, {}).get(expert)
     if calibrated is not None:
         return float(calibrated)
@@ -122,7 +148,7 @@ def enable_cache(pipe, spec_text: str) -> None:
     chosen = {}
     for name, expert in pipe.experts.items():
         chosen[name] = expert_settings(spec, name, calibration)
-        if spec.value is None and name not in calibration.get(spec.method, {}):
+        if spec.value_for(name) is None and name not in calibration.get(spec.method, {}):
             logger.warning("no calibrated %s setting for the %s expert: using %s", spec.method, name, chosen[name])
         expert.enable_cache(cache_config(spec.method, chosen[name], spec.order))
     pipe.compute_counter = ComputeCounter(pipe.experts)
@@ -147,6 +173,9 @@ class ComputeCounter:
             last_linear.register_forward_pre_hook(self._hook(name))
 
     def _hook(self, name: str):
+        # Opaque to dynamo: traced, the count became a guard (computed == n) that failed at every forward,
+        # so the last block recompiled on each (1.6 s of the fast preset's first step at A14B).
+        @torch.compiler.disable
         def count(_module, _args) -> None:
             self.computed[name] += 1
 
