@@ -5,8 +5,10 @@ bf16, L the tokens of 81 frames at 480p and 720p; SDPA gets them as (1, heads, L
 diffusers' ``native`` backend does. Each SDPA kernel is forced with ``sdpa_kernel``; mean of
 ``--repeats`` calls after one. The row ``default`` is PyTorch's own choice (what the ``native``
 backend and the peer run). Kernels from other packages run where installed: ``flash_4``
-(flash-attn-4 through the engine's ``--attention_backend flash_4`` op) and ``sage`` (SageAttention,
-int8 QK^T: approximate). Installed attention packages are listed, so the report says what else
+(flash-attn-4 through the engine's ``--attention_backend flash_4`` op), ``flash_4:MxN[:nors][:nool]``
+(its Hopper forward with another tile, MMA-PV from shared memory (``nors``) or no intra-warpgroup
+overlap (``nool``): the sweep that picks the engine's tile) and ``sage`` (SageAttention, int8
+QK^T: approximate). Installed attention packages are listed, so the report says what else
 could have been tried.
 
     python scripts/bench_attention.py --out attention_kernels.json          # GPU (docs/PERFORMANCE.md)
@@ -33,7 +35,7 @@ from bench_a14b import A14B_CONFIG, now  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wan.levers.attention import flash_4_available, flash_attention_4  # noqa: E402
+from wan.levers.attention import FlashTile, flash_4_available, flash_4_hopper, flash_attention_4  # noqa: E402
 
 logger = logging.getLogger("bench_attention")
 
@@ -58,10 +60,12 @@ def installed(module: str) -> bool:
 
 def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Kernel ``name`` on (batch, tokens, heads, dim) tensors, the output in that layout."""
-    if name == "flash_4":
+    if name.startswith("flash_4"):
         if why := flash_4_available(q.device):
             raise RuntimeError(why)
-        return flash_attention_4(q, k, v)
+        if name == "flash_4":
+            return flash_attention_4(q, k, v)
+        return flash_4_hopper(q, k, v, tile=parse_tile(name))
     if name == "sage":
         if not installed("sageattention"):
             raise RuntimeError("sageattention is not installed")
@@ -70,6 +74,16 @@ def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
         return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
     with sdpa_kernel([KERNELS[name]]):
         return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
+def parse_tile(name: str) -> FlashTile:
+    """``flash_4:128x176:nors:nool`` -> FlashTile(128, 176, mma_pv_is_rs=False, intra_wg_overlap=False)."""
+    size, *flags = name.split(":")[1:]
+    tile_m, tile_n = (int(v) for v in size.split("x"))
+    unknown = set(flags) - {"nors", "nool"}
+    if unknown:
+        raise SystemExit(f"error: unknown flash_4 tile flags {sorted(unknown)} in {name}; use nors, nool")
+    return FlashTile(tile_m, tile_n, "nors" not in flags, "nool" not in flags)
 
 
 def time_ms(fn, device: torch.device, repeats: int) -> float:
@@ -91,7 +105,7 @@ def measure_shape(tokens: int, device: torch.device, dtype: torch.dtype, repeats
         try:
             out = attend(name, q, k, v)
             ms = time_ms(lambda name=name: attend(name, q, k, v), device, repeats)
-        except (RuntimeError, AssertionError, ValueError) as exc:
+        except Exception as exc:  # a kernel this GPU or package lacks, or a tile that does not fit: recorded
             result[name] = {"error": (str(exc).splitlines() or [type(exc).__name__])[0][:200]}
             continue
         reference = out.float() if reference is None else reference
@@ -117,7 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
-    unknown = sorted(set(kernels) - set(choices))
+    unknown = sorted(set(kernels) - set(choices) - {k for k in kernels if k.startswith("flash_4:")})
+    for name in kernels:
+        if name.startswith("flash_4:"):
+            parse_tile(name)
     if unknown:
         raise SystemExit(f"error: unknown --kernels {', '.join(unknown)}; choose from {', '.join(choices)}")
     shapes = {"custom": args.tokens} if args.tokens else SHAPES

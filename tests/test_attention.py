@@ -98,3 +98,10 @@ def test_a_broken_flash_4_install_falls_back_by_default_and_fails_when_asked(tes
 def test_a_working_flash_4_is_the_default(stand_in_flash_4):
     assert attention_lever.default_attention_backend(torch.device("cpu")) == "flash_4"
     assert attention_lever.default_attention_backend(torch.device("cpu"), parallel=True) is None
+
+
+def test_the_tuned_hopper_tile_applies_only_where_it_was_measured():
+    q = torch.zeros(1, 8, 2, 128)
+    assert attention_lever.hopper_tile(q, causal=False) is None  # not on a GPU
+    tile = attention_lever.HOPPER_HEAD_DIM_128_TILE
+    assert tile.tile_n == 128  # the package's key tile: the same sums, so the same video

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,46 @@ logger = logging.getLogger(__name__)
 FLASH_4 = "flash_4"
 
 
+class FlashTile(NamedTuple):
+    """A FlashAttention 4 Hopper forward configuration: query x key tile, P@V from registers, overlap."""
+
+    tile_m: int
+    tile_n: int
+    mma_pv_is_rs: bool = True
+    intra_wg_overlap: bool = True
+
+
+HOPPER_HEAD_DIM_128_TILE: FlashTile | None = FlashTile(192, 128, mma_pv_is_rs=False)
+"""The tile for A14B's head_dim 128 (non-causal) on Hopper, instead of the package's 128 x 128 with P@V
+from registers: 694 vs 677 TFLOP/s at 480p, 674 vs 655 at 720p on an H200, the same key tile so the same
+sums (``scripts/bench_attention.py``'s sweep, docs/PERFORMANCE.md). None: the package's own choice."""
+
+
+def hopper_tile(q: torch.Tensor, causal: bool) -> FlashTile | None:
+    """The tuned tile where it was measured (a Hopper GPU, head_dim 128, not causal), else None."""
+    if HOPPER_HEAD_DIM_128_TILE is None or causal or q.shape[-1] != 128 or not q.is_cuda:
+        return None
+    return HOPPER_HEAD_DIM_128_TILE if torch.cuda.get_device_capability(q.device)[0] == 9 else None
+
+
+def flash_4_hopper(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float | None = None, tile: FlashTile = None
+) -> torch.Tensor:
+    """FlashAttention 4's forward with an explicit Hopper tile (its public call has no tile argument)."""
+    from flash_attn.cute.interface import _flash_attn_fwd
+
+    out = _flash_attn_fwd(
+        q,
+        k,
+        v,
+        softmax_scale=softmax_scale,
+        tile_mn=(tile.tile_m, tile.tile_n),
+        mma_pv_is_rs=tile.mma_pv_is_rs,
+        intra_wg_overlap=tile.intra_wg_overlap,
+    )
+    return out[0] if isinstance(out, tuple) else out
+
+
 @torch.library.custom_op("wan::flash_attention_4", mutates_args=())
 def flash_attention_4(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float | None = None, causal: bool = False
@@ -32,6 +73,8 @@ def flash_attention_4(
     """FlashAttention 4 on (batch, tokens, heads, head_dim) tensors; the output only, not the log-sum-exp."""
     from flash_attn.cute import flash_attn_func
 
+    if tile := hopper_tile(q, causal):
+        return flash_4_hopper(q, k, v, softmax_scale, tile)
     out = flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal)
     return out[0] if isinstance(out, tuple) else out
 
