@@ -677,7 +677,8 @@ class Bench:
         setup["levers_s"] = now(self.device) - start  # fp8 quantisation happens here, compilation in the warm-up
         if mode.vae_tiling:
             self.vae.enable_tiling()
-        self.dirty = bool(levers.fp8 or levers.compile or levers.cache or pipe.placement.name == "block_stream")
+        changed = any(value for name, value in levers.as_dict().items() if name != "attention_backend")
+        self.dirty = changed or pipe.placement.name == "block_stream"  # attention backends are reset above
         generation = scaled_generation(preset_generation_defaults(mode.preset), steps)
         info = {
             "kind": "ours",
