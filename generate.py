@@ -203,11 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default=None,
         choices=list(PRESETS),
-        help="exact: the fastest levers that keep the video (compile); fast: the fastest whose quality holds "
-        "on t2v-tiny (compile, TaylorSeer step cache, CFG truncation 5/3)",
+        help="exact: the fastest levers that keep the video (compile, split RoPE, fused projections); fast: the "
+        "fastest whose quality holds on t2v-tiny (exact's, TaylorSeer step cache, CFG truncation 5/3)",
     )
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="regional torch.compile of the blocks"
+    )
+    speed.add_argument(
+        "--split_rope",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="self-attention RoPE pairs stored as contiguous halves (same attention scores, faster kernel)",
+    )
+    speed.add_argument(
+        "--fuse_projections",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one GEMM for each attention's q/k/v (self) and k/v (cross) projections",
     )
     speed.add_argument(
         "--fp8",
@@ -271,7 +283,14 @@ def resolve_levers(args: argparse.Namespace) -> Levers:
     from wan.levers.presets import resolve_levers as resolve
 
     cache = None if args.cache is None else ("" if args.cache.lower() == "none" else args.cache)
-    explicit = {"compile": args.compile, "fp8": args.fp8, "cache": cache, "attention_backend": args.attention_backend}
+    explicit = {
+        "compile": args.compile,
+        "split_rope": args.split_rope,
+        "fuse_projections": args.fuse_projections,
+        "fp8": args.fp8,
+        "cache": cache,
+        "attention_backend": args.attention_backend,
+    }
     parallel = args.ulysses_size > 1 or args.cfg_parallel
     levers, args.preset_notes = resolve(args.preset, explicit, torch.device(args.device), parallel)
     return levers

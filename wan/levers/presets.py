@@ -5,10 +5,12 @@ lacks (float8 on a CPU or a pre-Ada GPU) is left out of a preset with a log line
 lever asked for explicitly is an error (``wan.levers.fp8``).
 
 - ``exact``: the fastest combination that keeps the video to bf16 tolerance (same math, other kernels):
-  compile, on top of the default attention (FlashAttention 4 where it runs, ``wan.levers.attention``).
+  compile, the half-split RoPE layout and fused q/k/v projections, on top of the default attention
+  (FlashAttention 4 where it runs, ``wan.levers.attention``).
 - ``fast``: the fastest combination whose quality holds on t2v-tiny (>= 30 dB mean PSNR against the
   baseline over 32 held-out prompts, adherence within 2 points; docs/QUALITY.md has the table):
-  compile, TaylorSeer step caching (a full forward every third step) and CFG truncation 5/3. Float8
+  exact's levers, TaylorSeer step caching (second order; a full forward every third high-noise step
+  and every fourth low-noise one) and CFG truncation 5/3. Float8
   is left out: alone it costs t2v-tiny ~33 dB, too much to stack with caching under the bound.
 
 Without ``--attention_backend`` every run, preset or not, takes the fastest kernel that keeps the video
@@ -41,9 +43,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "exact": Preset(Levers(compile=True)),
+    "exact": Preset(Levers(compile=True, split_rope=True, fuse_projections=True)),
     "fast": Preset(
-        Levers(compile=True, cache="taylorseer:3"),
+        Levers(compile=True, split_rope=True, fuse_projections=True, cache="taylorseer:3+4:2"),
         generation={"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3},
     ),
 }
