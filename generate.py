@@ -203,17 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default=None,
         choices=list(PRESETS),
-        help="exact: the fastest levers that keep the video (compile, split RoPE, fused projections); fast: the "
+        help="exact: the fastest levers that keep the video (compile, fused projections); fast: the "
         "fastest whose quality holds on t2v-tiny (exact's, TaylorSeer step cache, CFG truncation 5/3)",
     )
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="regional torch.compile of the blocks"
-    )
-    speed.add_argument(
-        "--split_rope",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="self-attention RoPE pairs stored as contiguous halves (same attention scores, faster kernel)",
     )
     speed.add_argument(
         "--fuse_projections",
@@ -285,7 +279,6 @@ def resolve_levers(args: argparse.Namespace) -> Levers:
     cache = None if args.cache is None else ("" if args.cache.lower() == "none" else args.cache)
     explicit = {
         "compile": args.compile,
-        "split_rope": args.split_rope,
         "fuse_projections": args.fuse_projections,
         "fp8": args.fp8,
         "cache": cache,

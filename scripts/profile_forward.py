@@ -45,15 +45,14 @@ KERNEL_CLASSES = (  # first match wins; names of cuBLAS/CUTLASS GEMMs, attention
 )
 
 
-VARIANT_FLAGS = ("static", "cdt", "autotune", "fuse", "split")
+VARIANT_FLAGS = ("static", "cdt", "autotune", "fuse")
 
 
 def variant_settings(name: str) -> dict[str, Any]:
     """``eager`` or ``compile`` (the exact preset's regional compile), then ``+``-joined flags.
 
     ``static`` compiles for one token count, ``cdt`` turns on inductor's coordinate-descent tuning,
-    ``autotune`` its GEMM autotuning, ``fuse`` the fused attention projections, ``split`` the half-split
-    RoPE layout (the levers ``fuse_projections`` and ``split_rope``).
+    ``autotune`` its GEMM autotuning, ``fuse`` the fused attention projections (``fuse_projections``).
     """
     base, *flags = name.split("+")
     if base not in ("eager", "compile") or set(flags) - set(VARIANT_FLAGS):
@@ -64,7 +63,6 @@ def variant_settings(name: str) -> dict[str, Any]:
         "coordinate_descent_tuning": "cdt" in flags,
         "max_autotune": "autotune" in flags,
         "fuse_projections": "fuse" in flags,
-        "split_rope": "split" in flags,
     }
 
 
@@ -119,7 +117,6 @@ def profile_variant(name: str, args: argparse.Namespace, config: dict[str, Any],
     pipe = SimpleNamespace(experts={"high_noise": expert}, device=device)
     levers = Levers(
         attention_backend=default_attention_backend(device),
-        split_rope=options["split_rope"],
         fuse_projections=options["fuse_projections"],
     )
     apply_levers(pipe, levers)

@@ -1,8 +1,8 @@
 """Speed levers: each a small module that wraps the loaded pipeline from outside the denoising loop.
 
 ``Levers`` says which are on; ``apply_levers`` installs them in a fixed order (attention backend,
-the half-split RoPE layout, fused projections (of the permuted weights), float8 weights (of the
-fused layers), step caching, compilation last so it traces what the others built). The loop in
+fused projections, float8 weights (of the fused layers), step caching, compilation last so it
+traces what the others built). The loop in
 ``wan.text2video`` never asks which lever is on. Placement (``wan.placement``) is chosen separately,
 since it depends on memory rather than on speed/quality trade-offs.
 """
@@ -18,7 +18,6 @@ from wan.levers.cache import enable_cache, parse_cache_spec
 from wan.levers.compile import compile_experts
 from wan.levers.fp8 import quantize_experts_fp8
 from wan.levers.fusion import fuse_projections
-from wan.levers.rope_layout import split_rope
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +27,6 @@ class Levers:
     """Which speed levers a run uses; recorded in the sidecar."""
 
     attention_backend: str | None = None  # a diffusers attention backend name; None: diffusers' default
-    split_rope: bool = False  # self-attention RoPE pairs as contiguous halves (wan.levers.rope_layout)
     fuse_projections: bool = False  # one GEMM per attention's q/k/v (wan.levers.fusion)
     fp8: bool = False  # float8 e4m3 linear layers in the experts' blocks (torchao, row-wise scales)
     cache: str | None = None  # step caching spec, e.g. "fbc:0.05" (wan.levers.cache)
@@ -56,8 +54,6 @@ def apply_levers(pipe, levers: Levers) -> None:
     """Install ``levers`` on a loaded, placed pipeline (once; quantisation and compilation are not undone)."""
     if levers.attention_backend:
         set_attention_backend(pipe, levers.attention_backend)
-    if levers.split_rope:
-        split_rope(pipe)
     if levers.fuse_projections:
         fuse_projections(pipe)
     if levers.fp8:

@@ -5,7 +5,7 @@ lacks (float8 on a CPU or a pre-Ada GPU) is left out of a preset with a log line
 lever asked for explicitly is an error (``wan.levers.fp8``).
 
 - ``exact``: the fastest combination that keeps the video to bf16 tolerance (same math, other kernels):
-  compile, the half-split RoPE layout and fused q/k/v projections, on top of the default attention
+  compile and fused q/k/v projections, on top of the default attention
   (FlashAttention 4 where it runs, ``wan.levers.attention``).
 - ``fast``: the fastest combination whose quality holds on t2v-tiny (>= 30 dB mean PSNR against the
   baseline over 32 held-out prompts, adherence within 2 points; docs/QUALITY.md has the table):
@@ -43,9 +43,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "exact": Preset(Levers(compile=True, split_rope=True, fuse_projections=True)),
+    "exact": Preset(Levers(compile=True, fuse_projections=True)),
     "fast": Preset(
-        Levers(compile=True, split_rope=True, fuse_projections=True, cache="taylorseer:3+4:2"),
+        Levers(compile=True, fuse_projections=True, cache="taylorseer:3+4:2"),
         generation={"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3},
     ),
 }
