@@ -46,12 +46,19 @@ def test_choices_and_their_errors(test_config, parts):
 
 @pytest.mark.parametrize(
     ("free_gib", "expected", "keeps_text_encoder", "need_gib"),
-    [(80, Resident, True, 30), (25, Resident, False, 20), (18, Resident, False, 15), (1, BlockStream, None, 15)],
+    [
+        (80, Resident, True, 30),
+        (25, Resident, False, 20),
+        (18, Resident, False, 15),
+        (12, ModelOffload, None, 10),
+        (1, BlockStream, None, 10),
+    ],
 )
 def test_auto_on_a_gpu_follows_the_estimate(
     test_config, parts, monkeypatch, free_gib, expected, keeps_text_encoder, need_gib
 ):
-    """Everything resident if it fits, else the text encoder visits, then a tiled decode, else streaming."""
+    """Everything resident if it fits, else the text encoder visits, then a tiled decode, then whole parts
+    visiting in turn, else streaming."""
     pipe = make_pipe(test_config, parts, Placement())
     pipe.device = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _device: (free_gib * placement.GIB, 80 * placement.GIB))
@@ -60,11 +67,34 @@ def test_auto_on_a_gpu_follows_the_estimate(
         "resident_peak_bytes",
         lambda *_a, with_text_encoder, tiled: (30 if with_text_encoder else 20 if not tiled else 15) * placement.GIB,
     )
+    monkeypatch.setattr(placement, "offload_peak_bytes", lambda *_a: 10 * placement.GIB)
     chosen = choose_placement(pipe, "auto", tokens=75600, frames=81, height=720, width=1280)
-    assert isinstance(chosen, expected)
+    assert type(chosen) is expected
     assert getattr(chosen, "keep_text_encoder", None) == keeps_text_encoder
-    assert getattr(chosen, "vae_tiling", None) == (None if expected is BlockStream else need_gib == 15)
+    assert getattr(chosen, "vae_tiling", None) == (need_gib == 15 if expected is Resident else None)
     assert f"{need_gib:.1f} GiB" in chosen.reason and f"{free_gib:.1f} GiB" in chosen.reason
+
+
+def test_offload_sends_the_expert_away_before_the_decode(test_config, parts):
+    pipe = make_pipe(test_config, parts, ModelOffload())
+    seen = []
+    pipe.generate(SETTINGS, progress=False, on_step=lambda plan, _latents: seen.append(set(pipe.placement._visiting)))
+    assert seen[0] == {"high_noise"} and seen[-1] == {"low_noise"}  # one expert at a time while sampling
+    assert pipe.placement._visiting == {}  # gone before the VAE decoded
+
+
+def test_offload_estimate_is_the_largest_part_with_its_working_set(test_config, parts):
+    pipe = make_pipe(test_config, parts, Placement())
+    config = pipe.experts["high_noise"].config
+    dim = config.num_attention_heads * config.attention_head_dim
+    working = placement.dit_activation_bytes(64, dim, config.ffn_dim)
+    expert = placement.module_bytes(pipe.experts["high_noise"]) + working
+    decode = placement.module_bytes(pipe.parts.vae) + placement.vae_decode_bytes(9, 32, 32, tiled=False)
+    text = placement.module_bytes(pipe.parts.text_encoder) * 1.1
+    assert placement.offload_peak_bytes(pipe, 64, 9, 32, 32) == int(max(expert, decode, text))
+    assert placement.offload_peak_bytes(pipe, 64, 9, 32, 32) < placement.resident_peak_bytes(
+        pipe, 64, 9, 32, 32, with_text_encoder=False
+    )
 
 
 def test_estimates_scale_as_expected():
