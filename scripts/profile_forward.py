@@ -45,14 +45,15 @@ KERNEL_CLASSES = (  # first match wins; names of cuBLAS/CUTLASS GEMMs, attention
 )
 
 
-VARIANT_FLAGS = ("static", "cdt", "autotune", "fuse")
+VARIANT_FLAGS = ("static", "cdt", "autotune", "fuse", "sdpa")
 
 
 def variant_settings(name: str) -> dict[str, Any]:
     """``eager`` or ``compile`` (the exact preset's regional compile), then ``+``-joined flags.
 
     ``static`` compiles for one token count, ``cdt`` turns on inductor's coordinate-descent tuning,
-    ``autotune`` its GEMM autotuning, ``fuse`` the fused attention projections (``fuse_projections``).
+    ``autotune`` its GEMM autotuning, ``fuse`` the fused attention projections (``fuse_projections``),
+    ``sdpa`` PyTorch's attention instead of the default one (``eager+sdpa`` is the peer's forward).
     """
     base, *flags = name.split("+")
     if base not in ("eager", "compile") or set(flags) - set(VARIANT_FLAGS):
@@ -63,6 +64,7 @@ def variant_settings(name: str) -> dict[str, Any]:
         "coordinate_descent_tuning": "cdt" in flags,
         "max_autotune": "autotune" in flags,
         "fuse_projections": "fuse" in flags,
+        "default_attention": "sdpa" not in flags,
     }
 
 
@@ -116,7 +118,7 @@ def profile_variant(name: str, args: argparse.Namespace, config: dict[str, Any],
     expert = build_expert(config, device, torch.bfloat16 if device.type == "cuda" else torch.float32, 0, 0.02)
     pipe = SimpleNamespace(experts={"high_noise": expert}, device=device)
     levers = Levers(
-        attention_backend=default_attention_backend(device),
+        attention_backend=default_attention_backend(device) if options["default_attention"] else None,
         fuse_projections=options["fuse_projections"],
     )
     apply_levers(pipe, levers)

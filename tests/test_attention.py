@@ -1,6 +1,7 @@
 """The attention lever on the CPU: flash_4 wiring through a stand-in kernel, and its one-line errors."""
 
 import copy
+import functools
 import sys
 import types
 
@@ -105,3 +106,12 @@ def test_the_tuned_hopper_tile_applies_only_where_it_was_measured():
     assert attention_lever.hopper_tile(q, causal=False) is None  # not on a GPU
     tile = attention_lever.HOPPER_HEAD_DIM_128_TILE
     assert tile.tile_n == 128  # the package's key tile: the same sums, so the same video
+
+
+def test_the_check_runs_once_per_gpu_however_it_is_named(stand_in_flash_4, monkeypatch):
+    checked = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(attention_lever, "_flash_4_problem", functools.cache(lambda device: checked.append(device)))
+    for name in ("cuda", "cuda:0", "cuda"):
+        assert attention_lever.flash_4_available(torch.device(name)) is None
+    assert checked == ["cuda:0"]

@@ -104,6 +104,8 @@ def flash_4_available(device: torch.device, parallel: bool = False) -> str | Non
         return "it needs the flash-attn-4 package; pip install flash-attn-4"
     if parallel:
         return "diffusers has no context-parallel path for it (--ulysses_size, --cfg_parallel)"
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one GPU: check it once
+        device = torch.device(device.type, torch.cuda.current_device())
     return _flash_4_problem(str(device))
 
 

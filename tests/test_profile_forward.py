@@ -1,0 +1,37 @@
+"""scripts/profile_forward.py on the CPU: variants parse, run, and the fused variant gives the same output."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+import profile_forward  # noqa: E402
+
+
+def test_cpu_report(tmp_path):
+    out = tmp_path / "p.json"
+    argv = ["--tiny", "--device", "cpu", "--size", "64*64", "--frame_num", "9", "--repeats", "1", "--vae"]
+    assert profile_forward.main([*argv, "--variants", "eager+sdpa,eager+fuse", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    plain, fused = report["variants"]["eager+sdpa"], report["variants"]["eager+fuse"]
+    assert fused["options"]["fuse_projections"] and not plain["options"]["default_attention"]
+    assert fused["output_checksum"] == pytest.approx(plain["output_checksum"], rel=1e-5)  # same expert, same math
+    assert set(report["vae_decode_s"]) == {"float32", "float32_cudnn_benchmark"}
+
+
+def test_variant_names():
+    assert profile_forward.variant_settings("compile+static+fuse") == {
+        "compile": True,
+        "dynamic": False,
+        "coordinate_descent_tuning": False,
+        "max_autotune": False,
+        "fuse_projections": True,
+        "default_attention": True,
+    }
+    with pytest.raises(SystemExit, match="unknown variant 'exact'"):
+        profile_forward.variant_settings("exact")
+    with pytest.raises(SystemExit, match="unknown variant 'compile\\+fast'"):
+        profile_forward.variant_settings("compile+fast")
