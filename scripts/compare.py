@@ -65,6 +65,8 @@ MODES: dict[str, dict] = {
 """Named modes; ``half_repeat`` is the seed's plain method (half frames up to the switch, repeat)."""
 WINDOW_MODE = re.compile(r"half@(\d+:\d*)((?:\+[a-z_0-9]+)*)")
 """``half@START:END`` plus options ``+stride2``, ``+<completion>``, ``+cfg_trunc``: any window of the curve."""
+TRUNCATION_MODE = re.compile(r"cfg_trunc@(\d+):(\d+)")
+"""``cfg_trunc@N:M``: the last N steps and the last M high-noise steps cond-only (``cfg_trunc`` is 5:3)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--modes",
         default=",".join(MODES),
-        help=f"comma-separated, from: {', '.join(MODES)}; or half@START:END[+stride2][+<completion>][+cfg_trunc]",
+        help=f"comma-separated, from: {', '.join(MODES)}; or half@START:END[+stride2][+<completion>][+cfg_trunc]; "
+        "or cfg_trunc@N:M (other truncation counts)",
     )
     p.add_argument("--size", default=None)
     p.add_argument("--frame_num", type=int, default=None)
@@ -108,9 +111,13 @@ def mode_fields(mode: str) -> dict:
     """GenerationSettings fields of a named mode or of ``half@START:END[+option...]``."""
     if mode in MODES:
         return MODES[mode]
+    if truncation := TRUNCATION_MODE.fullmatch(mode):
+        return {"cfg_truncate_steps": int(truncation[1]), "cfg_truncate_high_noise_steps": int(truncation[2])}
     match = WINDOW_MODE.fullmatch(mode)
     if not match:
-        raise ConfigError(f"unknown mode {mode!r}; choose from: {', '.join(MODES)}, or half@START:END[+option]")
+        raise ConfigError(
+            f"unknown mode {mode!r}; choose from: {', '.join(MODES)}, half@START:END[+option] or cfg_trunc@N:M"
+        )
     fields: dict = {"half_frame": True, "half_frame_steps": match[1]}
     for option in filter(None, match[2].split("+")):
         if option in POSITIONS:

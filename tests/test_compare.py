@@ -82,13 +82,14 @@ def test_window_mode_runs_its_window_and_motion_is_scored(report):
         ("half@0:", {"half_frame": True, "half_frame_steps": "0:"}),
         ("half@4:22+repeat+cfg_trunc", {"half_frame": True, "half_frame_steps": "4:22", "frame_completion": "repeat",
                                         **compare.CFG_TRUNCATION}),
+        ("cfg_trunc@14:3", {"cfg_truncate_steps": 14, "cfg_truncate_high_noise_steps": 3}),
     ],
 )  # fmt: skip
 def test_mode_fields(mode, fields):
     assert compare.mode_fields(mode) == fields
 
 
-@pytest.mark.parametrize("mode", ["warp_speed", "half@4", "half@1:3+fast"])
+@pytest.mark.parametrize("mode", ["warp_speed", "half@4", "half@1:3+fast", "cfg_trunc@5"])
 def test_unknown_mode_is_refused(mode):
     with pytest.raises(compare.ConfigError, match="unknown"):
         compare.parse_modes(mode)
