@@ -222,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="float8 linear layers in the experts (torchao, row-wise scales; GPUs of compute capability 8.9+)",
     )
     speed.add_argument(
-        "--cache", default=None, help="step caching: fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], or none"
+        "--cache",
+        default=None,
+        help="step caching: fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], a knob per expert as HIGH+LOW "
+        "(taylorseer:3+4:2), or none",
     )
     speed.add_argument(
         "--attention_backend",
