@@ -65,7 +65,7 @@ def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
             raise RuntimeError(why)
         if name == "flash_4":
             return flash_attention_4(q, k, v)
-        return flash_4_hopper(q, k, v, tile=parse_tile(name))
+        return flash_4_hopper(q, k, v, parse_tile(name))
     if name == "sage":
         if not installed("sageattention"):
             raise RuntimeError("sageattention is not installed")

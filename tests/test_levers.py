@@ -122,7 +122,7 @@ def test_compute_counter_counts_every_full_forward(test_config, parts, baseline)
         ("taylorseer:4:3", "order must be 1 or 2"),
         ("taylorseer::2", "only taylorseer takes an order, after its interval"),
         ("fbc:0.1:2", "only taylorseer takes an order"),
-        ("taylorseer:6+3+2", "give one value, or two as HIGH+LOW (e.g. taylorseer:6+3)"),
+        ("taylorseer:6+3+2", "give one value, or two as HIGH+LOW (e.g. taylorseer:3+4)"),
         ("fbc:0.05+1.5", "must be in (0, 1)"),
         ("taylorseer:6+", "'' is not a number"),
     ],

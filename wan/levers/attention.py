@@ -49,7 +49,7 @@ def hopper_tile(q: torch.Tensor, causal: bool) -> FlashTile | None:
 
 
 def flash_4_hopper(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float | None = None, tile: FlashTile = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tile: FlashTile, softmax_scale: float | None = None
 ) -> torch.Tensor:
     """FlashAttention 4's forward with an explicit Hopper tile (its public call has no tile argument)."""
     from flash_attn.cute.interface import _flash_attn_fwd
@@ -74,7 +74,7 @@ def flash_attention_4(
     from flash_attn.cute import flash_attn_func
 
     if tile := hopper_tile(q, causal):
-        return flash_4_hopper(q, k, v, softmax_scale, tile)
+        return flash_4_hopper(q, k, v, tile, softmax_scale)
     out = flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal)
     return out[0] if isinstance(out, tuple) else out
 

@@ -14,8 +14,8 @@ A spec names the method and, optionally, its knob:
   instead would hold ~80 GB per context at A14B.
 
 The knob may be one value for both experts or ``HIGH+LOW``, the high-noise expert's then the
-low-noise one's (``taylorseer:6+3:2``): with shift 12 the high-noise expert's steps move sigma far
-less than the low-noise expert's, so its output drifts less between steps and can be cached harder.
+low-noise one's (``taylorseer:3+4:2``): on t2v-tiny the low-noise expert takes every 4th step at
+0.1 dB while caching the high-noise expert harder costs dB fast (docs/QUALITY.md).
 
 Each expert has its own hooks, so its own state; the loop names every call's context
 (``cond``/``uncond`` and the frame count, ``wan.text2video.call_expert``), so cond and uncond, and
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from wan.config import ConfigError
+from wan.guidance import HIGH, LOW
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +42,8 @@ DEFAULT_FBC_THRESHOLD = 0.05
 DEFAULT_TAYLORSEER_INTERVAL = 3
 CALIBRATION_FILE = "cache_calibration.json"
 TAYLORSEER_ORDERS = ("1", "2")
-PER_EXPERT_EXAMPLES = {"fbc": "0.05+0.08", "taylorseer": "6+3"}
-
-
-EXPERTS = ("high_noise", "low_noise")  # the order of a ``HIGH+LOW`` knob
+PER_EXPERT_EXAMPLES = {"fbc": "0.05+0.08", "taylorseer": "3+4"}
+EXPERTS = (HIGH, LOW)  # the order of a ``HIGH+LOW`` knob
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class CacheSpec:
 
 
 def parse_cache_spec(text: str) -> CacheSpec:
-    """``"fbc:0.05"`` -> CacheSpec("fbc", (0.05,)); ``"taylorseer:6+3:2"`` -> per-expert intervals, order 2.
+    """``"fbc:0.05"`` -> CacheSpec("fbc", (0.05,)); ``"taylorseer:3+4:2"`` -> per-expert intervals, order 2.
 
     Errors are one line naming what is allowed.
     """
