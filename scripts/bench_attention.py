@@ -7,8 +7,9 @@ diffusers' ``native`` backend does. Each SDPA kernel is forced with ``sdpa_kerne
 backend and the peer run). Kernels from other packages run where installed: ``flash_4``
 (flash-attn-4 through the engine's ``--attention_backend flash_4`` op), ``flash_4:MxN[:nors][:nool]``
 (its Hopper forward with another tile, MMA-PV from shared memory (``nors``) or no intra-warpgroup
-overlap (``nool``): the sweep that picks the engine's tile) and ``sage`` (SageAttention, int8
-QK^T: approximate). Installed attention packages are listed, so the report says what else
+overlap (``nool``): the sweep that picks the engine's tile), ``flash_3`` (FlashAttention 3's Hopper
+build, ``flash_attn_interface``, as diffusers' ``_flash_3`` backend calls it) and ``sage``
+(SageAttention, int8 QK^T: approximate). Installed attention packages are listed, so the report says what else
 could have been tried.
 
     python scripts/bench_attention.py --out attention_kernels.json          # GPU (docs/PERFORMANCE.md)
@@ -47,7 +48,7 @@ KERNELS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
-OTHER_KERNELS = ("flash_4", "sage")
+OTHER_KERNELS = ("flash_4", "flash_3", "sage")
 THIRD_PARTY = ("flash_attn", "flash_attn_interface", "flash_attn.cute", "sageattention", "kernels")
 
 
@@ -66,6 +67,13 @@ def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
         if name == "flash_4":
             return flash_attention_4(q, k, v)
         return flash_4_hopper(q, k, v, parse_tile(name))
+    if name == "flash_3":
+        if not installed("flash_attn_interface"):
+            raise RuntimeError("flash_attn_interface (FlashAttention 3) is not installed")
+        from flash_attn_interface import flash_attn_func
+
+        out = flash_attn_func(q, k, v)
+        return out[0] if isinstance(out, tuple) else out
     if name == "sage":
         if not installed("sageattention"):
             raise RuntimeError("sageattention is not installed")

@@ -22,7 +22,7 @@ def test_cpu_report(tmp_path):
             "--repeats",
             "1",
             "--kernels",
-            "math,cudnn,flash_4",
+            "math,cudnn,flash_4,flash_3",
             "--out",
             str(out),
         ]
@@ -33,4 +33,5 @@ def test_cpu_report(tmp_path):
     assert shape["flops"] == 4 * 40 * 64 * 64 * 128
     assert "error" in shape["cudnn"]  # no cuDNN kernel on a CPU: recorded, not raised
     assert "error" in shape["flash_4"]  # a GPU kernel (or a missing package): recorded, not raised
+    assert "error" in shape["flash_3"]
     assert json.loads(out.read_text())["shapes"]["custom"]["tokens"] == 64
