@@ -1,9 +1,10 @@
 """Score accelerated modes against the baseline: same prompts, same seeds, same weights.
 
 For each mode and prompt: MSE / PSNR / SSIM of the video against the baseline video, the number
-of DiT forwards and tokens processed (the speed proxy that holds on any machine), seconds, and on
-``t2v-tiny`` prompt adherence (``wan.eval.adherence``) and motion amplitude against the baseline's
-(``wan.eval.motion``: mean ratio, and the motion error, mean |ratio - 1|). Writes ``report.json``, prints a table, and
+of DiT forwards (and of those whose blocks ran, under a cache lever) and tokens processed (the
+speed proxy that holds on any machine), seconds, and on ``t2v-tiny`` prompt adherence
+(``wan.eval.adherence``) and motion amplitude against the baseline's (``wan.eval.motion``: mean
+ratio, and the motion error, mean |ratio - 1|). Writes ``report.json``, prints a table, and
 writes a side-by-side PNG (one row per mode) and mp4 for the first prompt.
 
 ``--workers N`` runs N copies of this script (``--shard K/N``: prompts i with i % N == K, seeds still
@@ -283,6 +284,8 @@ def run_prompts(
         for mode in modes:
             start = time.perf_counter()
             fields_, levers = mode_settings(mode)
+            counter = getattr(pipes[levers], "compute_counter", None)  # set by a cache lever
+            before = sum(counter.snapshot().values()) if counter else 0
             result = pipes[levers].generate(replace(base, **fields_), progress=False)
             seconds = time.perf_counter() - start
             frames = to_uint8_frames(result.video)
@@ -295,6 +298,7 @@ def run_prompts(
                     "seed": base.seed,
                     **scores,
                     "forwards": sum(result.forwards.values()),
+                    "computed": sum(counter.snapshot().values()) - before if counter else sum(result.forwards.values()),
                     "tokens": sum(result.tokens.values()),
                     "seconds": seconds,
                     "adherent": adherence_check(config.task, result.video, prompt),
@@ -378,6 +382,7 @@ def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], 
             "ssim": summarise([r["ssim"] for r in rows], min),
             "forwards": float(np.mean([r["forwards"] for r in rows])),
             "forwards_vs_baseline": float(np.mean([r["forwards"] for r in rows]) / base_forwards),
+            "computed": float(np.mean([r.get("computed", r["forwards"]) for r in rows])),
             "tokens": float(np.mean([r["tokens"] for r in rows])),
             "tokens_vs_baseline": float(np.mean([r["tokens"] for r in rows]) / base_tokens),
             "seconds": float(np.mean([r["seconds"] for r in rows])),
@@ -399,7 +404,7 @@ def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], 
 def format_table(report: dict) -> str:
     head = (
         f"{'mode':<24} {'MSE mean':>9} {'PSNR mean':>9} {'PSNR min':>8} {'SSIM mean':>9} {'SSIM min':>8} "
-        f"{'fwd':>6} {'tokens':>7} {'sec':>6} {'adher.':>6} {'motion':>6} {'m.err':>6}"
+        f"{'fwd':>6} {'comp':>6} {'tokens':>7} {'sec':>6} {'adher.':>6} {'motion':>6} {'m.err':>6}"
     )
     lines = [head, "-" * len(head)]
     for mode, m in report["modes"].items():
@@ -408,7 +413,7 @@ def format_table(report: dict) -> str:
         error = "-" if m.get("motion_error") is None else f"{m['motion_error']:.2f}"
         lines.append(
             f"{mode:<24} {m['mse']['mean']:>9.5f} {m['psnr']['mean']:>9.2f} {m['psnr']['worst']:>8.2f} "
-            f"{m['ssim']['mean']:>9.4f} {m['ssim']['worst']:>8.4f} {m['forwards']:>6.1f} "
+            f"{m['ssim']['mean']:>9.4f} {m['ssim']['worst']:>8.4f} {m['forwards']:>6.1f} {m['computed']:>6.1f} "
             f"{m['tokens_vs_baseline']:>6.2f}x {m['seconds']:>6.2f} {adherence:>6} {motion:>6} {error:>6}"
         )
     return "\n".join(lines)

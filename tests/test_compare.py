@@ -51,6 +51,7 @@ def test_modes_are_scored_and_counted(report):
     # cond-only (the last 5 steps cover the last 3 high-noise ones): 5 passes fewer.
     assert modes["cfg_trunc"]["forwards"] == 16 - 5
     assert modes["half_repeat"]["forwards"] == 16
+    assert all(m["computed"] == m["forwards"] for m in modes.values())  # no cache lever: every forward computes
     # 9 frames -> 3 latent frames; half-frame runs the 6 high-noise steps on 2 of them.
     assert modes["half_repeat"]["tokens_vs_baseline"] == pytest.approx((12 * 2 + 4 * 3) / (16 * 3))
     for m in modes.values():

@@ -31,6 +31,16 @@ def test_released_schedule_splits_26_high_14_low():
     assert sum(p.forwards for p in plans) == 80
 
 
+def test_every_plan_knows_its_sigma_and_the_step_count():
+    """Cache hooks read them from the cache context (SeaCache's filter needs the exact sigma)."""
+    scheduler = make_scheduler("unipc", 12.0)
+    scheduler.set_timesteps(40)
+    sigmas = scheduler.sigmas.tolist()
+    plans = plan(sigmas=sigmas)
+    assert [p.steps for p in plans] == [40] * 40 and [p.sigma for p in plans] == sigmas[:-1]
+    assert all(abs(p.sigma - s) < 2e-3 for p, s in zip(plan(), sigmas, strict=False))  # timestep / 1000 without
+
+
 def test_cfg_truncation_marks_exactly_the_chosen_steps():
     plans = plan(cfg_truncate_steps=5, cfg_truncate_high_noise_steps=3)
     cond_only = [p.index for p in plans if not p.use_cfg]

@@ -47,7 +47,7 @@ def test_compile_keeps_the_video_and_reports_its_time(test_config, parts, baseli
     reset_compiled()
 
 
-@pytest.mark.parametrize("spec", ["fbc:0.2", "taylorseer:2"])
+@pytest.mark.parametrize("spec", ["fbc:0.2", "taylorseer:2", "sea:1.0"])
 def test_cache_skips_forwards_and_stays_close(test_config, parts, baseline, spec):
     pipe = make_pipe(test_config, parts)
     apply_levers(pipe, Levers(cache=spec))
@@ -68,6 +68,11 @@ def test_taylorseer_order_two_predicts_differently(test_config, parts, baseline)
         videos[spec] = pipe.generate(SETTINGS, progress=False).video
     assert not torch.equal(videos["taylorseer:3"], videos["taylorseer:3:2"])  # the second-order term is used
     assert (videos["taylorseer:3:2"] - baseline).abs().mean() < 0.2
+
+
+def test_sea_spec_takes_a_threshold_and_a_run():
+    assert parse_cache_spec("sea:0.5:3") == CacheSpec("sea", (0.5,), max_run=3)
+    assert parse_cache_spec("sea").max_run == 2 and parse_cache_spec("sea").value_for("high_noise") is None
 
 
 def test_per_expert_knobs_go_to_their_experts():
@@ -120,11 +125,13 @@ def test_compute_counter_counts_every_full_forward(test_config, parts, baseline)
         ("fbc:1.5", "must be in (0, 1)"),
         ("taylorseer:1", "whole number >= 2"),
         ("taylorseer:4:3", "order must be 1 or 2"),
-        ("taylorseer::2", "only taylorseer takes an order, after its interval"),
-        ("fbc:0.1:2", "only taylorseer takes an order"),
+        ("taylorseer::2", "only taylorseer (an order) and sea (a run) take a third field, after their knob"),
+        ("fbc:0.1:2", "only taylorseer (an order) and sea (a run) take a third field"),
+        ("sea:0.5:0", "the sea run must be a whole number from 1 to 8"),
         ("taylorseer:6+3+2", "give one value, or two as HIGH+LOW (e.g. taylorseer:3+4)"),
         ("fbc:0.05+1.5", "must be in (0, 1)"),
         ("taylorseer:6+", "'' is not a number"),
+        ("sea:0", "the sea threshold must be positive"),
     ],
 )
 def test_bad_cache_specs(text, message):

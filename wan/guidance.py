@@ -25,6 +25,8 @@ class StepPlan:
     expert: str  # HIGH or LOW
     guide_scale: float
     use_cfg: bool  # False: conditional pass only
+    sigma: float | None = None  # the solver's sigma at this step (cache hooks read it)
+    steps: int | None = None  # the schedule's step count
 
     @property
     def forwards(self) -> int:
@@ -45,8 +47,11 @@ def plan_steps(
     num_train_timesteps: int = 1000,
     cfg_truncate_steps: int = 0,
     cfg_truncate_high_noise_steps: int = 0,
+    sigmas: Sequence[float] | None = None,
 ) -> list[StepPlan]:
     """Plan every step.
+
+    ``sigmas``: the solver's sigma at each step (default: timestep / num_train_timesteps).
 
     ``cfg_truncate_steps`` N: the last N steps of the schedule run cond-only.
     ``cfg_truncate_high_noise_steps`` M: the last M high-noise steps before the switch run cond-only.
@@ -68,10 +73,12 @@ def plan_steps(
     cond_only = set(range(len(timesteps) - cfg_truncate_steps, len(timesteps)))
     if cfg_truncate_high_noise_steps:
         cond_only.update(high_steps[-cfg_truncate_high_noise_steps:])
+    sigmas = [float(t) / num_train_timesteps for t in timesteps] if sigmas is None else sigmas
     plans = []
     for i, (t, expert) in enumerate(zip(timesteps, experts, strict=True)):
         scale = guide_scale_high if expert == HIGH else guide_scale_low
-        plans.append(StepPlan(i, float(t), expert, scale, use_cfg=i not in cond_only and scale > 1.0))
+        use_cfg = i not in cond_only and scale > 1.0
+        plans.append(StepPlan(i, float(t), expert, scale, use_cfg, float(sigmas[i]), len(timesteps)))
     return plans
 
 

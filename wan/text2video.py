@@ -127,7 +127,9 @@ def call_expert(
 
     The context is also keyed by the frame count: a cache must not mix half-frame and full-frame states.
     """
-    with expert.cache_context(f"{branch}_{latents.shape[2]}", step_index=plan.index, timestep=plan.timestep):
+    name = f"{branch}_{latents.shape[2]}"
+    where = {"step_index": plan.index, "timestep": plan.timestep, "sigma": plan.sigma}
+    with expert.cache_context(name, **where, num_inference_steps=plan.steps):
         return expert(hidden_states=latents, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
 
 
@@ -313,6 +315,7 @@ class WanT2V:
             num_train_timesteps=self.config.num_train_timesteps,
             cfg_truncate_steps=s.cfg_truncate_steps,
             cfg_truncate_high_noise_steps=s.cfg_truncate_high_noise_steps,
+            sigmas=sigmas,
         )
         frames_plan = HalfFramePlan.build(
             s.half_frame_steps if s.half_frame else None,

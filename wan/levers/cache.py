@@ -12,6 +12,12 @@ A spec names the method and, optionally, its knob:
   projection is predicted by a Taylor expansion of ORDER (1, the default, or 2) in the step index.
   Only the [tokens, 64] output is kept per context: predicting each block's attention and FFN
   instead would hold ~80 GB per context at A14B.
+- ``sea[:THRESHOLD[:RUN]]``: SeaCache (diffusers' hook, built-in Wan text-to-video support). Before each
+  forward it filters the input latent by the step's signal-to-noise ratio (a spectral indicator, no
+  block run) and, while the indicator's accumulated relative change stays under THRESHOLD (0.25 by
+  default), replaces the block stack with the last residual extrapolated linearly (at most RUN
+  forwards in a row, 2 by default). Adaptive: where the video changes fast it computes more. It reads the step's
+  sigma and the step count from the cache context the loop sets.
 
 The knob may be one value for both experts or ``HIGH+LOW``, the high-noise expert's then the
 low-noise one's (``taylorseer:3+4:2``): on t2v-tiny the low-noise expert takes every 4th step at
@@ -37,12 +43,14 @@ from wan.guidance import HIGH, LOW
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("fbc", "taylorseer")
+METHODS = ("fbc", "taylorseer", "sea")
 DEFAULT_FBC_THRESHOLD = 0.05
 DEFAULT_TAYLORSEER_INTERVAL = 3
+DEFAULTS = {"fbc": DEFAULT_FBC_THRESHOLD, "taylorseer": DEFAULT_TAYLORSEER_INTERVAL, "sea": 0.25}
+DEFAULT_SEA_RUN = 2
 CALIBRATION_FILE = "cache_calibration.json"
 TAYLORSEER_ORDERS = ("1", "2")
-PER_EXPERT_EXAMPLES = {"fbc": "0.05+0.08", "taylorseer": "3+4"}
+PER_EXPERT_EXAMPLES = {"fbc": "0.05+0.08", "taylorseer": "3+4", "sea": "0.2+0.3"}
 EXPERTS = (HIGH, LOW)  # the order of a ``HIGH+LOW`` knob
 
 
@@ -51,6 +59,7 @@ class CacheSpec:
     method: str
     values: tuple[float, ...] = ()  # one knob for both experts, or (high-noise, low-noise); (): calibrated or default
     order: int = 1  # TaylorSeer's expansion order
+    max_run: int = DEFAULT_SEA_RUN  # SeaCache's longest run of cached forwards
 
     def value_for(self, expert: str) -> float | None:
         """This expert's knob from the spec itself (None: take the calibrated or default one)."""
@@ -67,13 +76,21 @@ def parse_cache_spec(text: str) -> CacheSpec:
     method, _, value = text.strip().partition(":")
     if method not in METHODS:
         raise ConfigError(f"unknown --cache method {method!r}; choose one of: {', '.join(METHODS)} (e.g. fbc:0.05)")
-    value, _, order = value.partition(":")
-    if order:
-        if method != "taylorseer" or not value:
-            raise ConfigError(f"--cache {text}: only taylorseer takes an order, after its interval (taylorseer:4:2)")
-        if order not in TAYLORSEER_ORDERS:
+    value, _, third = value.partition(":")
+    if third:
+        if method == "fbc" or not value:
+            raise ConfigError(
+                f"--cache {text}: only taylorseer (an order) and sea (a run) take a third field, after their "
+                "knob (taylorseer:4:2, sea:0.5:3)"
+            )
+        spec = parse_cache_spec(f"{method}:{value}")
+        if method == "sea":
+            if not third.isdigit() or not 1 <= int(third) <= 8:
+                raise ConfigError(f"--cache {text}: the sea run must be a whole number from 1 to 8, e.g. sea:0.5:3")
+            return replace(spec, max_run=int(third))
+        if third not in TAYLORSEER_ORDERS:
             raise ConfigError(f"--cache {text}: the taylorseer order must be 1 or 2, e.g. taylorseer:4:2")
-        return replace(parse_cache_spec(f"{method}:{value}"), order=int(order))
+        return replace(spec, order=int(third))
     if not value:
         return CacheSpec(method)
     knobs = value.split("+")
@@ -91,6 +108,8 @@ def _knob(text: str, method: str, value: str) -> float:
         raise ConfigError(f"--cache {text}: {value!r} is not a number") from None
     if method == "fbc" and not 0 < number < 1:
         raise ConfigError(f"--cache {text}: the fbc threshold must be in (0, 1), e.g. fbc:0.05")
+    if method == "sea" and not 0 < number < 100:
+        raise ConfigError(f"--cache {text}: the sea threshold must be positive, e.g. sea:0.25")
     if method == "taylorseer" and (number != int(number) or number < 2):
         raise ConfigError(f"--cache {text}: the taylorseer interval must be a whole number >= 2, e.g. taylorseer:3")
     return number
@@ -114,23 +133,26 @@ def expert_settings(spec: CacheSpec, expert: str, calibration: dict) -> float:
     calibrated = calibration.get(spec.method, {}).get(expert)
     if calibrated is not None:
         return float(calibrated)
-    return DEFAULT_FBC_THRESHOLD if spec.method == "fbc" else DEFAULT_TAYLORSEER_INTERVAL
+    return DEFAULTS[spec.method]
 
 
 def cache_settings(spec_text: str, ckpt_dir: str | Path | None, experts: Iterable[str]) -> dict[str, str | float]:
     """What each expert uses for ``spec_text`` with this checkpoint's calibration: the sidecar's record too."""
     spec = parse_cache_spec(spec_text)
     calibration = read_calibration(ckpt_dir)
-    order = {"order": spec.order} if spec.method == "taylorseer" else {}
-    return {"method": spec.method, **order, **{name: expert_settings(spec, name, calibration) for name in experts}}
+    extra = {"taylorseer": {"order": spec.order}, "sea": {"max_run": spec.max_run}}.get(spec.method, {})
+    return {"method": spec.method, **extra, **{name: expert_settings(spec, name, calibration) for name in experts}}
 
 
-def cache_config(method: str, value: float, order: int = 1):
+def cache_config(method: str, value: float, order: int = 1, max_run: int = DEFAULT_SEA_RUN):
     """The diffusers hook config for one expert."""
     from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+    from diffusers.hooks.sea_cache import SeaCacheConfig
 
     if method == "fbc":
         return FirstBlockCacheConfig(threshold=value)
+    if method == "sea":
+        return SeaCacheConfig(threshold=value, max_consecutive_cached=max_run)
     return TaylorSeerCacheConfig(
         cache_interval=int(value),
         disable_cache_before_step=2,
@@ -149,10 +171,11 @@ def enable_cache(pipe, spec_text: str) -> None:
         chosen[name] = expert_settings(spec, name, calibration)
         if spec.value_for(name) is None and name not in calibration.get(spec.method, {}):
             logger.warning("no calibrated %s setting for the %s expert: using %s", spec.method, name, chosen[name])
-        expert.enable_cache(cache_config(spec.method, chosen[name], spec.order))
+        expert.enable_cache(cache_config(spec.method, chosen[name], spec.order, spec.max_run))
     pipe.compute_counter = ComputeCounter(pipe.experts)
-    order = f" (order {spec.order})" if spec.method == "taylorseer" else ""
-    logger.info("cache %s%s: %s", spec.method, order, ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
+    extra = {"taylorseer": f" (order {spec.order})", "sea": f" (at most {spec.max_run} cached in a row)"}
+    knobs = ", ".join(f"{k} {v:g}" for k, v in chosen.items())
+    logger.info("cache %s%s: %s", spec.method, extra.get(spec.method, ""), knobs)
 
 
 class ComputeCounter:
