@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=list(PRESETS),
         help="exact: the fastest levers that keep the video (compile, fused projections); fast: the "
-        "fastest whose quality holds on t2v-tiny (exact's, TaylorSeer step cache, CFG truncation 5/3)",
+        "fastest whose quality holds on t2v-tiny (exact's, SeaCache step cache, CFG truncation 5/3)",
     )
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="regional torch.compile of the blocks"
@@ -224,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument(
         "--cache",
         default=None,
-        help="step caching: fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], a knob per expert as HIGH+LOW "
-        "(taylorseer:3+4:2), or none",
+        help="step caching: sea[:THRESHOLD[:RUN]], fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], a knob per "
+        "expert as HIGH+LOW (taylorseer:3+4:2), or none",
     )
     speed.add_argument(
         "--attention_backend",

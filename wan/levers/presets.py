@@ -9,8 +9,8 @@ lever asked for explicitly is an error (``wan.levers.fp8``).
   (FlashAttention 4 where it runs, ``wan.levers.attention``).
 - ``fast``: the fastest combination whose quality holds on t2v-tiny (>= 30 dB mean PSNR against the
   baseline over 32 held-out prompts, adherence within 2 points; docs/QUALITY.md has the table):
-  exact's levers, TaylorSeer step caching (second order; a full forward every third high-noise step
-  and every fourth low-noise one) and CFG truncation 5/3. Float8
+  exact's levers, SeaCache step caching (threshold 0.5, at most 3 cached forwards in a row: ~23 of
+  72 forwards computed, where the video changes) and CFG truncation 5/3. Float8
   is left out: alone it costs t2v-tiny ~33 dB, too much to stack with caching under the bound.
 
 Without ``--attention_backend`` every run, preset or not, takes the fastest kernel that keeps the video
@@ -45,7 +45,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "exact": Preset(Levers(compile=True, fuse_projections=True)),
     "fast": Preset(
-        Levers(compile=True, fuse_projections=True, cache="taylorseer:3+4:2"),
+        Levers(compile=True, fuse_projections=True, cache="sea:0.5:3"),
         generation={"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3},
     ),
 }
