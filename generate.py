@@ -444,6 +444,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from wan import distributed
     from wan.batch import write_outputs
+    from wan.levers.cache import counting_computed
     from wan.lora import check_loras, lora_specs
     from wan.video import claim_output
 
@@ -480,10 +481,14 @@ def run(args: argparse.Namespace) -> int:
             t5_fsdp=args.t5_fsdp,
             settings=settings,
         )
-        result = distributed.generate(pipe, settings, ctx, progress=not args.quiet)
+        with counting_computed(pipe) as computed:
+            result = distributed.generate(pipe, settings, ctx, progress=not args.quiet)
         if distributed.is_main(ctx):
             result.timings = {**load_timings, **result.timings}
-            write_outputs(result, save_file, config.fps, sidecar_context(args, config, ckpt_dir, loras))
+            context = sidecar_context(args, config, ckpt_dir, loras)
+            if computed:
+                context["computed_forwards"] = computed  # what the step cache ran of result.forwards
+            write_outputs(result, save_file, config.fps, context)
             logger.info("saved %s (seed %d) in %.1f s", save_file, settings.seed, sum(result.timings.values()))
             print(save_file)
     return 0

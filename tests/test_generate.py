@@ -54,7 +54,10 @@ def test_writes_mp4_and_sidecar(base, tmp_path, capsys, half):
 def test_sidecar_records_each_experts_cache_setting(base, tmp_path):
     video = tmp_path / "c.mp4"
     assert generate.main([*base, "--save_file", str(video), "--cache", "taylorseer:2"]) == 0
-    options = json.loads(sidecar_path(video).read_text())["options"]
+    meta = json.loads(sidecar_path(video).read_text())
+    options = meta["options"]
+    assert set(meta["computed_forwards"]) == {"high_noise", "low_noise"}  # what the cache ran (few steps here: all)
+    assert 0 < sum(meta["computed_forwards"].values()) <= sum(meta["forwards"].values())
     assert options["levers"]["cache"] == "taylorseer:2"
     assert options["cache_settings"] == {"method": "taylorseer", "order": 1, "high_noise": 2.0, "low_noise": 2.0}
 

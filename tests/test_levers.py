@@ -10,7 +10,7 @@ from tiny_models import as_components
 
 from wan.config import ConfigError
 from wan.levers import Levers, apply_levers, attention, presets
-from wan.levers.cache import CacheSpec, ComputeCounter, parse_cache_spec
+from wan.levers.cache import CacheSpec, ComputeCounter, counting_computed, parse_cache_spec
 from wan.levers.compile import compile_seconds, reset_compiled
 from wan.levers.presets import PRESETS, preset_generation_defaults, resolve_levers
 from wan.text2video import GenerationSettings, WanT2V
@@ -108,6 +108,19 @@ def test_compute_counter_counts_under_compile(test_config, parts):
     compiled.generate(SETTINGS, progress=False)
     assert compiled.compute_counter.snapshot() == plain.compute_counter.snapshot()
     reset_compiled()
+
+
+def test_counting_computed_reports_one_videos_work(test_config, parts):
+    plain = make_pipe(test_config, parts)
+    with counting_computed(plain) as computed:
+        plain.generate(SETTINGS, progress=False)
+    assert computed == {}  # no cache lever, nothing to report
+    cached = make_pipe(test_config, parts)
+    apply_levers(cached, Levers(cache="sea:1.0"))
+    cached.generate(SETTINGS, progress=False)  # an earlier video does not count
+    with counting_computed(cached) as computed:
+        result = cached.generate(SETTINGS, progress=False)
+    assert 0 < sum(computed.values()) < sum(result.forwards.values())
 
 
 def test_compute_counter_counts_every_full_forward(test_config, parts, baseline):

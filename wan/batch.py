@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wan.config import ConfigError, TaskConfig
+from wan.levers.cache import counting_computed
 from wan.lora import FLAG_EXPERTS, LoraFile, check_loras, lora_record, lora_specs
 from wan.text2video import (
     DEFAULT_COMPLETION,
@@ -573,7 +574,8 @@ class BatchRunner:
     def _generate(self, pipe: WanT2V, job: Job) -> None:
         start = time.perf_counter()
         try:
-            result = pipe.generate(job.settings, progress=self.progress)
+            with counting_computed(pipe) as computed:
+                result = pipe.generate(job.settings, progress=self.progress)
         except NonFiniteLatentError as exc:
             return self._fail(job, one_line(exc), step=exc.step, expert=exc.expert)
         except torch.cuda.OutOfMemoryError as exc:
@@ -588,6 +590,8 @@ class BatchRunner:
         item = {"index": job.index, "id": job.item_id, "line": job.line}
         try:
             context = {**self.context, "loras": lora_record(job.loras), "item": item}
+            if computed:
+                context["computed_forwards"] = computed
             write_outputs(result, job.output, self.config.fps, context)
         except OSError as exc:
             self._fail(job, f"cannot write {job.output}: {exc.strerror or exc}")

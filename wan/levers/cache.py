@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -176,6 +177,20 @@ def enable_cache(pipe, spec_text: str) -> None:
     extra = {"taylorseer": f" (order {spec.order})", "sea": f" (at most {spec.max_run} cached in a row)"}
     knobs = ", ".join(f"{k} {v:g}" for k, v in chosen.items())
     logger.info("cache %s%s: %s", spec.method, extra.get(spec.method, ""), knobs)
+
+
+@contextmanager
+def counting_computed(pipe) -> Iterator[dict[str, int]]:
+    """Fills the yielded dict, on exit, with each expert's forwards whose blocks ran meanwhile ({} without a cache).
+
+    For the sidecar: what an adaptive cache (First Block Cache, SeaCache) did on this video.
+    """
+    counter = getattr(pipe, "compute_counter", None)
+    before = counter.snapshot() if counter else {}
+    computed: dict[str, int] = {}
+    yield computed
+    if counter:
+        computed.update({name: n - before[name] for name, n in counter.snapshot().items()})
 
 
 class ComputeCounter:
