@@ -60,6 +60,7 @@ from wan.frames import latent_frame_count  # noqa: E402
 from wan.guidance import HIGH, LOW, StepPlan, plan_steps, route  # noqa: E402
 from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
 from wan.levers.attention import FLASH_4  # noqa: E402
+from wan.levers.cache import counting_computed  # noqa: E402
 from wan.levers.compile import compile_seconds, reset_compiled  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
 from wan.placement import Placement, apply_placement, choose_placement  # noqa: E402
@@ -709,7 +710,6 @@ class Bench:
         setup["warmup_s"] = now(self.device) - start
         setup["warmup_compile_s"] = compile_seconds() - compiled_before
 
-        computed_before = pipe.compute_counter.snapshot() if hasattr(pipe, "compute_counter") else None
         self.counter.reset()
         reset_peak_memory(self.device)
 
@@ -718,15 +718,15 @@ class Bench:
 
         start = now(self.device)
         clock.restart()
-        result: GenerationResult = pipe.generate(settings(steps), progress=False, on_step=on_step)
+        with counting_computed(pipe) as computed:
+            result: GenerationResult = pipe.generate(settings(steps), progress=False, on_step=on_step)
         end = now(self.device)
         expert, seconds, forwards = clock.marks[0]  # its mark started before text encoding
         clock.marks[0] = (expert, seconds - result.timings["text_encoding"], forwards)
         stages = {k: result.timings[k] for k in STAGES if k in result.timings}
         finite = bool(torch.isfinite(result.video).all())
         extra: dict[str, Any] = {}
-        if computed_before is not None:
-            computed = {e: pipe.compute_counter.snapshot()[e] - computed_before[e] for e in computed_before}
+        if computed:
             counted = self.counter.summary(self.model_config)["forwards"]
             extra["computed_forwards"] = computed
             extra["skip_fraction"] = 1 - sum(computed.values()) / max(1, sum(counted.values()))

@@ -46,6 +46,7 @@ from wan.eval.motion import summarise_motion  # noqa: E402
 from wan.frames import COMPLETIONS  # noqa: E402
 from wan.half_frame import PLAIN_STEPS, POSITIONS  # noqa: E402
 from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
+from wan.levers.cache import counting_computed  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
 from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
 from wan.video import atomic_path, frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
@@ -284,9 +285,8 @@ def run_prompts(
         for mode in modes:
             start = time.perf_counter()
             fields_, levers = mode_settings(mode)
-            counter = getattr(pipes[levers], "compute_counter", None)  # set by a cache lever
-            before = sum(counter.snapshot().values()) if counter else 0
-            result = pipes[levers].generate(replace(base, **fields_), progress=False)
+            with counting_computed(pipes[levers]) as computed:
+                result = pipes[levers].generate(replace(base, **fields_), progress=False)
             seconds = time.perf_counter() - start
             frames = to_uint8_frames(result.video)
             baseline_frames = frames if mode == "baseline" else baseline_frames
@@ -298,7 +298,7 @@ def run_prompts(
                     "seed": base.seed,
                     **scores,
                     "forwards": sum(result.forwards.values()),
-                    "computed": sum(counter.snapshot().values()) - before if counter else sum(result.forwards.values()),
+                    "computed": sum((computed or result.forwards).values()),  # without a cache every forward ran
                     "tokens": sum(result.tokens.values()),
                     "seconds": seconds,
                     "adherent": adherence_check(config.task, result.video, prompt),
