@@ -9,8 +9,8 @@ backend and the peer run). Kernels from other packages run where installed: ``fl
 (its Hopper forward with another tile, MMA-PV from shared memory (``nors``) or no intra-warpgroup
 overlap (``nool``): the sweep that picks the engine's tile), ``flash_3`` (FlashAttention 3's Hopper
 build, ``flash_attn_interface``, as diffusers' ``_flash_3`` backend calls it) and ``sage``
-(SageAttention, int8 QK^T: approximate). Installed attention packages are listed, so the report says what else
-could have been tried.
+(SageAttention, int8 QK^T: approximate). Installed attention packages are listed, so the report
+says what else could have been tried.
 
     python scripts/bench_attention.py --out attention_kernels.json          # GPU (docs/PERFORMANCE.md)
     python scripts/bench_attention.py --device cpu --tokens 256 --out t.json # CPU check (math kernel)

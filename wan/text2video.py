@@ -127,9 +127,13 @@ def call_expert(
 
     The context is also keyed by the frame count: a cache must not mix half-frame and full-frame states.
     """
-    name = f"{branch}_{latents.shape[2]}"
-    where = {"step_index": plan.index, "timestep": plan.timestep, "sigma": plan.sigma}
-    with expert.cache_context(name, **where, num_inference_steps=plan.steps):
+    with expert.cache_context(
+        f"{branch}_{latents.shape[2]}",
+        step_index=plan.index,
+        timestep=plan.timestep,
+        sigma=plan.sigma,
+        num_inference_steps=plan.steps,
+    ):
         return expert(hidden_states=latents, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
 
 

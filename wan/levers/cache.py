@@ -16,8 +16,8 @@ A spec names the method and, optionally, its knob:
   forward it filters the input latent by the step's signal-to-noise ratio (a spectral indicator, no
   block run) and, while the indicator's accumulated relative change stays under THRESHOLD (0.25 by
   default), replaces the block stack with the last residual extrapolated linearly (at most RUN
-  forwards in a row, 2 by default). Adaptive: where the video changes fast it computes more. It reads the step's
-  sigma and the step count from the cache context the loop sets.
+  forwards in a row, 2 by default). Adaptive: where the video changes fast it computes more. It
+  reads the step's sigma and the step count from the cache context the loop sets.
 
 The knob may be one value for both experts or ``HIGH+LOW``, the high-noise expert's then the
 low-noise one's (``taylorseer:3+4:2``): on t2v-tiny the low-noise expert takes every 4th step at
@@ -61,6 +61,10 @@ class CacheSpec:
     values: tuple[float, ...] = ()  # one knob for both experts, or (high-noise, low-noise); (): calibrated or default
     order: int = 1  # TaylorSeer's expansion order
     max_run: int = DEFAULT_SEA_RUN  # SeaCache's longest run of cached forwards
+
+    def method_settings(self) -> dict[str, int]:
+        """The method's setting beside the knob: TaylorSeer's order, SeaCache's longest run (sidecar and log)."""
+        return {"taylorseer": {"order": self.order}, "sea": {"max_run": self.max_run}}.get(self.method, {})
 
     def value_for(self, expert: str) -> float | None:
         """This expert's knob from the spec itself (None: take the calibrated or default one)."""
@@ -141,8 +145,8 @@ def cache_settings(spec_text: str, ckpt_dir: str | Path | None, experts: Iterabl
     """What each expert uses for ``spec_text`` with this checkpoint's calibration: the sidecar's record too."""
     spec = parse_cache_spec(spec_text)
     calibration = read_calibration(ckpt_dir)
-    extra = {"taylorseer": {"order": spec.order}, "sea": {"max_run": spec.max_run}}.get(spec.method, {})
-    return {"method": spec.method, **extra, **{name: expert_settings(spec, name, calibration) for name in experts}}
+    knobs = {name: expert_settings(spec, name, calibration) for name in experts}
+    return {"method": spec.method, **spec.method_settings(), **knobs}
 
 
 def cache_config(method: str, value: float, order: int = 1, max_run: int = DEFAULT_SEA_RUN):
@@ -174,9 +178,9 @@ def enable_cache(pipe, spec_text: str) -> None:
             logger.warning("no calibrated %s setting for the %s expert: using %s", spec.method, name, chosen[name])
         expert.enable_cache(cache_config(spec.method, chosen[name], spec.order, spec.max_run))
     pipe.compute_counter = ComputeCounter(pipe.experts)
-    extra = {"taylorseer": f" (order {spec.order})", "sea": f" (at most {spec.max_run} cached in a row)"}
+    settings = "".join(f" ({k} {v})" for k, v in spec.method_settings().items())
     knobs = ", ".join(f"{k} {v:g}" for k, v in chosen.items())
-    logger.info("cache %s%s: %s", spec.method, extra.get(spec.method, ""), knobs)
+    logger.info("cache %s%s: %s", spec.method, settings, knobs)
 
 
 @contextmanager
