@@ -178,6 +178,12 @@ class BlockStream(Placement):
 PLACEMENTS = ("auto", "resident", "resident_lean", "offload", "stream")
 
 
+def forward_bytes(pipe, tokens: int) -> int:
+    """Working memory of one forward of this pipeline's experts over ``tokens``."""
+    config = pipe.experts["high_noise"].config
+    return dit_activation_bytes(tokens, config.num_attention_heads * config.attention_head_dim, config.ffn_dim)
+
+
 def resident_peak_bytes(
     pipe, tokens: int, frames: int, height: int, width: int, *, with_text_encoder: bool, tiled: bool = False
 ) -> int:
@@ -186,14 +192,11 @@ def resident_peak_bytes(
     The stages take turns: text encoding, one expert forward, the VAE decode. ``with_text_encoder``:
     the encoder stays on the device throughout; otherwise it visits only to encode.
     """
-    expert_config = pipe.experts["high_noise"].config
     text = module_bytes(pipe.parts.text_encoder)
     weights = sum(module_bytes(e) for e in pipe.experts.values()) + module_bytes(pipe.parts.vae)
     stages = (
         text * 1.1 if not with_text_encoder else text * 0.1,
-        dit_activation_bytes(
-            tokens, expert_config.num_attention_heads * expert_config.attention_head_dim, expert_config.ffn_dim
-        ),
+        forward_bytes(pipe, tokens),
         vae_decode_bytes(frames, height, width, tiled=tiled),
     )
     return int(weights + (text if with_text_encoder else 0) + max(stages))
@@ -201,11 +204,9 @@ def resident_peak_bytes(
 
 def offload_peak_bytes(pipe, tokens: int, frames: int, height: int, width: int) -> int:
     """Estimated device peak of whole-model offload: one part at a time, the largest with its working set."""
-    expert_config = pipe.experts["high_noise"].config
-    dim = expert_config.num_attention_heads * expert_config.attention_head_dim
     stages = (
         module_bytes(pipe.parts.text_encoder) * 1.1,
-        max(module_bytes(e) for e in pipe.experts.values()) + dit_activation_bytes(tokens, dim, expert_config.ffn_dim),
+        max(module_bytes(e) for e in pipe.experts.values()) + forward_bytes(pipe, tokens),
         module_bytes(pipe.parts.vae) + vae_decode_bytes(frames, height, width, tiled=False),
     )
     return int(max(stages))
