@@ -17,6 +17,7 @@ import argparse
 import gc
 import json
 import logging
+import math
 import statistics
 import sys
 import time
@@ -29,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_a14b import A14B_CONFIG, TINY_OVERRIDES, build_expert, build_vae, forward_flops  # noqa: E402
+from bench_a14b import A14B_CONFIG, TINY_OVERRIDES, TINY_VAE, build_expert, build_vae, forward_flops  # noqa: E402
 from bench_attention import parse_tile  # noqa: E402
 
 from wan.levers import Levers, apply_levers, attention  # noqa: E402
@@ -138,7 +139,8 @@ def profile_variant(name: str, args: argparse.Namespace, config: dict[str, Any],
     seconds = timed(run, device, args.repeats)
     result["seconds"] = seconds
     result["median_s"] = statistics.median(seconds)
-    result["tflops"] = forward_flops(config, inputs["hidden_states"][0, 0].numel() // 4) / result["median_s"] / 1e12
+    tokens = inputs["hidden_states"][0, 0].numel() // math.prod(config["patch_size"])
+    result["tflops"] = forward_flops(config, tokens) / result["median_s"] / 1e12
     result["output_checksum"] = float(first.float().abs().mean())
     if device.type == "cuda":
         result["profile"] = kernel_breakdown(run, device)
@@ -149,7 +151,7 @@ def profile_variant(name: str, args: argparse.Namespace, config: dict[str, Any],
 def profile_vae(args: argparse.Namespace, latent_shape: tuple[int, ...]) -> dict[str, Any]:
     """Seconds of one decode as the engine runs it (float32), then with cuDNN's autotuner (same math)."""
     device = torch.device(args.device)
-    vae = build_vae({} if not args.tiny else {"base_dim": 8, "num_res_blocks": 1}, device, torch.float32, 0)
+    vae = build_vae(TINY_VAE if args.tiny else {}, device, torch.float32, 0)
     latent = torch.randn(latent_shape, device=device)
 
     def run():
