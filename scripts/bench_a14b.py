@@ -17,6 +17,10 @@ measured stage extended by the real 40-step plan's extra forwards at that expert
 seconds per forward (its first step, which carries one-time costs such as a model move, is left out
 of the rate).
 
+``--loop_probe N`` times a forward of the high-noise expert out of the loop after each resident mode
+without a cache, on the loop's own last inputs and on random ones, to tell the loop's overhead from
+the inputs' effect on the GPU's clock (``loop_probe`` in the JSON).
+
 The JSON is written after every mode, so a run cut short still leaves what it measured; modes past
 ``--budget_s`` are skipped with the reason.
 
@@ -275,11 +279,44 @@ def matmul_peak(n: int, device: torch.device, dtype: torch.dtype, repeats: int =
     return {"n": n, "dtype": str(dtype), "median_s": median, "tflops": 2 * n**3 / median / 1e12, "all_s": seconds}
 
 
+def loop_probe(expert: torch.nn.Module, inputs: dict[str, Any], repeats: int, device: torch.device) -> dict[str, Any]:
+    """Seconds of one forward taken out of the loop: on the loop's own last inputs, then with random latents,
+    then with random latents and text embeddings (``profile_forward.py``'s inputs).
+
+    Against the loop's steady seconds per forward this splits a gap between the loop and an isolated
+    forward into the loop's own work (all three faster than in the loop) and the inputs' values, which
+    change the power drawn at the GPU's power cap and so its clock (only ``captured`` as slow).
+    """
+    generator = torch.Generator().manual_seed(0)
+
+    def random_like(t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(t.shape, generator=generator).to(t.device, t.dtype)
+
+    random_latents = {**inputs, "hidden_states": random_like(inputs["hidden_states"])}
+    variants = {
+        "captured": inputs,
+        "random_latents": random_latents,
+        "random_inputs": {**random_latents, "encoder_hidden_states": random_like(inputs["encoder_hidden_states"])},
+    }
+    result: dict[str, Any] = {}
+    with torch.no_grad():
+        for name, kwargs in variants.items():
+            expert(**kwargs)  # a first call after switching inputs
+            seconds = []
+            for _ in range(repeats):
+                start = now(device)
+                expert(**kwargs)
+                seconds.append(now(device) - start)
+            result[name] = {"median_s": statistics.median(seconds), "seconds": seconds}
+    return result
+
+
 class ForwardCounter:
     """Counts DiT forwards and their token counts per expert with pre-hooks, independently of either loop."""
 
     def __init__(self, experts: dict[str, torch.nn.Module], patch: tuple[int, int, int]):
         self.tokens: dict[str, list[int]] = {name: [] for name in experts}
+        self.last_inputs: dict[str, dict[str, Any]] = {}  # each expert's latest keyword inputs, for the loop probe
         self.patch_volume = math.prod(patch)
         for name, expert in experts.items():
             expert.register_forward_pre_hook(self._hook(name), with_kwargs=True)
@@ -288,6 +325,8 @@ class ForwardCounter:
         def record(_module, args, kwargs):
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             self.tokens[name].append(math.prod(hidden.shape[2:]) // self.patch_volume)
+            if not args:
+                self.last_inputs[name] = dict(kwargs)
 
         return record
 
@@ -615,7 +654,9 @@ class Bench:
         free_memory(self.device)
         setup = {"rebuild_s": rebuild_s, "warmup_s": warmup_s}
         info = {"kind": "peer", "placement": "resident (all parts on the device)", "levers": {}, "generation": {}}
-        return self.summarise(info, setup, end - start, stages, clock, steps, {}, finite)
+        record = self.summarise(info, setup, end - start, stages, clock, steps, {}, finite)
+        self.probe_loop(record, None)
+        return record
 
     # ------------------------------------------------------------------ ours
     def levers_of(self, mode: Mode) -> tuple[Levers, list[str]]:
@@ -734,7 +775,28 @@ class Bench:
         record = self.summarise(info, setup, end - start, stages, clock, steps, extra, finite, result)
         if name == "cache":
             record["skip_cost"] = self.skip_cost(pipe)
+        not_probed = None
+        if info["levers"].get("cache"):
+            not_probed = "a step cache would skip the probe's forwards"
+        elif pipe.placement.name != "resident":
+            not_probed = f"the {pipe.placement.name} placement moves the expert off the device after sampling"
+        self.probe_loop(record, not_probed)
         return record
+
+    def probe_loop(self, record: dict[str, Any], not_probed: str | None) -> None:
+        """With ``--loop_probe N``: the high-noise expert's forward out of the loop (``loop_probe``), N times each."""
+        if not self.args.loop_probe:
+            return
+        if not_probed:
+            record["loop_probe"] = {"skipped": not_probed}
+            return
+        probe = loop_probe(self.experts[HIGH], self.counter.last_inputs[HIGH], self.args.loop_probe, self.device)
+        record["loop_probe"] = {"in_loop_s": record["measured"]["steady_seconds_per_forward"][HIGH], **probe}
+        logger.info(
+            "  loop probe: in the loop %s s per forward; alone %s",
+            record["loop_probe"]["in_loop_s"],
+            ", ".join(f"{k} {v['median_s']:.3f} s" for k, v in probe.items()),
+        )
 
     def skip_cost(self, pipe: WanT2V) -> dict[str, Any]:
         """Seconds of a forward that First Block Cache skips (all blocks but the first) vs a full one.
@@ -956,6 +1018,13 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{name}: a skipped forward {c['skipped_forward_s']:.3f} s vs a full one {c['full_forward_s']:.3f} s "
                 f"({c['skipped_over_full']:.3f}x); skip fraction in the run {r['measured']['skip_fraction']:.2f}"
             )
+    for name, r in report["modes"].items():
+        probe = r.get("loop_probe", {})
+        if "captured" in probe:
+            alone = ", ".join(
+                f"{k} {probe[k]['median_s']:.3f}" for k in ("captured", "random_latents", "random_inputs")
+            )
+            print(f"{name}: a high-noise forward in the loop {fmt(probe['in_loop_s'], '.3f')} s, alone ({alone}) s")
     for name, reason in report["skipped"].items():
         print(f"skipped {name}: {reason}")
     for name in report["errors"]:
@@ -971,6 +1040,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup_steps", type=int, default=3, help="steps of each mode's warm-up run (3 reach both experts)"
     )
     p.add_argument("--repeats", type=int, default=2, help="full/skipped forward pairs of the cache mode's skip probe")
+    p.add_argument(
+        "--loop_probe",
+        type=int,
+        default=0,
+        help="after each resident mode without a cache, time N high-noise forwards out of the loop (0: off)",
+    )
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from: {', '.join(MODES)}")
     p.add_argument("--out", default="bench_a14b.json")
     p.add_argument("--layers", type=int, default=None, help="transformer blocks (default 40; 2 with --tiny)")

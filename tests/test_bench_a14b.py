@@ -79,6 +79,7 @@ def report(tmp_path_factory) -> dict:
         f"--steps={STEPS}",
         "--warmup_steps=3",
         "--repeats=1",
+        "--loop_probe=1",
         "--device=cpu",
         "--dtype=float32",
         f"--out={out}",
@@ -163,6 +164,43 @@ def test_cache_reports_skips_and_the_cost_of_a_skipped_forward(report):
     probe = cache["skip_cost"]
     assert probe["computed_per_call"] == [1, 0]  # full, then skipped by First Block Cache
     assert probe["full_forward_s"] > 0 and probe["skipped_forward_s"] > 0
+
+
+def test_loop_probe_times_resident_modes_and_says_why_not_elsewhere(report):
+    for name in ("peer", "default", "preset_exact"):
+        probe = report["modes"][name]["loop_probe"]
+        assert probe["in_loop_s"] == report["modes"][name]["measured"]["steady_seconds_per_forward"][HIGH]
+        for variant in ("captured", "random_latents", "random_inputs"):
+            assert len(probe[variant]["seconds"]) == 1 and probe[variant]["median_s"] > 0
+    assert "cache" in report["modes"]["preset_fast"]["loop_probe"]["skipped"]
+    assert "model_offload" in report["modes"]["offload"]["loop_probe"]["skipped"]
+
+
+def test_loop_probe_feeds_the_loop_inputs_then_random_ones():
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
+            calls.append((hidden_states, timestep, encoder_hidden_states))
+            return (hidden_states,)
+
+    inputs = {
+        "hidden_states": torch.ones(1, 2, 3),
+        "timestep": torch.tensor([5.0]),
+        "encoder_hidden_states": torch.ones(1, 4, 2),
+    }
+    probe = bench.loop_probe(Recorder(), inputs, 2, torch.device("cpu"))
+    assert [len(probe[k]["seconds"]) for k in ("captured", "random_latents", "random_inputs")] == [2, 2, 2]
+    assert len(calls) == 9  # one untimed call, then two timed, per variant
+    captured, random_latents, random_inputs = calls[0], calls[3], calls[6]
+    assert captured[0] is inputs["hidden_states"] and captured[2] is inputs["encoder_hidden_states"]
+    assert (
+        not torch.equal(random_latents[0], inputs["hidden_states"])
+        and random_latents[2] is inputs["encoder_hidden_states"]
+    )
+    assert not torch.equal(random_inputs[2], inputs["encoder_hidden_states"])
+    assert all(call[1] is inputs["timestep"] for call in calls)
+    assert random_inputs[0].shape == inputs["hidden_states"].shape and random_inputs[2].dtype == torch.float32
 
 
 def test_selected_modes_run_in_order_with_the_peer():
