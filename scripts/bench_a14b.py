@@ -63,7 +63,7 @@ from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
 from wan.frames import latent_frame_count  # noqa: E402
 from wan.guidance import HIGH, LOW, StepPlan, plan_steps, route  # noqa: E402
 from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
-from wan.levers.attention import FLASH_4  # noqa: E402
+from wan.levers.attention import FLASH_4, SAGE  # noqa: E402
 from wan.levers.cache import counting_computed  # noqa: E402
 from wan.levers.compile import compile_seconds, reset_compiled  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
@@ -115,7 +115,7 @@ FULL_STEPS = 40
 GUIDE_HIGH, GUIDE_LOW = 4.0, 3.0
 CACHE_SPEC = "fbc:0.05"  # the cache mode's fixed threshold (the skip decision is meaningless on random weights)
 PROMPT = "A red fox runs through fresh snow in a birch forest at sunrise, the camera tracking it from the side."
-CUDA_ONLY_BACKENDS = ("_native_cudnn", "flash", "_native_flash", "_native_efficient", FLASH_4)
+CUDA_ONLY_BACKENDS = ("_native_cudnn", "flash", "_native_flash", "_native_efficient", FLASH_4, SAGE)
 FLOPS_FORMULA = (
     "per forward = layers * (8 L D^2 + 4 L^2 D + 4 L D^2 + 4 Lt D^2 + 4 L Lt D + 4 L D F): self-attn q/k/v/o "
     "projections, self-attn QK^T and PV, cross-attn q/o projections, cross-attn k/v projections of the Lt text "
@@ -677,7 +677,7 @@ class Bench:
             self.levers_of(mode)
         except ConfigError as exc:
             return str(exc)
-        if backend and backend != FLASH_4:  # flash_4 was checked with the levers: its kernel is no Hub download
+        if backend and backend not in (FLASH_4, SAGE):  # checked with the levers: installed kernels, no Hub
             from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 
             try:  # the check diffusers runs when a model is set to the backend

@@ -1,4 +1,4 @@
-"""The attention lever on the CPU: flash_4 wiring through a stand-in kernel, and its one-line errors."""
+"""The attention lever on the CPU: flash_4 and sage wiring through stand-in kernels, and their one-line errors."""
 
 import copy
 import functools
@@ -115,3 +115,56 @@ def test_the_check_runs_once_per_gpu_however_it_is_named(stand_in_flash_4, monke
     for name in ("cuda", "cuda:0", "cuda"):
         assert attention_lever.flash_4_available(torch.device(name)) is None
     assert checked == ["cuda:0"]
+
+
+@pytest.fixture
+def stand_in_sage(monkeypatch):
+    """A ``sageattention`` whose ``sageattn`` is SDPA on the NHD layout; counts its calls; ``sage`` allowed on CPU."""
+    calls = []
+
+    def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None):
+        assert tensor_layout == "NHD"
+        calls.append(q.shape)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=sm_scale, is_causal=is_causal
+        )
+        return out.transpose(1, 2).contiguous()
+
+    package = types.ModuleType("sageattention")
+    package.sageattn = sageattn
+    monkeypatch.setitem(sys.modules, "sageattention", package)
+    monkeypatch.setattr(attention_lever, "sage_available", lambda device, parallel=False: None)
+    return calls
+
+
+def test_sage_runs_every_attention_through_the_package(test_config, parts, stand_in_sage):
+    plain = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    baseline = plain.generate(SETTINGS, progress=False).video
+    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    apply_levers(pipe, Levers(attention_backend="sage"))
+    video = pipe.generate(SETTINGS, progress=False).video
+    torch.testing.assert_close(video, baseline, rtol=1e-4, atol=1e-4)
+    layers = sum(e.config.num_layers for e in pipe.experts.values()) // 2
+    assert len(stand_in_sage) >= 2 * SETTINGS.sample_steps * layers
+
+
+def test_sage_is_one_opaque_op_under_fullgraph_compile(stand_in_sage):
+    q, k, v = (torch.randn(1, 16, 2, 8) for _ in range(3))
+
+    def attend(q, k, v):
+        return attention_lever._sage_hub_kernel(q=q, k=k, v=v, tensor_layout="NHD", is_causal=False) * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))
+    torch._dynamo.reset()
+
+
+def test_sage_off_a_gpu_or_without_the_package_is_one_line(test_config, parts, monkeypatch):
+    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    with pytest.raises(ConfigError, match="^--attention_backend sage: it needs an NVIDIA GPU; run without it$"):
+        apply_levers(pipe, Levers(attention_backend="sage"))
+    monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: None)
+    why = attention_lever.sage_available(torch.device("cuda"))
+    assert why.startswith("it needs the sageattention package") and "\n" not in why
+    assert attention_lever.default_attention_backend(torch.device("cpu")) != "sage"

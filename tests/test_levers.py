@@ -9,7 +9,7 @@ import torch
 from tiny_models import as_components
 
 from wan.config import ConfigError
-from wan.levers import Levers, apply_levers, attention, presets
+from wan.levers import Levers, apply_levers, attention
 from wan.levers.cache import CacheSpec, ComputeCounter, counting_computed, parse_cache_spec
 from wan.levers.compile import compile_seconds, reset_compiled
 from wan.levers.presets import PRESETS, preset_generation_defaults, resolve_levers
@@ -175,13 +175,14 @@ def test_flash_4_is_the_default_attention_only_where_it_runs(monkeypatch):
         return "no context-parallel path" if parallel else None
 
     monkeypatch.setattr(attention, "flash_4_available", on_hopper)
-    monkeypatch.setattr(presets, "flash_4_available", on_hopper)
     assert resolve_levers(None, {}, CPU)[0].attention_backend == "flash_4"
     assert resolve_levers("exact", {}, CPU)[0].attention_backend == "flash_4"
     assert resolve_levers("exact", {"attention_backend": "native"}, CPU)[0].attention_backend == "native"
     assert resolve_levers("fast", {}, CPU, parallel=True)[0].attention_backend is None
     with pytest.raises(ConfigError, match="flash_4: no context-parallel path"):
         resolve_levers(None, {"attention_backend": "flash_4"}, CPU, parallel=True)
+    with pytest.raises(ConfigError, match="^--attention_backend sage: it needs an NVIDIA GPU; run without it$"):
+        resolve_levers("fast", {"attention_backend": "sage"}, CPU)
 
 
 def test_unknown_attention_backend_is_one_line(test_config, parts):

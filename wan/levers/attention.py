@@ -7,6 +7,12 @@ torch custom op, so regional ``torch.compile`` sees one opaque call instead of t
 It is the default where it runs, so before it is chosen it runs once on a small problem against
 PyTorch's attention: a broken install or kernel build makes it unavailable (the default falls back
 to PyTorch's attention; asking for it is a one-line error) instead of failing mid-run.
+
+``sage`` (diffusers' name) runs SageAttention 2 from the installed ``sageattention`` package the same
+way, through the ``sage_hub`` slot and a custom op: diffusers' own ``sage`` backend calls the package's
+Python, whose quantisation kernels are plain pybind calls that break a ``fullgraph`` compile. It
+quantises Q/K to int8 and P/V to fp8 (3.9% from cuDNN's output on A14B's shapes), so it is never a
+default and never in ``--preset exact``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from wan.config import ConfigError
 logger = logging.getLogger(__name__)
 
 FLASH_4 = "flash_4"
+SAGE = "sage"
 
 
 class FlashTile(NamedTuple):
@@ -84,6 +91,45 @@ def _(q, k, v, softmax_scale=None, causal=False):
     return q.new_empty(*q.shape[:-1], v.shape[-1])
 
 
+@torch.library.custom_op("wan::sage_attention", mutates_args=())
+def sage_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float | None = None, causal: bool = False
+) -> torch.Tensor:
+    """SageAttention 2 on (batch, tokens, heads, head_dim) tensors (the package picks the GPU's kernel)."""
+    from sageattention import sageattn
+
+    return sageattn(q, k, v, tensor_layout="NHD", is_causal=causal, sm_scale=sm_scale)
+
+
+@sage_attention.register_fake
+def _(q, k, v, sm_scale=None, causal=False):
+    return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+def _sage_hub_kernel(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=None, return_lse=False):
+    """The call diffusers' ``sage_hub`` backend makes, answered by the installed package through the op."""
+    if tensor_layout != "NHD" or return_lse:
+        raise ValueError("the local SageAttention kernel takes the NHD layout and returns no log-sum-exp")
+    return sage_attention(q, k, v, sm_scale=sm_scale, causal=is_causal)
+
+
+def sage_available(device: torch.device, parallel: bool = False) -> str | None:
+    """None if ``sage`` runs here, else why not (one line)."""
+    if device.type != "cuda":
+        return "it needs an NVIDIA GPU"
+    if importlib.util.find_spec("sageattention") is None:
+        return "it needs the sageattention package (SageAttention 2, built from source; see docs/PERFORMANCE.md)"
+    if parallel:
+        return "the engine runs it on one GPU only (--ulysses_size, --cfg_parallel)"
+    return None
+
+
+def local_kernel_problem(backend: str | None, device: torch.device, parallel: bool = False) -> str | None:
+    """Why ``backend``, if it is one the engine runs from an installed package, cannot run here; else None."""
+    check = {FLASH_4: flash_4_available, SAGE: sage_available}.get(backend)
+    return check(device, parallel) if check else None
+
+
 def backend_names() -> list[str]:
     """Every name ``--attention_backend`` takes: diffusers' backends plus ``flash_4``."""
     from diffusers.models.attention_dispatch import AttentionBackendName
@@ -137,12 +183,16 @@ def default_attention_backend(device: torch.device, parallel: bool = False) -> s
     return FLASH_4 if flash_4_available(device, parallel) is None else None
 
 
-def _use_local_flash_4() -> str:
-    """Point diffusers' ``flash_4_hub`` slot at the installed flash-attn-4 kernel; return that backend's name."""
+def _use_local_kernel(backend: str) -> str:
+    """Point diffusers' Hub slot for ``backend`` at the installed package's kernel; return the slot's name."""
     from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
 
-    _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB].kernel_fn = flash_attention_4
-    return AttentionBackendName.FLASH_4_HUB.value
+    slot, kernel = {
+        FLASH_4: (AttentionBackendName.FLASH_4_HUB, flash_attention_4),
+        SAGE: (AttentionBackendName.SAGE_HUB, _sage_hub_kernel),
+    }[backend]
+    _HUB_KERNELS_REGISTRY[slot].kernel_fn = kernel
+    return slot.value
 
 
 def _set_processor_backends(expert, backend: str) -> None:
@@ -160,10 +210,10 @@ def set_attention_backend(pipe, backend: str) -> None:
     names = backend_names()
     if backend not in names:
         raise ConfigError(f"unknown --attention_backend {backend!r}; choose one of: {', '.join(names)}")
-    if backend == FLASH_4:
-        if why := flash_4_available(pipe.device):
-            raise ConfigError(f"--attention_backend {FLASH_4}: {why}; run without it")
-        diffusers_name = _use_local_flash_4()
+    if backend in (FLASH_4, SAGE):
+        if why := local_kernel_problem(backend, pipe.device):
+            raise ConfigError(f"--attention_backend {backend}: {why}; run without it")
+        diffusers_name = _use_local_kernel(backend)
         for expert in pipe.experts.values():
             _set_processor_backends(expert, diffusers_name)
         return

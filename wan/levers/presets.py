@@ -27,7 +27,7 @@ import torch
 
 from wan.config import ConfigError
 from wan.levers import Levers
-from wan.levers.attention import FLASH_4, default_attention_backend, flash_4_available
+from wan.levers.attention import default_attention_backend, local_kernel_problem
 from wan.levers.cache import parse_cache_spec
 from wan.levers.fp8 import fp8_available
 
@@ -77,8 +77,8 @@ def resolve_levers(
         raise ValueError(f"not levers: {sorted(unknown)}")
     if explicit.get("fp8") and (why := fp8_available(device)):
         raise ConfigError(f"--fp8: {why}; run without --fp8")
-    if explicit.get("attention_backend") == FLASH_4 and (why := flash_4_available(device, parallel)):
-        raise ConfigError(f"--attention_backend {FLASH_4}: {why}; run without it")
+    if why := local_kernel_problem(explicit.get("attention_backend"), device, parallel):
+        raise ConfigError(f"--attention_backend {explicit['attention_backend']}: {why}; run without it")
     chosen = replace(chosen, **{k: v for k, v in explicit.items() if v is not None})
     if chosen.attention_backend is None:
         chosen = replace(chosen, attention_backend=default_attention_backend(device, parallel))
