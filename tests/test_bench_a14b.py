@@ -36,7 +36,7 @@ RUN_ON_CPU = {
     "attention:native",
 }
 CUDA_ONLY = {"stream", "compile", "fp8", "fp8+compile"} | {
-    f"attention:{b}" for b in ("_native_cudnn", "flash", "_native_flash", "_native_efficient", "flash_4")
+    f"attention:{b}" for b in ("_native_cudnn", "flash", "_native_flash", "_native_efficient", "flash_4", "sage")
 }
 STAGES = ("text_encoding", "high_noise", "low_noise", "vae_decode")
 
