@@ -22,6 +22,26 @@ class Calls(list):
     broken: bool
 
 
+def sdpa_nhd(q, k, v, scale=None, causal=False):
+    """PyTorch's attention on the (batch, tokens, heads, dim) layout the stand-in kernels take."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale, is_causal=causal
+    )
+    return out.transpose(1, 2).contiguous()
+
+
+def assert_every_attention_runs_through(test_config, parts, backend, calls):
+    """``backend`` keeps the video of PyTorch's attention and its kernel saw every attention call."""
+    plain = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    baseline = plain.generate(SETTINGS, progress=False).video
+    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    apply_levers(pipe, Levers(attention_backend=backend))
+    video = pipe.generate(SETTINGS, progress=False).video
+    torch.testing.assert_close(video, baseline, rtol=1e-4, atol=1e-4)
+    layers = sum(e.config.num_layers for e in pipe.experts.values()) // 2  # each step runs one expert
+    assert len(calls) >= 2 * SETTINGS.sample_steps * layers  # self- and cross-attention, cond and uncond
+
+
 @pytest.fixture
 def stand_in_flash_4(monkeypatch):
     """A ``flash_attn.cute`` whose kernel is SDPA on flash's (batch, tokens, heads, dim) layout; counts its calls."""
@@ -31,10 +51,7 @@ def stand_in_flash_4(monkeypatch):
         if calls.broken:
             raise RuntimeError("cutlass DSL: no cu13 runtime\nlong trace")
         calls.append(q.shape)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale, is_causal=causal
-        )
-        return out.transpose(1, 2).contiguous(), None  # flash-attn returns (out, lse)
+        return sdpa_nhd(q, k, v, softmax_scale, causal), None  # flash-attn returns (out, lse)
 
     package, cute = types.ModuleType("flash_attn"), types.ModuleType("flash_attn.cute")
     package.__path__, package.__spec__ = [], None
@@ -51,14 +68,7 @@ def stand_in_flash_4(monkeypatch):
 
 
 def test_flash_4_runs_every_attention_through_the_kernel(test_config, parts, stand_in_flash_4):
-    plain = WanT2V(test_config, as_components(copy.deepcopy(parts)))
-    baseline = plain.generate(SETTINGS, progress=False).video
-    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
-    apply_levers(pipe, Levers(attention_backend="flash_4"))
-    video = pipe.generate(SETTINGS, progress=False).video
-    torch.testing.assert_close(video, baseline, rtol=1e-4, atol=1e-4)
-    layers = sum(e.config.num_layers for e in pipe.experts.values()) // 2  # each step runs one expert
-    assert len(stand_in_flash_4) >= 2 * SETTINGS.sample_steps * layers  # self- and cross-attention, cond and uncond
+    assert_every_attention_runs_through(test_config, parts, "flash_4", stand_in_flash_4)
 
 
 def test_flash_4_is_one_opaque_op_under_fullgraph_compile(stand_in_flash_4):
@@ -125,10 +135,7 @@ def stand_in_sage(monkeypatch):
     def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None):
         assert tensor_layout == "NHD"
         calls.append(q.shape)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=sm_scale, is_causal=is_causal
-        )
-        return out.transpose(1, 2).contiguous()
+        return sdpa_nhd(q, k, v, sm_scale, is_causal)
 
     package = types.ModuleType("sageattention")
     package.sageattn = sageattn
@@ -138,14 +145,7 @@ def stand_in_sage(monkeypatch):
 
 
 def test_sage_runs_every_attention_through_the_package(test_config, parts, stand_in_sage):
-    plain = WanT2V(test_config, as_components(copy.deepcopy(parts)))
-    baseline = plain.generate(SETTINGS, progress=False).video
-    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
-    apply_levers(pipe, Levers(attention_backend="sage"))
-    video = pipe.generate(SETTINGS, progress=False).video
-    torch.testing.assert_close(video, baseline, rtol=1e-4, atol=1e-4)
-    layers = sum(e.config.num_layers for e in pipe.experts.values()) // 2
-    assert len(stand_in_sage) >= 2 * SETTINGS.sample_steps * layers
+    assert_every_attention_runs_through(test_config, parts, "sage", stand_in_sage)
 
 
 def test_sage_is_one_opaque_op_under_fullgraph_compile(stand_in_sage):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -86,9 +87,12 @@ def flash_attention_4(
     return out[0] if isinstance(out, tuple) else out
 
 
-@flash_attention_4.register_fake
-def _(q, k, v, softmax_scale=None, causal=False):
+def _output_like(q, k, v, *_, **__):
+    """The shape and dtype of an attention call's output, for compile's tracing of the custom ops."""
     return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+flash_attention_4.register_fake(_output_like)
 
 
 @torch.library.custom_op("wan::sage_attention", mutates_args=())
@@ -101,9 +105,7 @@ def sage_attention(
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=causal, sm_scale=sm_scale)
 
 
-@sage_attention.register_fake
-def _(q, k, v, sm_scale=None, causal=False):
-    return q.new_empty(*q.shape[:-1], v.shape[-1])
+sage_attention.register_fake(_output_like)
 
 
 def _sage_hub_kernel(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=None, return_lse=False):
@@ -124,10 +126,26 @@ def sage_available(device: torch.device, parallel: bool = False) -> str | None:
     return None
 
 
+class LocalKernel(NamedTuple):
+    """A backend the engine runs from an installed package: its check, diffusers' Hub slot it fills, the kernel."""
+
+    problem: Callable[[torch.device, bool], str | None]
+    hub_slot: str
+    kernel: Callable
+
+
+def _local_kernels() -> dict[str, LocalKernel]:
+    # Built per call, so the checks are the module's current ones (the tests stand in for them).
+    return {
+        FLASH_4: LocalKernel(flash_4_available, "flash_4_hub", flash_attention_4),
+        SAGE: LocalKernel(sage_available, "sage_hub", _sage_hub_kernel),
+    }
+
+
 def local_kernel_problem(backend: str | None, device: torch.device, parallel: bool = False) -> str | None:
     """Why ``backend``, if it is one the engine runs from an installed package, cannot run here; else None."""
-    check = {FLASH_4: flash_4_available, SAGE: sage_available}.get(backend)
-    return check(device, parallel) if check else None
+    local = _local_kernels().get(backend)
+    return local.problem(device, parallel) if local else None
 
 
 def backend_names() -> list[str]:
@@ -183,16 +201,12 @@ def default_attention_backend(device: torch.device, parallel: bool = False) -> s
     return FLASH_4 if flash_4_available(device, parallel) is None else None
 
 
-def _use_local_kernel(backend: str) -> str:
-    """Point diffusers' Hub slot for ``backend`` at the installed package's kernel; return the slot's name."""
+def _use_local_kernel(local: LocalKernel) -> str:
+    """Point diffusers' Hub slot at the installed package's kernel; return the slot's backend name."""
     from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
 
-    slot, kernel = {
-        FLASH_4: (AttentionBackendName.FLASH_4_HUB, flash_attention_4),
-        SAGE: (AttentionBackendName.SAGE_HUB, _sage_hub_kernel),
-    }[backend]
-    _HUB_KERNELS_REGISTRY[slot].kernel_fn = kernel
-    return slot.value
+    _HUB_KERNELS_REGISTRY[AttentionBackendName(local.hub_slot)].kernel_fn = local.kernel
+    return local.hub_slot
 
 
 def _set_processor_backends(expert, backend: str) -> None:
@@ -210,10 +224,10 @@ def set_attention_backend(pipe, backend: str) -> None:
     names = backend_names()
     if backend not in names:
         raise ConfigError(f"unknown --attention_backend {backend!r}; choose one of: {', '.join(names)}")
-    if backend in (FLASH_4, SAGE):
-        if why := local_kernel_problem(backend, pipe.device):
+    if local := _local_kernels().get(backend):
+        if why := local.problem(pipe.device, False):
             raise ConfigError(f"--attention_backend {backend}: {why}; run without it")
-        diffusers_name = _use_local_kernel(backend)
+        diffusers_name = _use_local_kernel(local)
         for expert in pipe.experts.values():
             _set_processor_backends(expert, diffusers_name)
         return
