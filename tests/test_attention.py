@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import re
 import sys
 import types
 
@@ -62,9 +63,9 @@ def stand_in_flash_4(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
     monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: object())
     monkeypatch.setattr(attention_lever, "hopper_or_newer", lambda device: True)
-    attention_lever._flash_4_problem.cache_clear()
+    attention_lever._kernel_problem.cache_clear()
     yield calls
-    attention_lever._flash_4_problem.cache_clear()
+    attention_lever._kernel_problem.cache_clear()
 
 
 def test_flash_4_runs_every_attention_through_the_kernel(test_config, parts, stand_in_flash_4):
@@ -121,27 +122,39 @@ def test_the_tuned_hopper_tile_applies_only_where_it_was_measured():
 def test_the_check_runs_once_per_gpu_however_it_is_named(stand_in_flash_4, monkeypatch):
     checked = []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(attention_lever, "_flash_4_problem", functools.cache(lambda device: checked.append(device)))
+    check = functools.cache(lambda backend, device: checked.append((backend, device)))
+    monkeypatch.setattr(attention_lever, "_kernel_problem", check)
+    monkeypatch.setattr(attention_lever, "nvidia_gpu", lambda device: True)
     for name in ("cuda", "cuda:0", "cuda"):
         assert attention_lever.flash_4_available(torch.device(name)) is None
-    assert checked == ["cuda:0"]
+        assert attention_lever.sage_available(torch.device(name)) is None
+    assert checked == [("flash_4", "cuda:0"), ("sage", "cuda:0")]
 
 
 @pytest.fixture
 def stand_in_sage(monkeypatch):
-    """A ``sageattention`` whose ``sageattn`` is SDPA on the NHD layout; counts its calls; ``sage`` allowed on CPU."""
-    calls = []
+    """A ``sageattention`` whose ``sageattn`` is SDPA on the NHD layout plus ``calls.error`` relative noise (its
+    quantisation); counts its calls; the machine passes for an NVIDIA GPU."""
+    calls = Calls()
 
     def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None):
         assert tensor_layout == "NHD"
+        if calls.broken:
+            raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
         calls.append(q.shape)
-        return sdpa_nhd(q, k, v, sm_scale, is_causal)
+        out = sdpa_nhd(q, k, v, sm_scale, is_causal)
+        noise = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
+        return out + calls.error * noise * out.norm() / noise.norm()
 
     package = types.ModuleType("sageattention")
     package.sageattn = sageattn
+    calls.broken, calls.error = False, 0.0
     monkeypatch.setitem(sys.modules, "sageattention", package)
-    monkeypatch.setattr(attention_lever, "sage_available", lambda device, parallel=False: None)
-    return calls
+    monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(attention_lever, "nvidia_gpu", lambda device: True)
+    attention_lever._kernel_problem.cache_clear()
+    yield calls
+    attention_lever._kernel_problem.cache_clear()
 
 
 def test_sage_runs_every_attention_through_the_package(test_config, parts, stand_in_sage):
@@ -158,6 +171,20 @@ def test_sage_is_one_opaque_op_under_fullgraph_compile(stand_in_sage):
     compiled = torch.compile(attend, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    ("broken", "error", "problem"),
+    [
+        (False, 0.04, None),  # the quantised kernel on A14B's shapes: 3.9%
+        (False, 0.2, r"sageattention disagrees with PyTorch's attention \(20\.\d% apart\)"),
+        (True, 0.0, r"sageattention failed on this GPU \(CUDA error: no kernel image .*\); reinstall it"),
+    ],
+)
+def test_the_sage_self_check_allows_its_quantisation_and_nothing_worse(stand_in_sage, broken, error, problem):
+    stand_in_sage.broken, stand_in_sage.error = broken, error
+    why = attention_lever.sage_available(torch.device("cpu"))
+    assert why is None if problem is None else re.fullmatch(problem, why)
 
 
 def test_sage_off_a_gpu_or_without_the_package_is_one_line(test_config, parts, monkeypatch):

@@ -185,6 +185,23 @@ def test_flash_4_is_the_default_attention_only_where_it_runs(monkeypatch):
         resolve_levers("fast", {"attention_backend": "sage"}, CPU)
 
 
+def test_fast_takes_sage_where_it_runs_and_says_why_not_elsewhere(monkeypatch):
+    def sage_here(device, parallel=False):
+        return "one GPU only" if parallel else None
+
+    monkeypatch.setattr(attention, "sage_available", sage_here)
+    levers, notes = resolve_levers("fast", {}, CPU)
+    assert levers == dataclasses.replace(PRESETS["fast"].levers, attention_backend="sage", compile=False)
+    assert notes == ["preset fast: compile left out on cpu (it pays off on a GPU only)"]
+    assert resolve_levers("exact", {}, CPU)[0].attention_backend is None  # quantised: never in exact
+    assert resolve_levers("fast", {"attention_backend": "native"}, CPU)[0].attention_backend == "native"
+    levers, notes = resolve_levers("fast", {}, CPU, parallel=True)
+    assert levers.attention_backend is None and "preset fast: attention sage left out (one GPU only)" in notes
+    monkeypatch.setattr(attention, "sage_available", lambda device, parallel=False: "it needs an NVIDIA GPU")
+    levers, notes = resolve_levers("fast", {}, CPU)
+    assert levers.attention_backend is None and "preset fast: attention sage left out (it needs an NVIDIA GPU)" in notes
+
+
 def test_unknown_attention_backend_is_one_line(test_config, parts):
     with pytest.raises(ConfigError, match="unknown --attention_backend 'warp'"):
         apply_levers(make_pipe(test_config, parts), Levers(attention_backend="warp"))
