@@ -39,7 +39,8 @@ from wan.validation import check_flags
 if TYPE_CHECKING:
     from wan.levers import Levers
     from wan.lora import LoraFile
-    from wan.text2video import GenerationSettings, WanT2V
+    from wan.settings import GenerationSettings
+    from wan.text2video import WanT2V
 
 logger = logging.getLogger("generate")
 

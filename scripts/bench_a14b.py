@@ -68,8 +68,9 @@ from wan.levers.cache import counting_computed  # noqa: E402
 from wan.levers.compile import compile_seconds, reset_compiled  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
 from wan.placement import Placement, apply_placement, choose_placement  # noqa: E402
+from wan.settings import GenerationSettings  # noqa: E402
 from wan.solvers import make_scheduler  # noqa: E402
-from wan.text2video import GenerationResult, GenerationSettings, WanT2V  # noqa: E402
+from wan.text2video import GenerationResult, WanT2V  # noqa: E402
 
 logger = logging.getLogger("bench_a14b")
 

@@ -30,7 +30,8 @@ from wan.config import ConfigError, load_task_config  # noqa: E402
 from wan.eval.metrics import compare_videos  # noqa: E402
 from wan.guidance import HIGH, LOW  # noqa: E402
 from wan.levers.cache import CALIBRATION_FILE, ComputeCounter, cache_config  # noqa: E402
-from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
+from wan.settings import GenerationSettings  # noqa: E402
+from wan.text2video import WanT2V  # noqa: E402
 from wan.video import save_json, to_uint8_frames  # noqa: E402
 
 logger = logging.getLogger("calibrate_cache")

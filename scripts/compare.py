@@ -48,7 +48,8 @@ from wan.half_frame import PLAIN_STEPS, POSITIONS  # noqa: E402
 from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
 from wan.levers.cache import counting_computed  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
-from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
+from wan.settings import GenerationSettings  # noqa: E402
+from wan.text2video import WanT2V  # noqa: E402
 from wan.video import atomic_path, frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
 
 logger = logging.getLogger("compare")

@@ -40,7 +40,8 @@ from wan.config import load_task_config  # noqa: E402
 from wan.eval.tiny_world import BACKGROUND, held_out_prompts, render_scenes, sample_scene  # noqa: E402
 from wan.guidance import HIGH, LOW  # noqa: E402
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras  # noqa: E402
-from wan.text2video import GenerationSettings, WanT2V  # noqa: E402
+from wan.settings import GenerationSettings  # noqa: E402
+from wan.text2video import WanT2V  # noqa: E402
 
 logger = logging.getLogger("train_tiny_lora")
 

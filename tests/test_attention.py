@@ -14,7 +14,8 @@ from tiny_models import as_components
 from wan.config import ConfigError
 from wan.levers import Levers, apply_levers
 from wan.levers import attention as attention_lever
-from wan.text2video import GenerationSettings, WanT2V
+from wan.settings import GenerationSettings
+from wan.text2video import WanT2V
 
 SETTINGS = GenerationSettings(prompt="a red square moving left", seed=5, size="32*32", frame_num=9, sample_steps=4)
 

@@ -33,7 +33,7 @@ from wan.distributed import (
     validate,
 )
 from wan.guidance import HIGH, LOW
-from wan.text2video import GenerationSettings
+from wan.settings import GenerationSettings
 
 RUNS = {
     "cfg": {},

@@ -27,7 +27,8 @@ from wan.distributed import (
     token_counts,
     validate,
 )
-from wan.text2video import GenerationSettings, WanT2V
+from wan.settings import GenerationSettings
+from wan.text2video import WanT2V
 
 PROMPT = "a red square moving left"
 STEPS = 6  # with shift 12: 4 high-noise steps, then 2 low-noise ones (half-frame needs both)

@@ -17,7 +17,7 @@ import generate
 import wan.video
 from wan import text2video
 from wan.batch import sidecar_path
-from wan.text2video import GenerationSettings
+from wan.settings import GenerationSettings
 from wan.video import claim_output, read_video
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ from wan.levers import Levers, apply_levers, attention
 from wan.levers.cache import CacheSpec, ComputeCounter, counting_computed, parse_cache_spec
 from wan.levers.compile import compile_seconds, reset_compiled
 from wan.levers.presets import PRESETS, preset_generation_defaults, resolve_levers
-from wan.text2video import GenerationSettings, WanT2V
+from wan.settings import GenerationSettings
+from wan.text2video import WanT2V
 
 SETTINGS = GenerationSettings(prompt="a red square moving left", seed=5, size="32*32", frame_num=9, sample_steps=8)
 CPU = torch.device("cpu")

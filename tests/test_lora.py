@@ -17,8 +17,9 @@ from wan.batch import sidecar_path
 from wan.config import ConfigError, load_task_config
 from wan.guidance import HIGH, LOW, plan_steps
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras, lora_record, lora_specs, parse_lora_arg
+from wan.settings import GenerationSettings
 from wan.solvers import make_scheduler
-from wan.text2video import GenerationSettings, WanT2V
+from wan.text2video import WanT2V
 
 REPO = Path(__file__).resolve().parent.parent
 RANK, ALPHA = 4, 2.0

@@ -9,7 +9,8 @@ from tiny_models import as_components
 from wan import placement
 from wan.config import ConfigError
 from wan.placement import BlockStream, ModelOffload, Placement, Resident, apply_placement, choose_placement
-from wan.text2video import GenerationSettings, WanT2V
+from wan.settings import GenerationSettings
+from wan.text2video import WanT2V
 
 SETTINGS = GenerationSettings(prompt="a red square moving left", seed=3, size="32*32", frame_num=9, sample_steps=4)
 

@@ -6,7 +6,8 @@ import torch
 from wan.config import load_task_config
 from wan.frames import latent_frame_count
 from wan.guidance import HIGH, LOW
-from wan.text2video import GenerationSettings, WanT2V
+from wan.settings import GenerationSettings
+from wan.text2video import WanT2V
 
 CONFIG = load_task_config("t2v-tiny")
 

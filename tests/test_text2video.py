@@ -6,7 +6,8 @@ from tiny_models import CAPTIONS, as_components, wan_pipeline
 
 from wan.config import ConfigError
 from wan.guidance import HIGH, LOW
-from wan.text2video import GenerationSettings, NonFiniteLatentError, WanT2V
+from wan.settings import GenerationSettings
+from wan.text2video import NonFiniteLatentError, WanT2V
 
 PROMPT = "a red square moving left"
 

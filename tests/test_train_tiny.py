@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from wan.config import load_task_config
-from wan.text2video import GenerationSettings, WanT2V
+from wan.settings import GenerationSettings
+from wan.text2video import WanT2V
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_tiny.py"
 

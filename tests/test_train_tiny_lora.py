@@ -12,7 +12,8 @@ import torch
 
 from wan.config import load_task_config
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras
-from wan.text2video import GenerationSettings, WanT2V
+from wan.settings import GenerationSettings
+from wan.text2video import WanT2V
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "train_tiny_lora.py"

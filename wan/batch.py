@@ -45,14 +45,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from wan.config import ConfigError, TaskConfig
 from wan.levers.cache import counting_computed
 from wan.lora import FLAG_EXPERTS, LoraFile, check_loras, lora_record, lora_specs
-from wan.text2video import (
-    DEFAULT_COMPLETION,
-    IMPROVED_COMPLETION,
-    GenerationResult,
-    GenerationSettings,
-    NonFiniteLatentError,
-    WanT2V,
-)
+from wan.settings import DEFAULT_COMPLETION, IMPROVED_COMPLETION, GenerationSettings
+from wan.text2video import GenerationResult, NonFiniteLatentError, WanT2V
 from wan.validation import SEED_MAX
 from wan.video import (
     TEMP_NAME,

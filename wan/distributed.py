@@ -31,7 +31,8 @@ from wan.config import ConfigError, TaskConfig
 from wan.frames import half_frame_count, latent_frame_count
 from wan.guidance import HIGH
 from wan.placement import Placement
-from wan.text2video import GenerationResult, GenerationSettings, WanT2V
+from wan.settings import GenerationSettings
+from wan.text2video import GenerationResult, WanT2V
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,18 +24,13 @@ from wan.checkpoints import WanComponents, load_components
 from wan.config import ConfigError, TaskConfig
 from wan.frames import latent_frame_count, predict_x0
 from wan.guidance import HIGH, LOW, StepPlan, apply_cfg, plan_steps
-from wan.half_frame import HalfFramePlan, default_steps, transition
+from wan.half_frame import HalfFramePlan, transition
 from wan.placement import Placement, Resident, apply_placement
 from wan.prompt import clean_prompt
+from wan.settings import GenerationSettings
 from wan.solvers import make_scheduler, step_sigmas
-from wan.validation import check_settings
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_COMPLETION = "renoise"
-"""Completion used when none is named (chosen from the table in docs/QUALITY.md)."""
-IMPROVED_COMPLETION = "renoise"
-"""What ``--enable_improved_frame_completion`` selects."""
 
 
 class NonFiniteLatentError(RuntimeError):
@@ -45,44 +40,6 @@ class NonFiniteLatentError(RuntimeError):
         super().__init__(f"NaN/Inf in the latent at step {step} ({expert} expert); try another seed or dtype")
         self.step = step
         self.expert = expert
-
-
-@dataclass
-class GenerationSettings:
-    """Everything that decides a video (besides the weights); recorded in the JSON sidecar."""
-
-    prompt: str
-    negative_prompt: str | None = None  # None: the task's default
-    size: str | None = None  # "W*H"; None: the task's default
-    frame_num: int | None = None
-    seed: int = 0
-    sample_solver: str | None = None
-    sample_steps: int | None = None
-    sample_shift: float | None = None
-    guide_scale_high: float | None = None
-    guide_scale_low: float | None = None
-    half_frame: bool = False
-    half_frame_steps: str | None = None  # "START:END" high-noise steps at half frames; None: the default
-    half_frame_positions: str = "contiguous"
-    frame_completion: str = DEFAULT_COMPLETION
-    cfg_truncate_steps: int = 0
-    cfg_truncate_high_noise_steps: int = 0
-
-    def resolved(self, config: TaskConfig) -> GenerationSettings:
-        """Fill every ``None`` from the task config and validate (``wan.validation``): the sidecar holds real values."""
-        s = GenerationSettings(**asdict(self))
-        s.negative_prompt = config.negative_prompt if s.negative_prompt is None else s.negative_prompt
-        s.size = config.default_size if s.size is None else s.size
-        s.frame_num = config.frame_num if s.frame_num is None else s.frame_num
-        s.sample_solver = config.sample_solver if s.sample_solver is None else s.sample_solver
-        s.sample_steps = config.sample_steps if s.sample_steps is None else s.sample_steps
-        s.sample_shift = config.sample_shift if s.sample_shift is None else s.sample_shift
-        s.guide_scale_high = config.guide_scale_high if s.guide_scale_high is None else s.guide_scale_high
-        s.guide_scale_low = config.guide_scale_low if s.guide_scale_low is None else s.guide_scale_low
-        if s.half_frame:
-            s.half_frame_steps = s.half_frame_steps or default_steps(s.sample_steps)
-        check_settings(s, config)
-        return s
 
 
 @dataclass

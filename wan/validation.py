@@ -2,9 +2,9 @@
 
 ``RULES`` maps a flag (its argparse dest, which is also a batch item's key) to a check; a new flag's
 check is one entry. ``check_flags`` runs the table over the command line once, before any model or
-batch item; ``check_settings`` runs it over a video's resolved settings (every batch item too) and
-adds the checks that need several settings at once. Bad input never reaches the model, so it fails
-in milliseconds with exit code 2 instead of a traceback after loading.
+batch item; ``wan.settings`` runs it again over each video's resolved settings (every batch item too)
+and adds the checks that need several settings at once. Bad input never reaches the model, so it
+fails in milliseconds with exit code 2 instead of a traceback after loading.
 """
 
 from __future__ import annotations
@@ -12,20 +12,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wan.config import ConfigError, TaskConfig
 from wan.frames import COMPLETIONS
-from wan.guidance import HIGH, plan_steps
 from wan.half_frame import POSITIONS
 from wan.prompt import clean_prompt
-from wan.solvers import SOLVERS, make_scheduler
+from wan.solvers import SOLVERS
 from wan.video import VIDEO_SUFFIXES, writable_target_problem
-
-if TYPE_CHECKING:
-    from wan.text2video import GenerationSettings
 
 SEED_MAX = 2**32 - 1
 """Seeds are 32-bit, as in the official release, so every recorded seed can be passed back as --base_seed."""
@@ -34,8 +29,6 @@ ROPE_MAX_SEQ_LEN = 1024
 released checkpoints' ``rope_max_seq_len``): more latent frames than this cannot be embedded."""
 MAX_SHIFT = 1000.0
 MAX_GUIDE_SCALE = 100.0
-VIDEO_BYTES_PER_PIXEL = 3 * (4 + 1)
-"""The decoded video is held as float32 [3, F, H, W] and then as uint8 frames: a floor on the memory a run needs."""
 
 Rule = Callable[[Any, TaskConfig], "str | None"]
 """A check: ``None`` if the value is allowed, else what is allowed (the message after the flag and value)."""
@@ -232,13 +225,6 @@ RULES: dict[str, Rule] = {
 }
 """Flag (argparse dest, batch item key) -> check. Flags not listed take any value argparse accepts."""
 
-SETTING_FLAGS = {
-    "seed": "base_seed",
-    "guide_scale_high": "sample_guide_scale",
-    "guide_scale_low": "sample_guide_scale",
-}
-"""GenerationSettings fields whose flag has another name; the other fields are named as their flags."""
-
 
 def show(value: Any) -> str:
     if isinstance(value, list):  # a repeatable flag
@@ -252,32 +238,3 @@ def check_flags(flags: Mapping[str, Any], config: TaskConfig) -> None:
         value = flags.get(name)
         if value is not None and (reason := rule(value, config)):
             raise ConfigError(f"--{name} {show(value)}: {reason}")
-
-
-def check_settings(settings: GenerationSettings, config: TaskConfig) -> None:
-    """Resolved settings: every field by its flag's rule, then what depends on several of them."""
-    check_flags({SETTING_FLAGS.get(k, k): v for k, v in asdict(settings).items()}, config)
-    width, height = (int(v) for v in settings.size.split("*"))
-    needed = settings.frame_num * width * height * VIDEO_BYTES_PER_PIXEL
-    available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if needed > available:
-        raise ConfigError(
-            f"--frame_num {settings.frame_num} at {settings.size}: the decoded video alone needs "
-            f"{needed / 2**30:.1f} GiB, more than this machine's {available / 2**30:.1f} GiB of memory"
-        )
-    scheduler = make_scheduler(settings.sample_solver, settings.sample_shift, config.num_train_timesteps)
-    scheduler.set_timesteps(settings.sample_steps)
-    plans = plan_steps(
-        scheduler.timesteps.tolist(),
-        boundary=config.boundary,
-        guide_scale_high=settings.guide_scale_high,
-        guide_scale_low=settings.guide_scale_low,
-        num_train_timesteps=config.num_train_timesteps,
-        cfg_truncate_steps=settings.cfg_truncate_steps,
-        cfg_truncate_high_noise_steps=settings.cfg_truncate_high_noise_steps,
-    )
-    if settings.half_frame and all(p.expert == HIGH for p in plans):
-        raise ConfigError(
-            "half-frame generation needs low-noise steps to complete the frames; no step is below "
-            "the boundary with these --sample_steps/--sample_shift"
-        )

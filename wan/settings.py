@@ -1,0 +1,99 @@
+"""GenerationSettings: everything that decides one video, filled from the task config and checked as a whole.
+
+Each setting's own check is its flag's rule in ``wan.validation``; what needs several settings at once
+(memory for the decoded video, a half-frame plan that has low-noise steps to complete its frames) is
+checked here, on the resolved values the sidecar records.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from wan.config import ConfigError, TaskConfig
+from wan.guidance import HIGH, plan_steps
+from wan.half_frame import default_steps
+from wan.solvers import make_scheduler
+from wan.validation import check_flags
+
+DEFAULT_COMPLETION = "renoise"
+"""Completion used when none is named (chosen from the table in docs/QUALITY.md)."""
+IMPROVED_COMPLETION = "renoise"
+"""What ``--enable_improved_frame_completion`` selects."""
+
+SETTING_FLAGS = {
+    "seed": "base_seed",
+    "guide_scale_high": "sample_guide_scale",
+    "guide_scale_low": "sample_guide_scale",
+}
+"""GenerationSettings fields whose flag has another name; the other fields are named as their flags."""
+
+VIDEO_BYTES_PER_PIXEL = 3 * (4 + 1)
+"""The decoded video is held as float32 [3, F, H, W] and then as uint8 frames: a floor on the memory a run needs."""
+
+
+@dataclass
+class GenerationSettings:
+    """Everything that decides a video (besides the weights); recorded in the JSON sidecar."""
+
+    prompt: str
+    negative_prompt: str | None = None  # None: the task's default
+    size: str | None = None  # "W*H"; None: the task's default
+    frame_num: int | None = None
+    seed: int = 0
+    sample_solver: str | None = None
+    sample_steps: int | None = None
+    sample_shift: float | None = None
+    guide_scale_high: float | None = None
+    guide_scale_low: float | None = None
+    half_frame: bool = False
+    half_frame_steps: str | None = None  # "START:END" high-noise steps at half frames; None: the default
+    half_frame_positions: str = "contiguous"
+    frame_completion: str = DEFAULT_COMPLETION
+    cfg_truncate_steps: int = 0
+    cfg_truncate_high_noise_steps: int = 0
+
+    def resolved(self, config: TaskConfig) -> GenerationSettings:
+        """Fill every ``None`` from the task config and check the result: the sidecar holds real values."""
+        s = GenerationSettings(**asdict(self))
+        s.negative_prompt = config.negative_prompt if s.negative_prompt is None else s.negative_prompt
+        s.size = config.default_size if s.size is None else s.size
+        s.frame_num = config.frame_num if s.frame_num is None else s.frame_num
+        s.sample_solver = config.sample_solver if s.sample_solver is None else s.sample_solver
+        s.sample_steps = config.sample_steps if s.sample_steps is None else s.sample_steps
+        s.sample_shift = config.sample_shift if s.sample_shift is None else s.sample_shift
+        s.guide_scale_high = config.guide_scale_high if s.guide_scale_high is None else s.guide_scale_high
+        s.guide_scale_low = config.guide_scale_low if s.guide_scale_low is None else s.guide_scale_low
+        if s.half_frame:
+            s.half_frame_steps = s.half_frame_steps or default_steps(s.sample_steps)
+        check_settings(s, config)
+        return s
+
+
+def check_settings(settings: GenerationSettings, config: TaskConfig) -> None:
+    """Resolved settings: every field by its flag's rule, then what depends on several of them."""
+    check_flags({SETTING_FLAGS.get(k, k): v for k, v in asdict(settings).items()}, config)
+    width, height = (int(v) for v in settings.size.split("*"))
+    needed = settings.frame_num * width * height * VIDEO_BYTES_PER_PIXEL
+    available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > available:
+        raise ConfigError(
+            f"--frame_num {settings.frame_num} at {settings.size}: the decoded video alone needs "
+            f"{needed / 2**30:.1f} GiB, more than this machine's {available / 2**30:.1f} GiB of memory"
+        )
+    scheduler = make_scheduler(settings.sample_solver, settings.sample_shift, config.num_train_timesteps)
+    scheduler.set_timesteps(settings.sample_steps)
+    plans = plan_steps(
+        scheduler.timesteps.tolist(),
+        boundary=config.boundary,
+        guide_scale_high=settings.guide_scale_high,
+        guide_scale_low=settings.guide_scale_low,
+        num_train_timesteps=config.num_train_timesteps,
+        cfg_truncate_steps=settings.cfg_truncate_steps,
+        cfg_truncate_high_noise_steps=settings.cfg_truncate_high_noise_steps,
+    )
+    if settings.half_frame and all(p.expert == HIGH for p in plans):
+        raise ConfigError(
+            "half-frame generation needs low-noise steps to complete the frames; no step is below "
+            "the boundary with these --sample_steps/--sample_shift"
+        )
