@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache",
         default=None,
         help="step caching: sea[:THRESHOLD[:RUN]], fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], a knob per "
-        "expert as HIGH+LOW (taylorseer:3+4:2), or none",
+        "expert as HIGH+LOW (taylorseer:3+4:2), or none; without a knob, the checkpoint's calibration "
+        "(scripts/calibrate_cache.py) or the default",
     )
     speed.add_argument(
         "--attention_backend",

@@ -4,10 +4,11 @@ For each expert in turn (high-noise first, then low-noise with the high-noise se
 chosen), every candidate is tried on calibration prompts, and the one that skips the most while the
 video stays at or above ``--min_psnr`` dB (mean over prompts, against the uncached video of the same
 seed) is kept. The result goes to ``cache_calibration.json`` in the checkpoint folder, where
-``--cache fbc`` (no threshold) finds it:
+``--cache fbc`` or ``--cache sea`` (no threshold) finds it:
 
     python scripts/calibrate_cache.py                                    # t2v-tiny, on its training captions
     python scripts/calibrate_cache.py --task t2v-A14B --ckpt_dir CKPT --prompt_file prompts.txt --device cuda
+    python scripts/calibrate_cache.py --method sea --max_run 3 ...       # SeaCache; then --preset fast --cache sea
 
 Calibrate on prompts like the ones you will generate, but not on the prompts you evaluate with.
 """
@@ -29,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wan.config import ConfigError, load_task_config  # noqa: E402
 from wan.eval.metrics import compare_videos  # noqa: E402
 from wan.guidance import HIGH, LOW  # noqa: E402
-from wan.levers.cache import CALIBRATION_FILE, ComputeCounter, cache_config  # noqa: E402
+from wan.levers.cache import CALIBRATION_FILE, DEFAULT_SEA_RUN, ComputeCounter, cache_config  # noqa: E402
 from wan.settings import GenerationSettings  # noqa: E402
 from wan.text2video import WanT2V  # noqa: E402
 from wan.video import save_json, to_uint8_frames  # noqa: E402
 
 logger = logging.getLogger("calibrate_cache")
 
-CANDIDATES = {"fbc": "0.02,0.03,0.05,0.08", "taylorseer": "2,3,4"}
+CANDIDATES = {"fbc": "0.02,0.03,0.05,0.08", "taylorseer": "2,3,4", "sea": "0.25,0.5,0.75,1.0"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=6, help="how many calibration prompts")
     p.add_argument("--base_seed", type=int, default=1000, help="prompt i uses seed base_seed + i")
     p.add_argument("--min_psnr", type=float, default=34.0, help="mean PSNR (dB) each expert's setting must keep")
+    p.add_argument("--max_run", type=int, default=DEFAULT_SEA_RUN, help="sea: longest run of cached forwards (1-8)")
     p.add_argument("--sample_steps", type=int, default=None)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--out", default=None, help=f"default: CKPT_DIR/{CALIBRATION_FILE}")
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if not ckpt_dir.is_dir():
         raise ConfigError(f"checkpoint folder {ckpt_dir} does not exist; pass --ckpt_dir")
     candidates = [float(c) for c in (args.candidates or CANDIDATES[args.method]).split(",")]
+    if not 1 <= args.max_run <= 8:
+        raise ConfigError(f"--max_run {args.max_run}: must be a whole number from 1 to 8")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = WanT2V.from_pretrained(config, ckpt_dir, device=device)
     pipe.compute_counter = ComputeCounter(pipe.experts)
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         expert = pipe.experts[expert_name]
         best = None
         for value in candidates:
-            expert.enable_cache(cache_config(args.method, value))
+            expert.enable_cache(cache_config(args.method, value, max_run=args.max_run))
             psnr, skipped = score(pipe, runs, baselines)
             expert.disable_cache()
             trials.append({"expert": expert_name, "value": value, "psnr": psnr, "skipped": skipped})
@@ -120,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                 "try smaller --candidates or a lower --min_psnr"
             )
         chosen[expert_name] = best[0]
-        expert.enable_cache(cache_config(args.method, best[0]))  # the next expert is calibrated on top of it
+        expert.enable_cache(cache_config(args.method, best[0], max_run=args.max_run))  # the next is tried on top
 
     final_psnr, final_skipped = score(pipe, runs, baselines)
     out = Path(args.out) if args.out else ckpt_dir / CALIBRATION_FILE
     existing = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
-    existing[args.method] = chosen
+    existing[args.method] = {**chosen, **({"max_run": args.max_run} if args.method == "sea" else {})}
     existing.setdefault("_measured", {})[args.method] = {
         "psnr": final_psnr,
         "skipped": final_skipped,

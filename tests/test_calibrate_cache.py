@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import calibrate_cache  # noqa: E402
 
 from wan.config import ConfigError  # noqa: E402
-from wan.levers.cache import CacheSpec, expert_settings, read_calibration  # noqa: E402
+from wan.levers.cache import CALIBRATION_FILE, CacheSpec, cache_settings, expert_settings, read_calibration  # noqa: E402
 
 
 def run(ckpt, task_file, tmp_path, *extra):
@@ -39,3 +39,19 @@ def test_keeps_the_most_skipping_setting_above_the_bound(ckpt, task_file, tmp_pa
 def test_no_setting_meets_the_bound_is_one_clear_error(ckpt, task_file, tmp_path):
     with pytest.raises(ConfigError, match="no fbc setting keeps 200.0 dB for the high_noise expert"):
         run(ckpt, task_file, tmp_path, "--candidates", "0.9", "--min_psnr", "200")
+
+
+def test_sea_calibration_records_its_run_and_cache_sea_uses_both(ckpt, task_file, tmp_path):
+    out = tmp_path / CALIBRATION_FILE
+    extra = ["--method", "sea", "--candidates", "0.001,5", "--min_psnr", "0", "--max_run", "2", "--out", str(out)]
+    code, _ = run(ckpt, task_file, tmp_path, *extra)
+    assert code == 0
+    written = json.loads(out.read_text())["sea"]
+    assert written["high_noise"] == 5.0 and written["max_run"] == 2  # the skippier threshold, and the run
+    experts = ("high_noise", "low_noise")
+    assert cache_settings("sea", tmp_path, experts) == {"method": "sea", **written}
+
+
+def test_a_sea_run_out_of_range_is_one_clear_error(ckpt, task_file, tmp_path):
+    with pytest.raises(ConfigError, match="--max_run 0: must be a whole number from 1 to 8"):
+        run(ckpt, task_file, tmp_path, "--method", "sea", "--max_run", "0")

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import json
 import re
 
 import pytest
@@ -10,7 +11,15 @@ from tiny_models import as_components
 
 from wan.config import ConfigError
 from wan.levers import Levers, apply_levers, attention
-from wan.levers.cache import CacheSpec, ComputeCounter, counting_computed, parse_cache_spec
+from wan.levers.cache import (
+    CALIBRATION_FILE,
+    EXPERTS,
+    CacheSpec,
+    ComputeCounter,
+    cache_settings,
+    counting_computed,
+    parse_cache_spec,
+)
 from wan.levers.compile import compile_seconds, reset_compiled
 from wan.levers.presets import PRESETS, preset_generation_defaults, resolve_levers
 from wan.settings import GenerationSettings
@@ -73,7 +82,21 @@ def test_taylorseer_order_two_predicts_differently(test_config, parts, baseline)
 
 def test_sea_spec_takes_a_threshold_and_a_run():
     assert parse_cache_spec("sea:0.5:3") == CacheSpec("sea", (0.5,), max_run=3)
-    assert parse_cache_spec("sea").max_run == 2 and parse_cache_spec("sea").value_for("high_noise") is None
+    assert parse_cache_spec("sea").max_run is None and parse_cache_spec("sea").value_for("high_noise") is None
+
+
+def test_an_unset_sea_knob_and_run_come_from_the_calibration_else_the_fast_presets(tmp_path):
+    calibrated = {"sea": {"high_noise": 0.25, "low_noise": 0.75, "max_run": 5}}
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(calibrated))
+    assert cache_settings("sea", tmp_path, EXPERTS) == {
+        "method": "sea",
+        "max_run": 5,
+        "high_noise": 0.25,
+        "low_noise": 0.75,
+    }
+    assert cache_settings("sea:0.5:2", tmp_path, EXPERTS)["max_run"] == 2  # the spec wins
+    fast = PRESETS["fast"].levers.cache
+    assert cache_settings("sea", None, EXPERTS) == cache_settings(fast, None, EXPERTS)  # uncalibrated: the preset's
 
 
 def test_per_expert_knobs_go_to_their_experts():

@@ -14,10 +14,12 @@ A spec names the method and, optionally, its knob:
   instead would hold ~80 GB per context at A14B.
 - ``sea[:THRESHOLD[:RUN]]``: SeaCache (diffusers' hook, built-in Wan text-to-video support). Before each
   forward it filters the input latent by the step's signal-to-noise ratio (a spectral indicator, no
-  block run) and, while the indicator's accumulated relative change stays under THRESHOLD (0.25 by
-  default), replaces the block stack with the last residual extrapolated linearly (at most RUN
-  forwards in a row, 2 by default). Adaptive: where the video changes fast it computes more. It
-  reads the step's sigma and the step count from the cache context the loop sets.
+  block run) and, while the indicator's accumulated relative change stays under THRESHOLD, replaces
+  the block stack with the last residual extrapolated linearly (at most RUN forwards in a row).
+  Adaptive: where the video changes fast it computes more. It reads the step's sigma and the step
+  count from the cache context the loop sets. Unset, both come from the checkpoint's calibration
+  (``scripts/calibrate_cache.py --method sea``), else 0.5 and 3: ``--preset fast``'s, which keep
+  t2v-tiny's bound (docs/QUALITY.md).
 
 The knob may be one value for both experts or ``HIGH+LOW``, the high-noise expert's then the
 low-noise one's (``taylorseer:3+4:2``): on t2v-tiny the low-noise expert takes every 4th step at
@@ -47,8 +49,8 @@ logger = logging.getLogger(__name__)
 METHODS = ("fbc", "taylorseer", "sea")
 DEFAULT_FBC_THRESHOLD = 0.05
 DEFAULT_TAYLORSEER_INTERVAL = 3
-DEFAULTS = {"fbc": DEFAULT_FBC_THRESHOLD, "taylorseer": DEFAULT_TAYLORSEER_INTERVAL, "sea": 0.25}
-DEFAULT_SEA_RUN = 2
+DEFAULTS = {"fbc": DEFAULT_FBC_THRESHOLD, "taylorseer": DEFAULT_TAYLORSEER_INTERVAL, "sea": 0.5}
+DEFAULT_SEA_RUN = 3
 CALIBRATION_FILE = "cache_calibration.json"
 TAYLORSEER_ORDERS = ("1", "2")
 PER_EXPERT_EXAMPLES = {"fbc": "0.05+0.08", "taylorseer": "3+4", "sea": "0.2+0.3"}
@@ -60,11 +62,17 @@ class CacheSpec:
     method: str
     values: tuple[float, ...] = ()  # one knob for both experts, or (high-noise, low-noise); (): calibrated or default
     order: int = 1  # TaylorSeer's expansion order
-    max_run: int = DEFAULT_SEA_RUN  # SeaCache's longest run of cached forwards
+    max_run: int | None = None  # SeaCache's longest run of cached forwards; None: calibrated or default
 
-    def method_settings(self) -> dict[str, int]:
+    def method_settings(self, calibration: dict) -> dict[str, int]:
         """The method's setting beside the knob: TaylorSeer's order, SeaCache's longest run (sidecar and log)."""
-        return {"taylorseer": {"order": self.order}, "sea": {"max_run": self.max_run}}.get(self.method, {})
+        if self.method == "sea":
+            return {"max_run": self.run(calibration)}
+        return {"order": self.order} if self.method == "taylorseer" else {}
+
+    def run(self, calibration: dict) -> int:
+        """SeaCache's longest run: the spec's, else the checkpoint's calibrated one, else the default."""
+        return self.max_run or int(calibration.get("sea", {}).get("max_run", DEFAULT_SEA_RUN))
 
     def value_for(self, expert: str) -> float | None:
         """This expert's knob from the spec itself (None: take the calibrated or default one)."""
@@ -146,7 +154,7 @@ def cache_settings(spec_text: str, ckpt_dir: str | Path | None, experts: Iterabl
     spec = parse_cache_spec(spec_text)
     calibration = read_calibration(ckpt_dir)
     knobs = {name: expert_settings(spec, name, calibration) for name in experts}
-    return {"method": spec.method, **spec.method_settings(), **knobs}
+    return {"method": spec.method, **spec.method_settings(calibration), **knobs}
 
 
 def cache_config(method: str, value: float, order: int = 1, max_run: int = DEFAULT_SEA_RUN):
@@ -175,10 +183,17 @@ def enable_cache(pipe, spec_text: str) -> None:
     for name, expert in pipe.experts.items():
         chosen[name] = expert_settings(spec, name, calibration)
         if spec.value_for(name) is None and name not in calibration.get(spec.method, {}):
-            logger.warning("no calibrated %s setting for the %s expert: using %s", spec.method, name, chosen[name])
-        expert.enable_cache(cache_config(spec.method, chosen[name], spec.order, spec.max_run))
+            logger.warning(
+                "no calibrated %s setting for the %s expert: using %s (scripts/calibrate_cache.py --method %s "
+                "calibrates this checkpoint)",
+                spec.method,
+                name,
+                chosen[name],
+                spec.method,
+            )
+        expert.enable_cache(cache_config(spec.method, chosen[name], spec.order, spec.run(calibration)))
     pipe.compute_counter = ComputeCounter(pipe.experts)
-    settings = "".join(f" ({k} {v})" for k, v in spec.method_settings().items())
+    settings = "".join(f" ({k} {v})" for k, v in spec.method_settings(calibration).items())
     knobs = ", ".join(f"{k} {v:g}" for k, v in chosen.items())
     logger.info("cache %s%s: %s", spec.method, settings, knobs)
 
