@@ -160,6 +160,7 @@ def backend_names() -> list[str]:
 
 
 def nvidia_gpu(device: torch.device) -> bool:
+    """SageAttention's kernels are CUDA only (a function, so the CPU tests can stand in for a GPU)."""
     return device.type == "cuda"
 
 
@@ -169,7 +170,7 @@ def hopper_or_newer(device: torch.device) -> bool:
 
 
 def _one_name(device: torch.device) -> str:
-    """ "cuda" and "cuda:0" are one GPU: its self-check runs once."""
+    """The GPU's one name (``cuda`` and ``cuda:0`` are one GPU), so its self-check runs once."""
     if device.type == "cuda" and device.index is None:
         device = torch.device(device.type, torch.cuda.current_device())
     return str(device)
