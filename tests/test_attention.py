@@ -44,6 +44,35 @@ def assert_every_attention_runs_through(test_config, parts, backend, calls):
     assert len(calls) >= 2 * SETTINGS.sample_steps * layers  # self- and cross-attention, cond and uncond
 
 
+@pytest.fixture(autouse=True)
+def fresh_kernel_checks():
+    """Each test sees the kernel self-checks of its own stand-ins, not a cached answer from another test."""
+    attention_lever._kernel_problem.cache_clear()
+    yield
+    attention_lever._kernel_problem.cache_clear()
+
+
+def install_stand_ins(monkeypatch, gpu_check: str, modules: dict[str, types.ModuleType]) -> None:
+    """Put stand-in packages where imports find them and let ``gpu_check`` pass on this CPU."""
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(attention_lever, gpu_check, lambda device: True)
+
+
+def assert_one_opaque_op_under_fullgraph_compile(kernel) -> None:
+    """``kernel`` (NHD q, k, v) traces as one call: a graph break would fail ``fullgraph`` compilation."""
+    q, k, v = (torch.randn(1, 16, 2, 8) for _ in range(3))
+
+    def attend(q, k, v):
+        return kernel(q, k, v) * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))
+    torch._dynamo.reset()
+
+
 @pytest.fixture
 def stand_in_flash_4(monkeypatch):
     """A ``flash_attn.cute`` whose kernel is SDPA on flash's (batch, tokens, heads, dim) layout; counts its calls."""
@@ -60,13 +89,8 @@ def stand_in_flash_4(monkeypatch):
     cute.flash_attn_func = flash_attn_func
     package.cute = cute
     calls.broken = False
-    monkeypatch.setitem(sys.modules, "flash_attn", package)
-    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
-    monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(attention_lever, "hopper_or_newer", lambda device: True)
-    attention_lever._kernel_problem.cache_clear()
-    yield calls
-    attention_lever._kernel_problem.cache_clear()
+    install_stand_ins(monkeypatch, "hopper_or_newer", {"flash_attn": package, "flash_attn.cute": cute})
+    return calls
 
 
 def test_flash_4_runs_every_attention_through_the_kernel(test_config, parts, stand_in_flash_4):
@@ -74,15 +98,9 @@ def test_flash_4_runs_every_attention_through_the_kernel(test_config, parts, sta
 
 
 def test_flash_4_is_one_opaque_op_under_fullgraph_compile(stand_in_flash_4):
-    q, k, v = (torch.randn(1, 16, 2, 8) for _ in range(3))
-
-    def attend(q, k, v):
-        return torch.ops.wan.flash_attention_4(q, k, v, softmax_scale=None, causal=False) * 2
-
-    torch._dynamo.reset()
-    compiled = torch.compile(attend, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))
-    torch._dynamo.reset()
+    assert_one_opaque_op_under_fullgraph_compile(
+        lambda q, k, v: torch.ops.wan.flash_attention_4(q, k, v, softmax_scale=None, causal=False)
+    )
 
 
 def test_flash_4_without_the_package_is_one_line(test_config, parts, monkeypatch):
@@ -150,12 +168,8 @@ def stand_in_sage(monkeypatch):
     package = types.ModuleType("sageattention")
     package.sageattn = sageattn
     calls.broken, calls.error = False, 0.0
-    monkeypatch.setitem(sys.modules, "sageattention", package)
-    monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(attention_lever, "nvidia_gpu", lambda device: True)
-    attention_lever._kernel_problem.cache_clear()
-    yield calls
-    attention_lever._kernel_problem.cache_clear()
+    install_stand_ins(monkeypatch, "nvidia_gpu", {"sageattention": package})
+    return calls
 
 
 def test_sage_runs_every_attention_through_the_package(test_config, parts, stand_in_sage):
@@ -163,15 +177,9 @@ def test_sage_runs_every_attention_through_the_package(test_config, parts, stand
 
 
 def test_sage_is_one_opaque_op_under_fullgraph_compile(stand_in_sage):
-    q, k, v = (torch.randn(1, 16, 2, 8) for _ in range(3))
-
-    def attend(q, k, v):
-        return attention_lever._sage_hub_kernel(q=q, k=k, v=v, tensor_layout="NHD", is_causal=False) * 2
-
-    torch._dynamo.reset()
-    compiled = torch.compile(attend, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))
-    torch._dynamo.reset()
+    assert_one_opaque_op_under_fullgraph_compile(
+        lambda q, k, v: attention_lever._sage_hub_kernel(q=q, k=k, v=v, tensor_layout="NHD", is_causal=False)
+    )
 
 
 @pytest.mark.parametrize(
