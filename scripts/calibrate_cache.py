@@ -30,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wan.config import ConfigError, load_task_config  # noqa: E402
 from wan.eval.metrics import compare_videos  # noqa: E402
 from wan.guidance import HIGH, LOW  # noqa: E402
-from wan.levers.cache import CALIBRATION_FILE, DEFAULT_SEA_RUN, ComputeCounter, cache_config  # noqa: E402
+from wan.levers.cache import (  # noqa: E402
+    CALIBRATION_FILE,
+    DEFAULT_SEA_RUN,
+    MAX_SEA_RUN,
+    ComputeCounter,
+    cache_config,
+)
 from wan.settings import GenerationSettings  # noqa: E402
 from wan.text2video import WanT2V  # noqa: E402
 from wan.video import save_json, to_uint8_frames  # noqa: E402
@@ -50,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=6, help="how many calibration prompts")
     p.add_argument("--base_seed", type=int, default=1000, help="prompt i uses seed base_seed + i")
     p.add_argument("--min_psnr", type=float, default=34.0, help="mean PSNR (dB) each expert's setting must keep")
-    p.add_argument("--max_run", type=int, default=DEFAULT_SEA_RUN, help="sea: longest run of cached forwards (1-8)")
+    p.add_argument(
+        "--max_run", type=int, default=DEFAULT_SEA_RUN, help=f"sea: longest run of cached forwards (1-{MAX_SEA_RUN})"
+    )
     p.add_argument("--sample_steps", type=int, default=None)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--out", default=None, help=f"default: CKPT_DIR/{CALIBRATION_FILE}")
@@ -91,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if not ckpt_dir.is_dir():
         raise ConfigError(f"checkpoint folder {ckpt_dir} does not exist; pass --ckpt_dir")
     candidates = [float(c) for c in (args.candidates or CANDIDATES[args.method]).split(",")]
-    if not 1 <= args.max_run <= 8:
-        raise ConfigError(f"--max_run {args.max_run}: must be a whole number from 1 to 8")
+    if not 1 <= args.max_run <= MAX_SEA_RUN:
+        raise ConfigError(f"--max_run {args.max_run}: must be a whole number from 1 to {MAX_SEA_RUN}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = WanT2V.from_pretrained(config, ckpt_dir, device=device)
     pipe.compute_counter = ComputeCounter(pipe.experts)

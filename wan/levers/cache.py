@@ -51,6 +51,7 @@ DEFAULT_FBC_THRESHOLD = 0.05
 DEFAULT_TAYLORSEER_INTERVAL = 3
 DEFAULTS = {"fbc": DEFAULT_FBC_THRESHOLD, "taylorseer": DEFAULT_TAYLORSEER_INTERVAL, "sea": 0.5}
 DEFAULT_SEA_RUN = 3
+MAX_SEA_RUN = 8  # the longest run of cached forwards a spec or a calibration may ask for
 CALIBRATION_FILE = "cache_calibration.json"
 TAYLORSEER_ORDERS = ("1", "2")
 PER_EXPERT_EXAMPLES = {"fbc": "0.05+0.08", "taylorseer": "3+4", "sea": "0.2+0.3"}
@@ -98,8 +99,10 @@ def parse_cache_spec(text: str) -> CacheSpec:
             )
         spec = parse_cache_spec(f"{method}:{value}")
         if method == "sea":
-            if not third.isdigit() or not 1 <= int(third) <= 8:
-                raise ConfigError(f"--cache {text}: the sea run must be a whole number from 1 to 8, e.g. sea:0.5:3")
+            if not third.isdigit() or not 1 <= int(third) <= MAX_SEA_RUN:
+                raise ConfigError(
+                    f"--cache {text}: the sea run must be a whole number from 1 to {MAX_SEA_RUN}, e.g. sea:0.5:3"
+                )
             return replace(spec, max_run=int(third))
         if third not in TAYLORSEER_ORDERS:
             raise ConfigError(f"--cache {text}: the taylorseer order must be 1 or 2, e.g. taylorseer:4:2")
