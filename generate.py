@@ -218,10 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument(
         "--fp8",
-        action=argparse.BooleanOptionalAction,
+        nargs="?",
+        const="all",
         default=None,
-        help="float8 linear layers in the experts (torchao, row-wise scales; GPUs of compute capability 8.9+)",
+        metavar="SCOPE",
+        help="float8 linear layers in the experts (torchao, row-wise scales; GPUs of compute capability 8.9+): "
+        "all (the default scope) or ffn (the feed-forward layers only)",
     )
+    speed.add_argument("--no-fp8", dest="fp8", action="store_const", const="", help="no float8, even in a preset")
     speed.add_argument(
         "--cache",
         default=None,

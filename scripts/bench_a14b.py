@@ -154,8 +154,8 @@ MODES: dict[str, Mode | None] = {  # in the order they run: the most important f
     "resident_lean": Mode(placement="resident_lean"),
     "vae_tiling": Mode(vae_tiling=True),
     "compile": Mode(levers={"compile": True}),
-    "fp8": Mode(levers={"fp8": True}),
-    "fp8+compile": Mode(levers={"fp8": True, "compile": True}),
+    "fp8": Mode(levers={"fp8": "all"}),
+    "fp8+compile": Mode(levers={"fp8": "all", "compile": True}),
     "cache": Mode(levers={"cache": CACHE_SPEC}),
     **{f"attention:{b}": Mode(levers={"attention_backend": b}) for b in ("native", *CUDA_ONLY_BACKENDS)},
 }

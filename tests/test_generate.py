@@ -103,6 +103,8 @@ def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
         (["--ulysses_size", "2"], "need several processes: run with torchrun"),
         (["--cfg_parallel"], "need several processes: run with torchrun"),
         (["--dist_timeout_s", "0"], "--dist_timeout_s 0.0: must be a finite number > 0"),
+        (["--fp8", "attn"], "--fp8 attn: unknown scope; choose one of: all, ffn"),
+        (["--fp8", "ffn"], "--fp8: float8 needs a GPU with compute capability >= 8.9; the device is cpu"),
     ],
 )
 def test_bad_input_is_exit_2_one_line_no_output(common, base, tmp_path, monkeypatch, capsys, flags, message):

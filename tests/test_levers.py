@@ -181,7 +181,7 @@ def test_presets_leave_out_what_the_cpu_lacks_but_explicit_flags_fail():
     assert not levers.fp8 and not levers.compile and levers.cache == PRESETS["fast"].levers.cache
     assert any("compile left out" in n for n in notes)
     with pytest.raises(ConfigError, match="--fp8: float8 needs a GPU"):
-        resolve_levers("fast", {"fp8": True}, CPU)
+        resolve_levers("fast", {"fp8": "all"}, CPU)
     explicit, _ = resolve_levers("fast", {"compile": True, "cache": ""}, CPU)
     assert explicit.compile and not explicit.cache  # explicit flags win, "none" switches the cache off
     assert resolve_levers(None, {}, CPU) == (Levers(), [])

@@ -16,7 +16,7 @@ from wan.config import ConfigError
 from wan.levers.attention import set_attention_backend
 from wan.levers.cache import enable_cache, parse_cache_spec
 from wan.levers.compile import compile_experts
-from wan.levers.fp8 import quantize_experts_fp8
+from wan.levers.fp8 import check_fp8_scope, quantize_experts_fp8
 from wan.levers.fusion import fuse_projections
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class Levers:
 
     attention_backend: str | None = None  # a diffusers attention backend name; None: diffusers' default
     fuse_projections: bool = False  # one GEMM per attention's q/k/v (wan.levers.fusion)
-    fp8: bool = False  # float8 e4m3 linear layers in the experts' blocks (torchao, row-wise scales)
+    fp8: str | None = None  # float8 e4m3 linear layers in the experts' blocks: "all" or "ffn" (wan.levers.fp8)
     cache: str | None = None  # step caching spec, e.g. "fbc:0.05" (wan.levers.cache)
     compile: bool = False  # regional torch.compile of the transformer blocks
 
@@ -37,7 +37,10 @@ class Levers:
 
 
 def parse_levers(text: str) -> dict:
-    """``fp8/compile/cache=fbc:0.05`` -> {"fp8": True, "compile": True, "cache": "fbc:0.05"} (benchmark mode names)."""
+    """``fp8/compile/cache=fbc:0.05`` -> {"fp8": "all", "compile": True, "cache": "fbc:0.05"} (benchmark mode names).
+
+    A bare ``fp8`` is ``fp8=all``, every linear layer of the blocks, as a bare ``--fp8`` is.
+    """
     names = {f.name for f in fields(Levers)}
     levers: dict = {}
     for token in filter(None, text.split("/")):
@@ -45,19 +48,35 @@ def parse_levers(text: str) -> dict:
         if key not in names:
             raise ConfigError(f"unknown lever {key!r} in a mode; levers: {', '.join(sorted(names))}")
         levers[key] = value if has_value else True
+    if levers.get("fp8") is True:
+        levers["fp8"] = "all"
+    if levers.get("fp8"):
+        check_fp8_scope(levers["fp8"])
     if levers.get("cache"):
         parse_cache_spec(levers["cache"])
     return levers
 
 
+def check_levers(levers: Levers) -> None:
+    """A one-line error for a combination of levers that cannot run together."""
+    if levers.fp8 and levers.compile and levers.cache:
+        # Measured on an H200 (torch 2.11, torchao 0.17): InternalTorchDynamoError in torchao's
+        # __torch_function__; float8 + compile and float8 + cache each run (docs/PERFORMANCE.md).
+        raise ConfigError(
+            "--fp8 with --cache and --compile: torch.compile fails on torchao's float8 weights when a cache "
+            "splits the graph; add --no-compile or --cache none"
+        )
+
+
 def apply_levers(pipe, levers: Levers) -> None:
     """Install ``levers`` on a loaded, placed pipeline (once; quantisation and compilation are not undone)."""
+    check_levers(levers)
     if levers.attention_backend:
         set_attention_backend(pipe, levers.attention_backend)
     if levers.fuse_projections:
         fuse_projections(pipe)
     if levers.fp8:
-        quantize_experts_fp8(pipe)
+        quantize_experts_fp8(pipe, levers.fp8)
     if levers.cache:
         enable_cache(pipe, levers.cache)
     if levers.compile:

@@ -12,7 +12,8 @@ lever asked for explicitly is an error (``wan.levers.fp8``).
   exact's levers, SeaCache step caching (threshold 0.5, at most 3 cached forwards in a row: ~23 of
   72 forwards computed, where the video changes) and CFG truncation 5/3, with SageAttention 2 where it
   is installed (30.8 dB with it, 31.2 without; 1.04x per A14B forward) and the default attention elsewhere.
-  Float8 is left out: alone it costs t2v-tiny ~33 dB, too much to stack with caching under the bound.
+  Float8 is left out: every block linear costs t2v-tiny ~32 dB alone, and the feed-forward layers
+  alone take the fast preset to 29.97 dB, under its bound (docs/QUALITY.md).
 
 Without ``--attention_backend`` every run, preset or not, takes the fastest kernel that keeps the video
 and runs here (``default_attention_backend``).
@@ -27,10 +28,10 @@ from typing import Any
 import torch
 
 from wan.config import ConfigError
-from wan.levers import Levers
+from wan.levers import Levers, check_levers
 from wan.levers.attention import default_attention_backend, local_kernel_problem
 from wan.levers.cache import parse_cache_spec
-from wan.levers.fp8 import fp8_available
+from wan.levers.fp8 import check_fp8_scope, fp8_available
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def resolve_levers(
     unknown = set(explicit) - {f.name for f in fields(Levers)}
     if unknown:
         raise ValueError(f"not levers: {sorted(unknown)}")
+    if explicit.get("fp8"):
+        check_fp8_scope(explicit["fp8"])
     if explicit.get("fp8") and (why := fp8_available(device)):
         raise ConfigError(f"--fp8: {why}; run without --fp8")
     if why := local_kernel_problem(explicit.get("attention_backend"), device, parallel):
@@ -78,6 +81,7 @@ def resolve_levers(
         chosen = replace(chosen, attention_backend=default_attention_backend(device, parallel))
     if chosen.cache:
         parse_cache_spec(chosen.cache)  # a bad spec fails here, before anything loads
+    check_levers(chosen)
     for note in notes:
         logger.info(note)
     return chosen, notes
@@ -89,7 +93,7 @@ def _preset_levers(
     """The preset's levers less what this run lacks (one note each), and its preferred attention where it runs."""
     chosen, notes = PRESETS[preset].levers, []
     if chosen.fp8 and explicit.get("fp8") is None and (why := fp8_available(device)):
-        chosen = replace(chosen, fp8=False)
+        chosen = replace(chosen, fp8=None)
         notes.append(f"preset {preset}: fp8 left out ({why})")
     for name in PRESETS[preset].gpu_only:
         if getattr(chosen, name) and explicit.get(name) is None and device.type != "cuda":
