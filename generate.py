@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument(
         "--cache",
         default=None,
-        help="step caching: sea[:THRESHOLD[:RUN]], fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], a knob per "
-        "expert as HIGH+LOW (taylorseer:3+4:2), or none; without a knob, the checkpoint's calibration "
+        help="step caching: sea[:THRESHOLD[:RUN]], fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], a knob (and "
+        "sea's run) per expert as HIGH+LOW (taylorseer:3+4:2), or none; without a knob, the checkpoint's calibration "
         "(scripts/calibrate_cache.py) or the default",
     )
     speed.add_argument(

@@ -81,8 +81,18 @@ def test_taylorseer_order_two_predicts_differently(test_config, parts, baseline)
 
 
 def test_sea_spec_takes_a_threshold_and_a_run():
-    assert parse_cache_spec("sea:0.5:3") == CacheSpec("sea", (0.5,), max_run=3)
-    assert parse_cache_spec("sea").max_run is None and parse_cache_spec("sea").value_for("high_noise") is None
+    assert parse_cache_spec("sea:0.5:3") == CacheSpec("sea", (0.5,), max_run=(3,))
+    assert parse_cache_spec("sea:0.5:3+5") == CacheSpec("sea", (0.5,), max_run=(3, 5))
+    assert parse_cache_spec("sea").max_run == () and parse_cache_spec("sea").value_for("high_noise") is None
+
+
+def test_a_sea_run_per_expert_reaches_each_experts_hook(test_config, parts, tmp_path):
+    assert cache_settings("sea:0.5:3+5", tmp_path, EXPERTS)["max_run"] == "3+5"
+    assert cache_settings("sea:0.5:4+4", tmp_path, EXPERTS)["max_run"] == 4
+    pipe = make_pipe(test_config, parts)
+    apply_levers(pipe, Levers(cache="sea:0.5:3+5"))
+    runs = {name: expert._cache_config.max_consecutive_cached for name, expert in pipe.experts.items()}
+    assert runs == {"high_noise": 3, "low_noise": 5}
 
 
 def test_an_unset_sea_knob_and_run_come_from_the_calibration_else_the_fast_presets(tmp_path):
@@ -165,6 +175,8 @@ def test_compute_counter_counts_every_full_forward(test_config, parts, baseline)
         ("taylorseer::2", "only taylorseer (an order) and sea (a run) take a third field, after their knob"),
         ("fbc:0.1:2", "only taylorseer (an order) and sea (a run) take a third field"),
         ("sea:0.5:0", "the sea run must be a whole number from 1 to 8"),
+        ("sea:0.5:3+5+2", "the sea run must be a whole number from 1 to 8, or two as HIGH+LOW"),
+        ("sea:0.5:3+9", "the sea run must be a whole number from 1 to 8"),
         ("taylorseer:6+3+2", "give one value, or two as HIGH+LOW (e.g. taylorseer:3+4)"),
         ("fbc:0.05+1.5", "must be in (0, 1)"),
         ("taylorseer:6+", "'' is not a number"),

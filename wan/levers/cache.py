@@ -15,7 +15,9 @@ A spec names the method and, optionally, its knob:
 - ``sea[:THRESHOLD[:RUN]]``: SeaCache (diffusers' hook, built-in Wan text-to-video support). Before each
   forward it filters the input latent by the step's signal-to-noise ratio (a spectral indicator, no
   block run) and, while the indicator's accumulated relative change stays under THRESHOLD, replaces
-  the block stack with the last residual extrapolated linearly (at most RUN forwards in a row).
+  the block stack with the last residual extrapolated linearly (at most RUN forwards in a row; RUN may
+  be ``HIGH+LOW`` too, ``sea:0.5:3+5``: the low-noise expert's late steps change little, so on
+  t2v-tiny longer runs there cost little, docs/QUALITY.md).
   Adaptive: where the video changes fast it computes more. It reads the step's sigma and the step
   count from the cache context the loop sets. Unset, both come from the checkpoint's calibration
   (``scripts/calibrate_cache.py --method sea``), else 0.5 and 3: ``--preset fast``'s, which keep
@@ -63,17 +65,23 @@ class CacheSpec:
     method: str
     values: tuple[float, ...] = ()  # one knob for both experts, or (high-noise, low-noise); (): calibrated or default
     order: int = 1  # TaylorSeer's expansion order
-    max_run: int | None = None  # SeaCache's longest run of cached forwards; None: calibrated or default
+    max_run: tuple[int, ...] = ()  # SeaCache's longest run of cached forwards, one or (high, low); (): calibrated
 
-    def method_settings(self, calibration: dict) -> dict[str, int]:
-        """The method's setting beside the knob: TaylorSeer's order, SeaCache's longest run (sidecar and log)."""
+    def method_settings(self, calibration: dict) -> dict[str, int | str]:
+        """The method's setting beside the knob: TaylorSeer's order, SeaCache's longest run (sidecar and log).
+
+        SeaCache's run is one number when both experts share it, else ``HIGH+LOW`` as in the spec.
+        """
         if self.method == "sea":
-            return {"max_run": self.run(calibration)}
+            runs = [self.run(calibration, expert) for expert in EXPERTS]
+            return {"max_run": runs[0] if runs[0] == runs[1] else "+".join(map(str, runs))}
         return {"order": self.order} if self.method == "taylorseer" else {}
 
-    def run(self, calibration: dict) -> int:
-        """SeaCache's longest run: the spec's, else the checkpoint's calibrated one, else the default."""
-        return self.max_run or int(calibration.get("sea", {}).get("max_run", DEFAULT_SEA_RUN))
+    def run(self, calibration: dict, expert: str) -> int:
+        """This expert's SeaCache run: the spec's, else the checkpoint's calibrated one, else the default."""
+        if self.max_run:
+            return self.max_run[EXPERTS.index(expert)] if len(self.max_run) == 2 else self.max_run[0]
+        return int(calibration.get("sea", {}).get("max_run", DEFAULT_SEA_RUN))
 
     def value_for(self, expert: str) -> float | None:
         """This expert's knob from the spec itself (None: take the calibrated or default one)."""
@@ -99,11 +107,13 @@ def parse_cache_spec(text: str) -> CacheSpec:
             )
         spec = parse_cache_spec(f"{method}:{value}")
         if method == "sea":
-            if not third.isdigit() or not 1 <= int(third) <= MAX_SEA_RUN:
+            runs = third.split("+")
+            if len(runs) > len(EXPERTS) or not all(r.isdigit() and 1 <= int(r) <= MAX_SEA_RUN for r in runs):
                 raise ConfigError(
-                    f"--cache {text}: the sea run must be a whole number from 1 to {MAX_SEA_RUN}, e.g. sea:0.5:3"
+                    f"--cache {text}: the sea run must be a whole number from 1 to {MAX_SEA_RUN}, or two as "
+                    "HIGH+LOW, e.g. sea:0.5:3 or sea:0.5:3+5"
                 )
-            return replace(spec, max_run=int(third))
+            return replace(spec, max_run=tuple(map(int, runs)))
         if third not in TAYLORSEER_ORDERS:
             raise ConfigError(f"--cache {text}: the taylorseer order must be 1 or 2, e.g. taylorseer:4:2")
         return replace(spec, order=int(third))
@@ -194,7 +204,7 @@ def enable_cache(pipe, spec_text: str) -> None:
                 chosen[name],
                 spec.method,
             )
-        expert.enable_cache(cache_config(spec.method, chosen[name], spec.order, spec.run(calibration)))
+        expert.enable_cache(cache_config(spec.method, chosen[name], spec.order, spec.run(calibration, name)))
     pipe.compute_counter = ComputeCounter(pipe.experts)
     settings = "".join(f" ({k} {v})" for k, v in spec.method_settings(calibration).items())
     knobs = ", ".join(f"{k} {v:g}" for k, v in chosen.items())
