@@ -79,15 +79,19 @@ class CacheSpec:
 
     def run(self, calibration: dict, expert: str) -> int:
         """This expert's SeaCache run: the spec's, else the checkpoint's calibrated one, else the default."""
-        if self.max_run:
-            return self.max_run[EXPERTS.index(expert)] if len(self.max_run) == 2 else self.max_run[0]
-        return int(calibration.get("sea", {}).get("max_run", DEFAULT_SEA_RUN))
+        spec_run = _for_expert(self.max_run, expert)
+        return spec_run if spec_run is not None else int(calibration.get("sea", {}).get("max_run", DEFAULT_SEA_RUN))
 
     def value_for(self, expert: str) -> float | None:
         """This expert's knob from the spec itself (None: take the calibrated or default one)."""
-        if len(self.values) == 2:
-            return self.values[EXPERTS.index(expert)]
-        return self.values[0] if self.values else None
+        return _for_expert(self.values, expert)
+
+
+def _for_expert(values: tuple, expert: str):
+    """A spec field's value for ``expert``: one shared value, or (high-noise, low-noise); None if unset."""
+    if len(values) == 2:
+        return values[EXPERTS.index(expert)]
+    return values[0] if values else None
 
 
 def parse_cache_spec(text: str) -> CacheSpec:

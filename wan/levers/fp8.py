@@ -53,7 +53,7 @@ def quantize_experts_fp8(pipe, scope: str = "all") -> None:
     config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
     for expert in pipe.experts.values():
         names = set(fp8_layer_names(expert, scope))
-        dtypes = {m.weight.dtype for name, m in expert.named_modules() if name in names}
+        dtypes = {expert.get_submodule(name).weight.dtype for name in names}
         if dtypes != {torch.bfloat16}:
             raise ConfigError(
                 f"--fp8 quantises bfloat16 weights; the experts are {', '.join(map(str, dtypes))}: "
