@@ -8,7 +8,7 @@ seed) is kept. The result goes to ``cache_calibration.json`` in the checkpoint f
 
     python scripts/calibrate_cache.py                                    # t2v-tiny, on its training captions
     python scripts/calibrate_cache.py --task t2v-A14B --ckpt_dir CKPT --prompt_file prompts.txt --device cuda
-    python scripts/calibrate_cache.py --method sea --max_run 3 ...       # SeaCache; then --preset fast --cache sea
+    python scripts/calibrate_cache.py --method sea --max_run 3+5 ...     # SeaCache; then --preset fast --cache sea
 
 Calibrate on prompts like the ones you will generate, but not on the prompts you evaluate with.
 """
@@ -36,6 +36,9 @@ from wan.levers.cache import (  # noqa: E402
     MAX_SEA_RUN,
     ComputeCounter,
     cache_config,
+    for_expert,
+    parse_sea_run,
+    sea_run_record,
 )
 from wan.settings import GenerationSettings  # noqa: E402
 from wan.text2video import WanT2V  # noqa: E402
@@ -57,7 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base_seed", type=int, default=1000, help="prompt i uses seed base_seed + i")
     p.add_argument("--min_psnr", type=float, default=34.0, help="mean PSNR (dB) each expert's setting must keep")
     p.add_argument(
-        "--max_run", type=int, default=DEFAULT_SEA_RUN, help=f"sea: longest run of cached forwards (1-{MAX_SEA_RUN})"
+        "--max_run",
+        default="+".join(map(str, DEFAULT_SEA_RUN)),
+        help=f"sea: longest run of cached forwards (1-{MAX_SEA_RUN}), one for both experts or HIGH+LOW",
     )
     p.add_argument("--sample_steps", type=int, default=None)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -99,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ckpt_dir.is_dir():
         raise ConfigError(f"checkpoint folder {ckpt_dir} does not exist; pass --ckpt_dir")
     candidates = [float(c) for c in (args.candidates or CANDIDATES[args.method]).split(",")]
-    if not 1 <= args.max_run <= MAX_SEA_RUN:
-        raise ConfigError(f"--max_run {args.max_run}: must be a whole number from 1 to {MAX_SEA_RUN}")
+    sea_runs = parse_sea_run(args.max_run, f"--max_run {args.max_run}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = WanT2V.from_pretrained(config, ckpt_dir, device=device)
     pipe.compute_counter = ComputeCounter(pipe.experts)
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         expert = pipe.experts[expert_name]
         best = None
         for value in candidates:
-            expert.enable_cache(cache_config(args.method, value, max_run=args.max_run))
+            expert.enable_cache(cache_config(args.method, value, max_run=for_expert(sea_runs, expert_name)))
             psnr, skipped = score(pipe, runs, baselines)
             expert.disable_cache()
             trials.append({"expert": expert_name, "value": value, "psnr": psnr, "skipped": skipped})
@@ -132,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
                 "try smaller --candidates or a lower --min_psnr"
             )
         chosen[expert_name] = best[0]
-        expert.enable_cache(cache_config(args.method, best[0], max_run=args.max_run))  # the next is tried on top
+        expert.enable_cache(
+            cache_config(args.method, best[0], max_run=for_expert(sea_runs, expert_name))
+        )  # the next is tried on top
 
     final_psnr, final_skipped = score(pipe, runs, baselines)
     out = Path(args.out) if args.out else ckpt_dir / CALIBRATION_FILE
     existing = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
-    existing[args.method] = {**chosen, **({"max_run": args.max_run} if args.method == "sea" else {})}
+    existing[args.method] = {**chosen, **({"max_run": sea_run_record(sea_runs)} if args.method == "sea" else {})}
     existing.setdefault("_measured", {})[args.method] = {
         "psnr": final_psnr,
         "skipped": final_skipped,

@@ -43,15 +43,15 @@ def test_no_setting_meets_the_bound_is_one_clear_error(ckpt, task_file, tmp_path
 
 def test_sea_calibration_records_its_run_and_cache_sea_uses_both(ckpt, task_file, tmp_path):
     out = tmp_path / CALIBRATION_FILE
-    extra = ["--method", "sea", "--candidates", "0.001,5", "--min_psnr", "0", "--max_run", "2", "--out", str(out)]
+    extra = ["--method", "sea", "--candidates", "0.001,5", "--min_psnr", "0", "--max_run", "2+4", "--out", str(out)]
     code, _ = run(ckpt, task_file, tmp_path, *extra)
     assert code == 0
     written = json.loads(out.read_text())["sea"]
-    assert written["high_noise"] == 5.0 and written["max_run"] == 2  # the skippier threshold, and the run
+    assert written["high_noise"] == 5.0 and written["max_run"] == "2+4"  # the skippier threshold, and the runs
     experts = ("high_noise", "low_noise")
     assert cache_settings("sea", tmp_path, experts) == {"method": "sea", **written}
 
 
 def test_a_sea_run_out_of_range_is_one_clear_error(ckpt, task_file, tmp_path):
-    with pytest.raises(ConfigError, match="--max_run 0: must be a whole number from 1 to 8"):
+    with pytest.raises(ConfigError, match="--max_run 0: the sea run must be a whole number from 1 to 8"):
         run(ckpt, task_file, tmp_path, "--method", "sea", "--max_run", "0")

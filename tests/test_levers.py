@@ -19,6 +19,7 @@ from wan.levers.cache import (
     cache_settings,
     counting_computed,
     parse_cache_spec,
+    read_calibration,
 )
 from wan.levers.compile import compile_seconds, reset_compiled
 from wan.levers.presets import PRESETS, preset_generation_defaults, resolve_levers
@@ -107,6 +108,11 @@ def test_an_unset_sea_knob_and_run_come_from_the_calibration_else_the_fast_prese
     assert cache_settings("sea:0.5:2", tmp_path, EXPERTS)["max_run"] == 2  # the spec wins
     fast = PRESETS["fast"].levers.cache
     assert cache_settings("sea", None, EXPERTS) == cache_settings(fast, None, EXPERTS)  # uncalibrated: the preset's
+    assert cache_settings("sea", None, EXPERTS)["max_run"] == "3+5"
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"sea": {**calibrated["sea"], "max_run": "2+4"}}))
+    assert CacheSpec("sea").run(read_calibration(tmp_path), "low_noise") == 4  # a calibrated run per expert
+    with pytest.raises(ConfigError, match="cache_calibration.json: max_run 9: the sea run must be a whole number"):
+        CacheSpec("sea").run({"sea": {"max_run": 9}}, "low_noise")  # a hand-edited file, out of range
 
 
 def test_per_expert_knobs_go_to_their_experts():

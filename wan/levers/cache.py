@@ -20,7 +20,7 @@ A spec names the method and, optionally, its knob:
   t2v-tiny longer runs there cost little, docs/QUALITY.md).
   Adaptive: where the video changes fast it computes more. It reads the step's sigma and the step
   count from the cache context the loop sets. Unset, both come from the checkpoint's calibration
-  (``scripts/calibrate_cache.py --method sea``), else 0.5 and 3: ``--preset fast``'s, which keep
+  (``scripts/calibrate_cache.py --method sea``), else 0.5 and 3+5: ``--preset fast``'s, which keep
   t2v-tiny's bound (docs/QUALITY.md).
 
 The knob may be one value for both experts or ``HIGH+LOW``, the high-noise expert's then the
@@ -52,7 +52,7 @@ METHODS = ("fbc", "taylorseer", "sea")
 DEFAULT_FBC_THRESHOLD = 0.05
 DEFAULT_TAYLORSEER_INTERVAL = 3
 DEFAULTS = {"fbc": DEFAULT_FBC_THRESHOLD, "taylorseer": DEFAULT_TAYLORSEER_INTERVAL, "sea": 0.5}
-DEFAULT_SEA_RUN = 3
+DEFAULT_SEA_RUN = (3, 5)  # (high-noise, low-noise): the fast preset's
 MAX_SEA_RUN = 8  # the longest run of cached forwards a spec or a calibration may ask for
 CALIBRATION_FILE = "cache_calibration.json"
 TAYLORSEER_ORDERS = ("1", "2")
@@ -73,21 +73,22 @@ class CacheSpec:
         SeaCache's run is one number when both experts share it, else ``HIGH+LOW`` as in the spec.
         """
         if self.method == "sea":
-            runs = [self.run(calibration, expert) for expert in EXPERTS]
-            return {"max_run": runs[0] if runs[0] == runs[1] else "+".join(map(str, runs))}
+            return {"max_run": sea_run_record(tuple(self.run(calibration, expert) for expert in EXPERTS))}
         return {"order": self.order} if self.method == "taylorseer" else {}
 
     def run(self, calibration: dict, expert: str) -> int:
         """This expert's SeaCache run: the spec's, else the checkpoint's calibrated one, else the default."""
-        spec_run = _for_expert(self.max_run, expert)
-        return spec_run if spec_run is not None else int(calibration.get("sea", {}).get("max_run", DEFAULT_SEA_RUN))
+        calibrated = calibration.get("sea", {}).get("max_run")
+        if self.max_run or calibrated is None:
+            return for_expert(self.max_run or DEFAULT_SEA_RUN, expert)
+        return for_expert(parse_sea_run(str(calibrated), f"{CALIBRATION_FILE}: max_run {calibrated!r}"), expert)
 
     def value_for(self, expert: str) -> float | None:
         """This expert's knob from the spec itself (None: take the calibrated or default one)."""
-        return _for_expert(self.values, expert)
+        return for_expert(self.values, expert)
 
 
-def _for_expert(values: tuple, expert: str):
+def for_expert(values: tuple, expert: str):
     """A spec field's value for ``expert``: one shared value, or (high-noise, low-noise); None if unset."""
     if len(values) == 2:
         return values[EXPERTS.index(expert)]
@@ -111,13 +112,7 @@ def parse_cache_spec(text: str) -> CacheSpec:
             )
         spec = parse_cache_spec(f"{method}:{value}")
         if method == "sea":
-            runs = third.split("+")
-            if len(runs) > len(EXPERTS) or not all(r.isdigit() and 1 <= int(r) <= MAX_SEA_RUN for r in runs):
-                raise ConfigError(
-                    f"--cache {text}: the sea run must be a whole number from 1 to {MAX_SEA_RUN}, or two as "
-                    "HIGH+LOW, e.g. sea:0.5:3 or sea:0.5:3+5"
-                )
-            return replace(spec, max_run=tuple(map(int, runs)))
+            return replace(spec, max_run=parse_sea_run(third, f"--cache {text}"))
         if third not in TAYLORSEER_ORDERS:
             raise ConfigError(f"--cache {text}: the taylorseer order must be 1 or 2, e.g. taylorseer:4:2")
         return replace(spec, order=int(third))
@@ -174,7 +169,23 @@ def cache_settings(spec_text: str, ckpt_dir: str | Path | None, experts: Iterabl
     return {"method": spec.method, **spec.method_settings(calibration), **knobs}
 
 
-def cache_config(method: str, value: float, order: int = 1, max_run: int = DEFAULT_SEA_RUN):
+def parse_sea_run(text: str, where: str = "--max_run") -> tuple[int, ...]:
+    """``"3"`` -> (3,), ``"3+5"`` -> (3, 5): SeaCache's longest run, one for both experts or HIGH+LOW."""
+    runs = text.split("+")
+    if len(runs) > len(EXPERTS) or not all(r.isdigit() and 1 <= int(r) <= MAX_SEA_RUN for r in runs):
+        raise ConfigError(
+            f"{where}: the sea run must be a whole number from 1 to {MAX_SEA_RUN}, or two as HIGH+LOW, "
+            "e.g. sea:0.5:3 or sea:0.5:3+5"
+        )
+    return tuple(map(int, runs))
+
+
+def sea_run_record(runs: tuple[int, ...]) -> int | str:
+    """How the sidecar and the calibration file write a SeaCache run: one number if the experts share it."""
+    return runs[0] if len(set(runs)) == 1 else "+".join(map(str, runs))
+
+
+def cache_config(method: str, value: float, order: int = 1, *, max_run: int):
     """The diffusers hook config for one expert."""
     from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
     from diffusers.hooks.sea_cache import SeaCacheConfig
@@ -208,7 +219,7 @@ def enable_cache(pipe, spec_text: str) -> None:
                 chosen[name],
                 spec.method,
             )
-        expert.enable_cache(cache_config(spec.method, chosen[name], spec.order, spec.run(calibration, name)))
+        expert.enable_cache(cache_config(spec.method, chosen[name], spec.order, max_run=spec.run(calibration, name)))
     pipe.compute_counter = ComputeCounter(pipe.experts)
     settings = "".join(f" ({k} {v})" for k, v in spec.method_settings(calibration).items())
     knobs = ", ".join(f"{k} {v:g}" for k, v in chosen.items())

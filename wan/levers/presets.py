@@ -9,9 +9,10 @@ lever asked for explicitly is an error (``wan.levers.fp8``).
   (FlashAttention 4 where it runs, ``wan.levers.attention``).
 - ``fast``: the fastest combination whose quality holds on t2v-tiny (>= 30 dB mean PSNR against the
   baseline over 32 held-out prompts, adherence within 2 points; docs/QUALITY.md has the table):
-  exact's levers, SeaCache step caching (threshold 0.5, at most 3 cached forwards in a row: ~23 of
-  72 forwards computed, where the video changes) and CFG truncation 5/3, with SageAttention 2 where it
-  is installed (30.8 dB with it, 31.2 without; 1.04x per A14B forward) and the default attention elsewhere.
+  exact's levers, SeaCache step caching (threshold 0.5, at most 3 cached forwards in a row for the
+  high-noise expert and 5 for the low-noise one, whose late steps change little: ~21 of 72 forwards
+  computed, where the video changes) and CFG truncation 5/3, with SageAttention 2 where it is installed
+  (30.4 dB with it, 30.7 without; 1.04x per A14B forward) and the default attention elsewhere.
   Float8 is left out: every block linear costs t2v-tiny ~32 dB alone, and the feed-forward layers
   alone take the fast preset to 29.97 dB, under its bound (docs/QUALITY.md).
 
@@ -48,7 +49,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "exact": Preset(Levers(compile=True, fuse_projections=True)),
     "fast": Preset(
-        Levers(compile=True, fuse_projections=True, cache="sea:0.5:3"),
+        Levers(compile=True, fuse_projections=True, cache="sea:0.5:3+5"),
         generation={"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3},
         attention=("sage",),
     ),
