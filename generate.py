@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from wan.config import DEFAULT_TASK, ConfigError, TaskConfig, available_tasks, load_task_config
 from wan.levers.presets import PRESETS
+from wan.levers.vae_precision import VAE_DTYPES
 from wan.placement import PLACEMENTS
 from wan.validation import check_flags
 
@@ -204,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default=None,
         choices=list(PRESETS),
-        help="exact: the fastest levers that keep the video (compile, fused projections); fast: the "
-        "fastest whose quality holds on t2v-tiny (exact's, SeaCache step cache, CFG truncation 5/3)",
+        help="exact: the fastest levers that keep the video (compile, fused projections); fast: the fastest "
+        "whose quality holds on t2v-tiny (exact's, SeaCache step cache, CFG truncation 5/3, bfloat16 VAE decode)",
     )
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="regional torch.compile of the blocks"
@@ -232,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="step caching: sea[:THRESHOLD[:RUN]], fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], a knob (and "
         "sea's run) per expert as HIGH+LOW (taylorseer:3+4:2), or none; without a knob, the checkpoint's calibration "
         "(scripts/calibrate_cache.py) or the default",
+    )
+    speed.add_argument(
+        "--vae_dtype",
+        default=None,
+        help=f"the VAE's precision for the decode: {' or '.join(VAE_DTYPES)} (the released float32 by default; "
+        "--preset fast: bfloat16)",
     )
     speed.add_argument(
         "--attention_backend",
@@ -292,6 +299,7 @@ def resolve_levers(args: argparse.Namespace) -> Levers:
         "fp8": args.fp8,
         "cache": cache,
         "attention_backend": args.attention_backend,
+        "vae_dtype": args.vae_dtype,
     }
     parallel = args.ulysses_size > 1 or args.cfg_parallel
     levers, args.preset_notes = resolve(args.preset, explicit, torch.device(args.device), parallel)

@@ -581,11 +581,16 @@ class Bench:
         self.report["matmul_peak"] = matmul_peak(n, self.device, self.dtype)
         logger.info("matmul peak %.1f TFLOP/s", self.report["matmul_peak"]["tflops"])
 
+    def reset_vae(self) -> None:
+        """Undo what a mode before this one did to the shared VAE (tiling, the VAE precision lever)."""
+        self.vae.disable_tiling()
+        self.vae.to(dtype=self.vae_dtype)
+
     # ------------------------------------------------------------------ the peer
     def run_peer(self, steps: int) -> dict[str, Any]:
         """diffusers' WanPipeline, everything resident, text encoding and decode included (output_type="np")."""
         rebuild_s = self.clean_experts()
-        self.vae.disable_tiling()
+        self.reset_vae()
         for expert in self.experts.values():
             expert.reset_attention_backend()
         for module in self.parts():
@@ -690,7 +695,7 @@ class Bench:
     def prepare(self, mode: Mode, steps: int) -> tuple[WanT2V, dict[str, Any], dict[str, Any]]:
         """A WanT2V placed and levered as the product does it (``generate.load_pipeline``), with setup seconds."""
         setup: dict[str, Any] = {"rebuild_s": self.clean_experts()}
-        self.vae.disable_tiling()
+        self.reset_vae()
         for expert in self.experts.values():  # an attention mode before this one set its backend
             expert.reset_attention_backend()
         start = now(self.device)

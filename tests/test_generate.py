@@ -105,6 +105,7 @@ def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
         (["--dist_timeout_s", "0"], "--dist_timeout_s 0.0: must be a finite number > 0"),
         (["--fp8", "attn"], "--fp8 attn: unknown scope; choose one of: all, ffn"),
         (["--fp8", "ffn"], "--fp8: float8 needs a GPU with compute capability >= 8.9; the device is cpu"),
+        (["--vae_dtype", "float16"], "unknown --vae_dtype 'float16'; choose one of: float32, bfloat16"),
     ],
 )
 def test_bad_input_is_exit_2_one_line_no_output(common, base, tmp_path, monkeypatch, capsys, flags, message):

@@ -343,10 +343,10 @@ class WanT2V:
         """Latent -> video [3, F, H, W] in [-1, 1]; undoes the VAE's per-channel latent normalisation."""
         vae = self.parts.vae
         with self.placement.using(vae, self.device):
-            z = latents.to(self.device, vae.dtype)
-            mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
-            inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
-            video = vae.decode(z / inv_std + mean, return_dict=False)[0]
+            z = latents.to(self.device, torch.float32)  # denormalised in float32 whatever the VAE's dtype
+            mean = torch.tensor(vae.config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
+            video = vae.decode((z / inv_std + mean).to(vae.dtype), return_dict=False)[0]
         return video[0].float().clamp(-1, 1)
 
     # ----------------------------------------------------------------------------------- timing

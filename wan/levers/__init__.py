@@ -2,7 +2,7 @@
 
 ``Levers`` says which are on; ``apply_levers`` installs them in a fixed order (attention backend,
 fused projections, float8 weights (of the fused layers), step caching, compilation last so it
-traces what the others built). The loop in
+traces what the others built; the VAE's precision, apart from the experts). The loop in
 ``wan.text2video`` never asks which lever is on. Placement (``wan.placement``) is chosen separately,
 since it depends on memory rather than on speed/quality trade-offs.
 """
@@ -18,6 +18,7 @@ from wan.levers.cache import enable_cache, parse_cache_spec
 from wan.levers.compile import compile_experts
 from wan.levers.fp8 import check_fp8_scope, quantize_experts_fp8
 from wan.levers.fusion import fuse_projections
+from wan.levers.vae_precision import cast_vae, check_vae_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class Levers:
     fp8: str | None = None  # float8 e4m3 linear layers in the experts' blocks: "all" or "ffn" (wan.levers.fp8)
     cache: str | None = None  # step caching spec, e.g. "fbc:0.05" (wan.levers.cache)
     compile: bool = False  # regional torch.compile of the transformer blocks
+    vae_dtype: str | None = None  # the VAE's dtype, "bfloat16" or "float32"; None: as loaded (wan.levers.vae_precision)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +56,8 @@ def parse_levers(text: str) -> dict:
         check_fp8_scope(levers["fp8"])
     if levers.get("cache"):
         parse_cache_spec(levers["cache"])
+    if levers.get("vae_dtype"):
+        check_vae_dtype(levers["vae_dtype"])
     return levers
 
 
@@ -81,4 +85,6 @@ def apply_levers(pipe, levers: Levers) -> None:
         enable_cache(pipe, levers.cache)
     if levers.compile:
         compile_experts(pipe, fullgraph=levers.cache is None)
+    if levers.vae_dtype:
+        cast_vae(pipe, levers.vae_dtype)
     logger.info("levers: %s", ", ".join(f"{k}={v}" for k, v in levers.as_dict().items() if v) or "none")
