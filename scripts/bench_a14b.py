@@ -157,6 +157,7 @@ MODES: dict[str, Mode | None] = {  # in the order they run: the most important f
     "fp8": Mode(levers={"fp8": "all"}),
     "fp8+compile": Mode(levers={"fp8": "all", "compile": True}),
     "cache": Mode(levers={"cache": CACHE_SPEC}),
+    "vae_bf16": Mode(levers={"vae_dtype": "bfloat16"}),
     **{f"attention:{b}": Mode(levers={"attention_backend": b}) for b in ("native", *CUDA_ONLY_BACKENDS)},
 }
 
@@ -736,6 +737,7 @@ class Bench:
             "preset": mode.preset,
             "preset_notes": notes,
             "vae_tiling": mode.vae_tiling,
+            "vae_dtype": str(self.vae.dtype).removeprefix("torch."),  # after the levers: what the decode runs in
             "generation": generation,
             "generation_at_40": preset_generation_defaults(mode.preset),
         }

@@ -33,6 +33,7 @@ RUN_ON_CPU = {
     "resident_lean",
     "vae_tiling",
     "cache",
+    "vae_bf16",
     "attention:native",
 }
 CUDA_ONLY = {"stream", "compile", "fp8", "fp8+compile"} | {
@@ -126,6 +127,8 @@ def test_modes_use_the_engine_placements_and_presets(report):
     assert not modes["preset_exact"]["levers"]["compile"]  # the preset leaves compile out on a CPU, and says so
     assert any("compile left out" in note for note in modes["preset_exact"]["preset_notes"])
     assert modes["preset_fast"]["generation_at_40"] == PRESETS["fast"].generation
+    assert modes["vae_bf16"]["vae_dtype"] == "bfloat16" and modes["preset_fast"]["vae_dtype"] == "bfloat16"
+    assert modes["attention:native"]["vae_dtype"] == "float32"  # the shared VAE is restored for the next mode
 
 
 def test_forward_counts_match_the_plan(report):
