@@ -136,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 "try smaller --candidates or a lower --min_psnr"
             )
         chosen[expert_name] = best[0]
-        expert.enable_cache(
-            cache_config(args.method, best[0], max_run=for_expert(sea_runs, expert_name))
-        )  # the next is tried on top
+        # The chosen setting stays on while the next expert's candidates are tried.
+        expert.enable_cache(cache_config(args.method, best[0], max_run=for_expert(sea_runs, expert_name)))
 
     final_psnr, final_skipped = score(pipe, runs, baselines)
     out = Path(args.out) if args.out else ckpt_dir / CALIBRATION_FILE
