@@ -117,7 +117,8 @@ def test_sigterm_stops_a_batch_that_then_resumes_exactly(cli, tmp_path):
     )
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
-        if out.exists() and '"status": "done"' in (out / "manifest.jsonl").read_text():
+        record = out / "manifest.jsonl"  # the folder is made a moment before the manifest
+        if record.exists() and '"status": "done"' in record.read_text():
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
