@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min_psnr", type=float, default=34.0, help="mean PSNR (dB) each expert's setting must keep")
     p.add_argument(
         "--max_run",
-        default="+".join(map(str, DEFAULT_SEA_RUN)),
+        default=str(sea_run_record(DEFAULT_SEA_RUN)),
         help=f"sea: longest run of cached forwards (1-{MAX_SEA_RUN}), one for both experts or HIGH+LOW",
     )
     p.add_argument("--sample_steps", type=int, default=None)

@@ -52,13 +52,18 @@ def parse_levers(text: str) -> dict:
         levers[key] = value if has_value else True
     if levers.get("fp8") is True:
         levers["fp8"] = "all"
+    check_lever_values(levers)
+    return levers
+
+
+def check_lever_values(levers: dict) -> None:
+    """A one-line error for a lever value its module does not take (lever name -> value; unset: None or "")."""
     if levers.get("fp8"):
         check_fp8_scope(levers["fp8"])
     if levers.get("cache"):
         parse_cache_spec(levers["cache"])
     if levers.get("vae_dtype"):
         check_vae_dtype(levers["vae_dtype"])
-    return levers
 
 
 def check_levers(levers: Levers) -> None:

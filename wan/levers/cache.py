@@ -79,9 +79,13 @@ class CacheSpec:
     def run(self, calibration: dict, expert: str) -> int:
         """This expert's SeaCache run: the spec's, else the checkpoint's calibrated one, else the default."""
         calibrated = calibration.get("sea", {}).get("max_run")
-        if self.max_run or calibrated is None:
-            return for_expert(self.max_run or DEFAULT_SEA_RUN, expert)
-        return for_expert(parse_sea_run(str(calibrated), f"{CALIBRATION_FILE}: max_run {calibrated!r}"), expert)
+        if self.max_run:
+            runs = self.max_run
+        elif calibrated is not None:
+            runs = parse_sea_run(str(calibrated), f"{CALIBRATION_FILE}: max_run {calibrated!r}")
+        else:
+            runs = DEFAULT_SEA_RUN
+        return for_expert(runs, expert)
 
     def value_for(self, expert: str) -> float | None:
         """This expert's knob from the spec itself (None: take the calibrated or default one)."""
@@ -169,7 +173,7 @@ def cache_settings(spec_text: str, ckpt_dir: str | Path | None, experts: Iterabl
     return {"method": spec.method, **spec.method_settings(calibration), **knobs}
 
 
-def parse_sea_run(text: str, where: str = "--max_run") -> tuple[int, ...]:
+def parse_sea_run(text: str, where: str) -> tuple[int, ...]:
     """``"3"`` -> (3,), ``"3+5"`` -> (3, 5): SeaCache's longest run, one for both experts or HIGH+LOW."""
     runs = text.split("+")
     if len(runs) > len(EXPERTS) or not all(r.isdigit() and 1 <= int(r) <= MAX_SEA_RUN for r in runs):

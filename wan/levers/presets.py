@@ -30,11 +30,9 @@ from typing import Any
 import torch
 
 from wan.config import ConfigError
-from wan.levers import Levers, check_levers
+from wan.levers import Levers, check_lever_values, check_levers
 from wan.levers.attention import default_attention_backend, local_kernel_problem
-from wan.levers.cache import parse_cache_spec
-from wan.levers.fp8 import check_fp8_scope, fp8_available
-from wan.levers.vae_precision import check_vae_dtype
+from wan.levers.fp8 import fp8_available
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +71,14 @@ def resolve_levers(
     unknown = set(explicit) - {f.name for f in fields(Levers)}
     if unknown:
         raise ValueError(f"not levers: {sorted(unknown)}")
-    if explicit.get("fp8"):
-        check_fp8_scope(explicit["fp8"])
+    check_lever_values(explicit)  # a bad spec or scope fails here, before anything loads
     if explicit.get("fp8") and (why := fp8_available(device)):
         raise ConfigError(f"--fp8: {why}; run without --fp8")
-    if explicit.get("vae_dtype"):
-        check_vae_dtype(explicit["vae_dtype"])
     if why := local_kernel_problem(explicit.get("attention_backend"), device, parallel):
         raise ConfigError(f"--attention_backend {explicit['attention_backend']}: {why}; run without it")
     chosen = replace(chosen, **{k: v for k, v in explicit.items() if v is not None})
     if chosen.attention_backend is None:
         chosen = replace(chosen, attention_backend=default_attention_backend(device, parallel))
-    if chosen.cache:
-        parse_cache_spec(chosen.cache)  # a bad spec fails here, before anything loads
     check_levers(chosen)
     for note in notes:
         logger.info(note)
