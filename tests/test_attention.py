@@ -163,11 +163,14 @@ def stand_in_sage(monkeypatch):
         calls.append(q.shape)
         out = sdpa_nhd(q, k, v, sm_scale, is_causal)
         noise = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
-        return out + calls.error * noise * out.norm() / noise.norm()
+        out = out + calls.error * noise * out.norm() / noise.norm()
+        if calls.padded:  # as the package does for head_dim < 64: a slice of its padded output
+            out = torch.nn.functional.pad(out, (0, 64 - out.shape[-1]))[..., : out.shape[-1]]
+        return out
 
     package = types.ModuleType("sageattention")
     package.sageattn = sageattn
-    calls.broken, calls.error = False, 0.0
+    calls.broken, calls.error, calls.padded = False, 0.0, False
     install_stand_ins(monkeypatch, "nvidia_gpu", {"sageattention": package})
     return calls
 
@@ -180,6 +183,13 @@ def test_sage_is_one_opaque_op_under_fullgraph_compile(stand_in_sage):
     assert_one_opaque_op_under_fullgraph_compile(
         lambda q, k, v: attention_lever._sage_hub_kernel(q=q, k=k, v=v, tensor_layout="NHD", is_causal=False)
     )
+
+
+def test_sage_returns_the_layout_its_fake_promises(stand_in_sage):
+    """Compiled graphs check the op's output strides against the fake's: a padded slice broke t2v-tiny's fast preset."""
+    stand_in_sage.padded = True
+    q, k, v = (torch.randn(1, 12, 2, 32, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    torch.library.opcheck(attention_lever.sage_attention, (q, k, v))
 
 
 @pytest.mark.parametrize(

@@ -99,10 +99,13 @@ flash_attention_4.register_fake(_output_like)
 def sage_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float | None = None, causal: bool = False
 ) -> torch.Tensor:
-    """SageAttention 2 on (batch, tokens, heads, head_dim) tensors (the package picks the GPU's kernel)."""
+    """SageAttention 2 on (batch, tokens, heads, head_dim) tensors (the package picks the GPU's kernel).
+
+    Contiguous, as the fake says: for a head_dim under 64 the package returns a slice of its padded output.
+    """
     from sageattention import sageattn
 
-    return sageattn(q, k, v, tensor_layout="NHD", is_causal=causal, sm_scale=sm_scale)
+    return sageattn(q, k, v, tensor_layout="NHD", is_causal=causal, sm_scale=sm_scale).contiguous()
 
 
 sage_attention.register_fake(_output_like)
