@@ -205,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default=None,
         choices=list(PRESETS),
-        help="exact: the fastest levers that keep the video (compile, fused projections); fast: the fastest "
-        "whose quality holds on t2v-tiny (exact's, SeaCache step cache, CFG truncation 5/3, bfloat16 VAE decode)",
+        help="exact: the fastest levers that keep the video (compile, fused projections, fused q/k norm + RoPE, "
+        "GELU epilogue); fast: the fastest whose quality holds on t2v-tiny (compile, fused projections, SeaCache "
+        "step cache, CFG truncation 5/3, bfloat16 VAE decode)",
     )
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="regional torch.compile of the blocks"
@@ -216,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="one GEMM for each attention's q/k/v (self) and k/v (cross) projections",
+    )
+    speed.add_argument(
+        "--fuse_norm_rope",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="self-attention's q/k RMS norm and RoPE in one Triton kernel (a GPU; elsewhere the same math unfused)",
+    )
+    speed.add_argument(
+        "--fuse_gelu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the feed-forward GELU in its GEMM's cuBLASLt epilogue (a GPU; elsewhere the same math unfused)",
     )
     speed.add_argument(
         "--fp8",
@@ -296,6 +309,8 @@ def resolve_levers(args: argparse.Namespace) -> Levers:
     explicit = {
         "compile": args.compile,
         "fuse_projections": args.fuse_projections,
+        "fuse_norm_rope": args.fuse_norm_rope,
+        "fuse_gelu": args.fuse_gelu,
         "fp8": args.fp8,
         "cache": cache,
         "attention_backend": args.attention_backend,

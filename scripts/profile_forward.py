@@ -46,7 +46,7 @@ KERNEL_CLASSES = (  # first match wins; names of cuBLAS/CUTLASS GEMMs, attention
 )
 
 
-VARIANT_FLAGS = ("static", "cdt", "autotune", "fuse", "sdpa")
+VARIANT_FLAGS = ("static", "cdt", "autotune", "fuse", "normrope", "gelu", "sdpa")
 
 
 def variant_settings(name: str) -> dict[str, Any]:
@@ -54,6 +54,7 @@ def variant_settings(name: str) -> dict[str, Any]:
 
     ``static`` compiles for one token count, ``cdt`` turns on inductor's coordinate-descent tuning,
     ``autotune`` its GEMM autotuning, ``fuse`` the fused attention projections (``fuse_projections``),
+    ``normrope`` the fused q/k norm + RoPE (``fuse_norm_rope``), ``gelu`` the GELU epilogue (``fuse_gelu``),
     ``sdpa`` PyTorch's attention instead of the default one (``eager+sdpa`` is the peer's forward).
     """
     base, *flags = name.split("+")
@@ -65,6 +66,8 @@ def variant_settings(name: str) -> dict[str, Any]:
         "coordinate_descent_tuning": "cdt" in flags,
         "max_autotune": "autotune" in flags,
         "fuse_projections": "fuse" in flags,
+        "fuse_norm_rope": "normrope" in flags,
+        "fuse_gelu": "gelu" in flags,
         "default_attention": "sdpa" not in flags,
     }
 
@@ -110,7 +113,10 @@ def timed(run: Callable[[], Any], device: torch.device, repeats: int) -> list[fl
     return seconds
 
 
-def profile_variant(name: str, args: argparse.Namespace, config: dict[str, Any], inputs: dict) -> dict[str, Any]:
+def profile_variant(
+    name: str, args: argparse.Namespace, config: dict[str, Any], inputs: dict
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """The variant's timings and kernel profile, and its first output (to compare variants' outputs)."""
     options = variant_settings(name)
     device = torch.device(args.device)
     reset_compiled()
@@ -121,6 +127,8 @@ def profile_variant(name: str, args: argparse.Namespace, config: dict[str, Any],
     levers = Levers(
         attention_backend=default_attention_backend(device) if options["default_attention"] else None,
         fuse_projections=options["fuse_projections"],
+        fuse_norm_rope=options["fuse_norm_rope"],
+        fuse_gelu=options["fuse_gelu"],
     )
     apply_levers(pipe, levers)
     if options["compile"]:
@@ -145,7 +153,7 @@ def profile_variant(name: str, args: argparse.Namespace, config: dict[str, Any],
     if device.type == "cuda":
         result["profile"] = kernel_breakdown(run, device)
         result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return result
+    return result, first.float()
 
 
 def profile_vae(args: argparse.Namespace, latent_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -199,9 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     report["flash_4_tile"] = attention.HOPPER_HEAD_DIM_128_TILE
     if args.device.startswith("cuda"):
         report["device"] = torch.cuda.get_device_name(args.device)
+    reference = None  # the first variant's output: each variant's relative distance from it
     for name in filter(None, args.variants.split(",")):
         logger.info("variant %s", name)
-        report["variants"][name] = profile_variant(name, args, config, inputs)
+        report["variants"][name], output = profile_variant(name, args, config, inputs)
+        reference = output if reference is None else reference
+        report["variants"][name]["rel_error_vs_first"] = float((output - reference).norm() / reference.norm())
+        del output
         gc.collect()  # the variant's expert is gone: give its memory back before the next one
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()

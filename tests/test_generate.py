@@ -62,6 +62,15 @@ def test_sidecar_records_each_experts_cache_setting(base, tmp_path):
     assert options["cache_settings"] == {"method": "taylorseer", "order": 1, "high_noise": 2.0, "low_noise": 2.0}
 
 
+def test_fused_kernel_flags_keep_the_video_off_a_gpu(base, tmp_path):
+    plain, fused = tmp_path / "p.mp4", tmp_path / "f.mp4"
+    assert generate.main([*base, "--base_seed", "5", "--save_file", str(plain)]) == 0
+    assert generate.main([*base, "--base_seed", "5", "--save_file", str(fused), "--fuse_norm_rope", "--fuse_gelu"]) == 0
+    levers = json.loads(sidecar_path(fused).read_text())["options"]["levers"]
+    assert levers["fuse_norm_rope"] and levers["fuse_gelu"]
+    assert (read_video(fused) == read_video(plain)).all()  # the CPU runs diffusers' formulas: the same video
+
+
 def test_default_name_in_save_dir(base, tmp_path):
     assert generate.main([*base, "--save_dir", str(tmp_path / "d")]) == 0
     (video,) = (tmp_path / "d").glob("*.mp4")

@@ -203,6 +203,10 @@ def test_presets_leave_out_what_the_cpu_lacks_but_explicit_flags_fail():
     explicit, _ = resolve_levers("fast", {"compile": True, "cache": ""}, CPU)
     assert explicit.compile and not explicit.cache  # explicit flags win, "none" switches the cache off
     assert resolve_levers(None, {}, CPU) == (Levers(), [])
+    exact, notes = resolve_levers("exact", {}, CPU)
+    assert exact.fuse_projections and not (exact.compile or exact.fuse_norm_rope or exact.fuse_gelu)
+    assert [n.split(" left out")[0] for n in notes] == [f"preset exact: {n}" for n in PRESETS["exact"].gpu_only]
+    assert resolve_levers(None, {"fuse_norm_rope": True, "fuse_gelu": True}, CPU)[0].fuse_gelu  # the math runs anywhere
     assert preset_generation_defaults("fast")["cfg_truncate_steps"] == 5 and preset_generation_defaults(None) == {}
     with pytest.raises(ConfigError, match="unknown --preset"):
         resolve_levers("turbo", {}, CPU)

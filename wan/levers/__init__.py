@@ -1,7 +1,8 @@
 """Speed levers: each a small module that wraps the loaded pipeline from outside the denoising loop.
 
 ``Levers`` says which are on; ``apply_levers`` installs them in a fixed order (attention backend,
-fused projections, float8 weights (of the fused layers), step caching, compilation last so it
+fused projections, the fused q/k norm + RoPE (keeping the backend), float8 weights (of the fused
+layers), the GELU epilogue (on the layers float8 left plain), step caching, compilation last so it
 traces what the others built; the VAE's precision, apart from the experts). The loop in
 ``wan.text2video`` never asks which lever is on. Placement (``wan.placement``) is chosen separately,
 since it depends on memory rather than on speed/quality trade-offs.
@@ -18,6 +19,8 @@ from wan.levers.cache import enable_cache, parse_cache_spec
 from wan.levers.compile import compile_experts
 from wan.levers.fp8 import check_fp8_scope, quantize_experts_fp8
 from wan.levers.fusion import fuse_projections
+from wan.levers.gelu_epilogue import fuse_gelu_epilogue
+from wan.levers.qk_norm_rope import fuse_norm_rope
 from wan.levers.vae_precision import cast_vae, check_vae_dtype
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,8 @@ class Levers:
 
     attention_backend: str | None = None  # a diffusers attention backend name; None: diffusers' default
     fuse_projections: bool = False  # one GEMM per attention's q/k/v (wan.levers.fusion)
+    fuse_norm_rope: bool = False  # q/k RMS norm + RoPE in one kernel (wan.levers.qk_norm_rope)
+    fuse_gelu: bool = False  # the FFN's GELU in its GEMM's epilogue (wan.levers.gelu_epilogue)
     fp8: str | None = None  # float8 e4m3 linear layers in the experts' blocks: "all" or "ffn" (wan.levers.fp8)
     cache: str | None = None  # step caching spec, e.g. "fbc:0.05" (wan.levers.cache)
     compile: bool = False  # regional torch.compile of the transformer blocks
@@ -84,8 +89,12 @@ def apply_levers(pipe, levers: Levers) -> None:
         set_attention_backend(pipe, levers.attention_backend)
     if levers.fuse_projections:
         fuse_projections(pipe)
+    if levers.fuse_norm_rope:
+        fuse_norm_rope(pipe)
     if levers.fp8:
         quantize_experts_fp8(pipe, levers.fp8)
+    if levers.fuse_gelu:
+        fuse_gelu_epilogue(pipe)
     if levers.cache:
         enable_cache(pipe, levers.cache)
     if levers.compile:
