@@ -37,6 +37,13 @@ def test_self_attentions_get_the_fused_processor_and_the_output_stays(parts):
     assert torch.equal(forward(expert), before)  # off CUDA the op runs diffusers' formulas
 
 
+def test_attentions_whose_norms_differ_in_epsilon_are_left_alone(parts):
+    expert = copy.deepcopy(parts.high_noise_model)
+    expert.blocks[0].attn1.norm_k.eps = 1e-3  # the op takes one epsilon for q and k
+    assert qk_norm_rope.fuse_expert_norm_rope(expert) == len(expert.blocks) - 1
+    assert type(expert.blocks[0].attn1.processor) is WanAttnProcessor
+
+
 def test_with_fused_projections_the_output_stays(parts):
     expert = copy.deepcopy(parts.high_noise_model)
     before = forward(expert)

@@ -172,12 +172,14 @@ def _eps(norm: torch.nn.RMSNorm, x: torch.Tensor) -> float:
 
 
 def _takes(attn: torch.nn.Module) -> bool:
-    """A self-attention whose q/k norms are affine ``RMSNorm``s over all heads (Wan's ``rms_norm_across_heads``)."""
+    """A self-attention whose q/k norms are affine ``RMSNorm``s over all heads (Wan's ``rms_norm_across_heads``),
+    with one epsilon (the op takes one for both)."""
     norms = (getattr(attn, "norm_q", None), getattr(attn, "norm_k", None))
     return (
         not getattr(attn, "is_cross_attention", True)
         and type(attn.processor) is WanAttnProcessor
         and all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None for n in norms)
+        and norms[0].eps == norms[1].eps
     )
 
 
