@@ -20,11 +20,10 @@ from tiny_models import TinyParts, tiny_parts
 from torch.distributed import distributed_c10d as c10d
 
 from wan.cfg_parallel import CfgParallelVelocity
-from wan.config import ConfigError
+from wan.config import HIGH, LOW
 from wan.distributed import (
     DEFAULT_TIMEOUT_S,
     DistContext,
-    DistributedRunError,
     broadcast_seed,
     generate,
     init_distributed,
@@ -32,7 +31,7 @@ from wan.distributed import (
     session,
     validate,
 )
-from wan.guidance import HIGH, LOW
+from wan.errors import ConfigError, DistributedRunError
 from wan.settings import GenerationSettings
 
 RUNS = {

@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from tiny_models import TinyParts, as_components, tiny_parts
 
-from wan.config import ConfigError, load_task_config
+from wan.config import load_task_config
 from wan.distributed import (
     DistContext,
     broadcast_seed,
@@ -27,6 +27,7 @@ from wan.distributed import (
     token_counts,
     validate,
 )
+from wan.errors import ConfigError
 from wan.settings import GenerationSettings
 from wan.text2video import WanT2V
 

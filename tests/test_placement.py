@@ -7,7 +7,7 @@ import torch
 from tiny_models import as_components
 
 from wan import placement
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.placement import BlockStream, ModelOffload, Placement, Resident, apply_placement, choose_placement
 from wan.settings import GenerationSettings
 from wan.text2video import WanT2V

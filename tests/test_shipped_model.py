@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from wan.config import load_task_config
+from wan.config import HIGH, LOW, load_task_config
 from wan.frames import latent_frame_count
-from wan.guidance import HIGH, LOW
 from wan.settings import GenerationSettings
 from wan.text2video import WanT2V
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_models import as_components
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.levers import Levers, apply_levers, parse_levers
 from wan.levers.presets import resolve_levers
 from wan.text2video import WanT2V

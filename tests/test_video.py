@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from wan.video import atomic_path, claim_output, temp_files
+from wan.paths import claim_output, temp_files
+from wan.video import atomic_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,7 +51,7 @@ def test_a_claim_dies_with_its_process(tmp_path):
     """No stale lock: the kernel drops the claim of a process killed by SIGKILL."""
     video = tmp_path / "a.mp4"
     code = (
-        "from wan.video import claim_output\n"
+        "from wan.paths import claim_output\n"
         + f"with claim_output({str(video)!r}):\n    print('held', flush=True)\n    input()"
     )
     proc = subprocess.Popen(

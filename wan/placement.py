@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wan.config import ConfigError
+from wan.choices import PLACEMENTS
+from wan.config import HIGH
+from wan.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -175,12 +177,9 @@ class BlockStream(Placement):
             yield
 
 
-PLACEMENTS = ("auto", "resident", "resident_lean", "offload", "stream")
-
-
 def forward_bytes(pipe, tokens: int) -> int:
     """Working memory of one forward of this pipeline's experts over ``tokens``."""
-    config = pipe.experts["high_noise"].config
+    config = pipe.experts[HIGH].config
     return dit_activation_bytes(tokens, config.num_attention_heads * config.attention_head_dim, config.ffn_dim)
 
 

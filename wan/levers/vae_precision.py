@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
