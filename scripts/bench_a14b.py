@@ -595,7 +595,7 @@ class Bench:
         self.reset_vae()
         for expert in self.experts.values():
             expert.reset_attention_backend()
-        for module in self.parts():
+        for module in self.components():
             module.to(self.device)
         pipeline = WanPipeline(
             tokenizer=self.tokenizer,
@@ -702,7 +702,7 @@ class Bench:
             expert.reset_attention_backend()
         start = now(self.device)
         if mode.placement in ("offload", "stream"):  # a real load leaves the weights in CPU memory
-            for module in self.parts():
+            for module in self.components():
                 module.to("cpu")
         else:  # built on the device; the placement decides where the text encoder waits
             for module in (self.vae, *self.experts.values()):

@@ -72,7 +72,7 @@ def add_shared_lora(high: torch.nn.Module, low: torch.nn.Module, rank: int) -> l
 @torch.no_grad()
 def encode_clips(pipe: WanT2V, count: int, frames: int, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """Normalised latents [N, C, T, h, w] of blue-background train clips, and their captions."""
-    vae = pipe.parts.vae
+    vae = pipe.components.vae
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     rng = random.Random(seed)

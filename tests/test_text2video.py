@@ -167,7 +167,7 @@ def test_bad_settings_are_refused(pipe, kw, message):
 
 def test_size_not_divisible_by_patch_is_refused(parts, test_config, pipe):
     """The checkpoint's patch size counts, even where the task config says another."""
-    odd = WanT2V(dataclasses.replace(test_config, sizes=("40*32",), patch_size=(1, 1, 1)), pipe.parts)
+    odd = WanT2V(dataclasses.replace(test_config, sizes=("40*32",), patch_size=(1, 1, 1)), pipe.components)
     with pytest.raises(ConfigError, match="multiples of 16 wide"):
         run(odd, size="40*32")
 

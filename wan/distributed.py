@@ -242,15 +242,15 @@ def parallelize(
             _shard(expert, expert.blocks, fsdp_mesh, reshard_root=False)
         else:
             expert.to(ctx.device)
-    encoder = pipe.parts.text_encoder
+    encoder = pipe.components.text_encoder
     if encoder is not None:
         if t5_fsdp:
             # umT5's root holds its 256k-token embedding (2 GB in bf16): resharded after the one encode.
             _shard(encoder, encoder.encoder.block, fsdp_mesh, reshard_root=True)
         else:
             encoder.to(pipe.text_device)
-    if pipe.parts.vae is not None:
-        pipe.parts.vae.to(ctx.device)
+    if pipe.components.vae is not None:
+        pipe.components.vae.to(ctx.device)
     _apply_timeout(ctx)
     logger.info(
         "rank %d/%d: ulysses %d, cfg_parallel %s, dit_fsdp %s, t5_fsdp %s",

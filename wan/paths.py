@@ -12,6 +12,7 @@ import fcntl
 import glob
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,8 @@ class OutputError(ConfigError):
 
 
 def writable_target_problem(folder: Path) -> str | None:
-    """Why files cannot be created in ``folder`` (created on write if missing), or ``None``; creates nothing."""
+    """Why files cannot be created in ``folder`` (created on write if missing), or ``None``; leaves nothing behind
+    (a probe file is made and removed at once)."""
     existing = Path(os.path.abspath(folder))
     while not existing.exists():
         existing = existing.parent
@@ -36,6 +38,10 @@ def writable_target_problem(folder: Path) -> str | None:
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
+    try:  # the mode bits can say yes where no file can be made (/proc, a read-only mount, as root)
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        return f"{existing} takes no new files ({exc.strerror})"
     return None
 
 

@@ -87,7 +87,7 @@ class WanT2V:
         t5_cpu: bool = False,
     ):
         self.config = config
-        self.parts = components
+        self.components = components
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -97,7 +97,7 @@ class WanT2V:
             if module is not None:
                 module.eval().requires_grad_(False)
         self.text_device = torch.device("cpu") if t5_cpu else self.device
-        self._check_parts()
+        self._check_components()
         self.velocity: VelocityFn = guided_velocity
         """One step's model output; a strategy (CFG parallel) may replace it."""
         self.ckpt_dir: Path | None = None  # where the weights came from (per-checkpoint calibrations live there)
@@ -130,24 +130,24 @@ class WanT2V:
         pipe.ckpt_dir = Path(ckpt_dir)
         return pipe
 
-    def _check_parts(self) -> None:
+    def _check_components(self) -> None:
         """Refuse expert pairs that cannot share a latent or a text embedding."""
         high, low = (e.config for e in self.experts.values())
         for key in ("in_channels", "out_channels", "patch_size", "text_dim"):
             if tuple(_as_tuple(high[key])) != tuple(_as_tuple(low[key])):
                 raise ConfigError(f"the experts disagree on {key}: {high[key]} vs {low[key]}; check the checkpoint")
-        if self.parts.text_encoder is None or self.parts.vae is None:
+        if self.components.text_encoder is None or self.components.vae is None:
             return  # sample() alone, on given embeddings (benchmarks)
-        text_dim = self.parts.text_encoder.config.d_model
+        text_dim = self.components.text_encoder.config.d_model
         if high["text_dim"] != text_dim:
             raise ConfigError(
                 f"the experts expect text_dim {high['text_dim']} but the text encoder gives {text_dim}; "
                 "check the checkpoint's text_encoder"
             )
-        if high["in_channels"] != self.parts.vae.config.z_dim:
+        if high["in_channels"] != self.components.vae.config.z_dim:
             raise ConfigError(
                 f"the experts take {high['in_channels']} latent channels but the VAE has z_dim "
-                f"{self.parts.vae.config.z_dim}; check the checkpoint's VAE"
+                f"{self.components.vae.config.z_dim}; check the checkpoint's VAE"
             )
 
     # ----------------------------------------------------------------------------------- text
@@ -157,13 +157,14 @@ class WanT2V:
         texts = [clean_prompt(t) for t in texts]
         for text in texts:
             self._warn_if_cut(text)
-        with self.placement.using(self.parts.text_encoder, self.text_device):
-            hidden = encode_prompts(self.parts.tokenizer, self.parts.text_encoder, texts, self.config.text_len)
+        parts = self.components
+        with self.placement.using(parts.text_encoder, self.text_device):
+            hidden = encode_prompts(parts.tokenizer, parts.text_encoder, texts, self.config.text_len)
         return hidden.to(self.device)
 
     def _warn_if_cut(self, text: str) -> None:
         """The text encoder reads ``text_len`` tokens; say so when a prompt is longer, rather than cut it silently."""
-        count = len(self.parts.tokenizer(text, add_special_tokens=True).input_ids)
+        count = len(self.components.tokenizer(text, add_special_tokens=True).input_ids)
         if count > self.config.text_len:
             logger.warning(
                 "prompt %r is %d tokens, longer than the text encoder's window of %d: it is cut to the first %d",
@@ -293,7 +294,7 @@ class WanT2V:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latent -> video [3, F, H, W] in [-1, 1]; undoes the VAE's per-channel latent normalisation."""
-        vae = self.parts.vae
+        vae = self.components.vae
         with self.placement.using(vae, self.device):
             z = latents.to(self.device, torch.float32)  # denormalised in float32 whatever the VAE's dtype
             mean = torch.tensor(vae.config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)

@@ -35,7 +35,7 @@ def cast_vae(pipe, name: str) -> None:
     """
     check_vae_dtype(name)
     dtype = getattr(torch, name)
-    for tensor in (*pipe.parts.vae.parameters(), *pipe.parts.vae.buffers()):
+    for tensor in (*pipe.components.vae.parameters(), *pipe.components.vae.buffers()):
         if tensor.is_floating_point() and tensor.dtype != dtype:
             cast = tensor.data.to(dtype)
             tensor.data = cast.pin_memory() if tensor.data.is_pinned() else cast
