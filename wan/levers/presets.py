@@ -3,7 +3,8 @@
 A preset only fills in what the user left unset: an explicit flag always wins. A lever the hardware
 lacks (float8 on a CPU or a pre-Ada GPU, a GEMM GELU epilogue that is not Wan's tanh form) is left
 out of a preset with a log line, while the same lever asked for explicitly is an error (each lever's
-``problem``, ``wan.levers.registry``); so is a lever that pays off on a GPU only, off a GPU.
+``problem``, ``wan.levers.registry``). A lever that pays off on a GPU only (``gpu_only``) is left out of a
+preset elsewhere, but runs there when asked for.
 
 - ``exact``: the fastest combination that keeps the video to bf16 tolerance (same math, other kernels):
   compile, fused q/k/v projections, the q/k norm + RoPE in one kernel and the feed-forward GELU in its
@@ -47,14 +48,17 @@ logger = logging.getLogger(__name__)
 class Preset:
     """What ``--preset NAME`` fills in where the user left a flag unset.
 
+    A lever's candidates are its ``prefer`` values, in order, then its value in ``levers``: the preset takes
+    the first that runs here (an installed kernel where it works, else the default).
+
     ``generation`` and ``load`` hold generate.py's flags by dest name: generation defaults such as
     ``sample_steps``, ``sample_shift``, ``sample_guide_scale``, ``sample_solver`` or CFG truncation (a
     preset for a distilled model's schedule is data here), and loading defaults (bf16 experts).
     """
 
     summary: str  # its line in --preset's help
-    levers: Levers  # its levers; a lever this run lacks is left out with a note
-    prefer: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # lever -> values tried before ``levers``'
+    levers: Levers = field(default_factory=Levers)  # its levers; one this run lacks is left out with a note
+    prefer: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # lever -> values to try before ``levers``'
     generation: Mapping[str, Any] = field(default_factory=dict)
     load: Mapping[str, Any] = field(default_factory=lambda: {"convert_model_dtype": True})  # float8 and kernels want it
 
