@@ -122,6 +122,8 @@ def test_values_are_checked_before_anything_is_installed():
     with pytest.raises(ConfigError, match=re.escape("unknown --vae_dtype 'float16'; choose one of: float32, bfloat16")):
         apply_levers(pipe, Levers(fuse_projections=True, vae_dtype="float16"))
     assert pipe.installed == []
+    with pytest.raises(ConfigError, match="^unknown --attention_backend 'warp'; choose one of: "):
+        resolve_levers(None, {"attention_backend": "warp"}, CPU)  # before any model loads
 
 
 def test_presets_name_levers_and_flags_that_exist():
