@@ -159,9 +159,7 @@ def image_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
     return VideoProcessor().preprocess(image, height=height, width=width).to(torch.float32)
 
 
-def prepare_image(
-    config: TaskConfig, path: str | Path, size: str | None
-) -> tuple[torch.Tensor, tuple[int, int]]:
+def prepare_image(config: TaskConfig, path: str | Path, size: str | None) -> tuple[torch.Tensor, tuple[int, int]]:
     """Read, check, size and prepare the conditioning image: (pixels [1, 3, H, W] in [-1, 1], (width, height))."""
     image = load_image(path)
     width, height = video_size(config, size, image)
