@@ -52,13 +52,14 @@ except ImportError:  # the older layout
     from wan.eval.metrics import psnr
     from wan.eval.tiny_world import TRAIN_FRAME_COUNTS, render_scenes, sample_scene
 
-from wan.config import load_task_config  # noqa: E402
+from wan.config import HIGH, LOW, load_task_config  # noqa: E402
 from wan.frames import predict_x0  # noqa: E402
-from wan.guidance import HIGH, LOW, plan_steps  # noqa: E402
+from wan.guidance import guided_velocity  # noqa: E402
 from wan.half_frame import HalfFramePlan, transition  # noqa: E402
+from wan.plan import plan_steps  # noqa: E402
 from wan.solvers import make_scheduler, step_sigmas  # noqa: E402
 from wan.tasks import ImageChannelConditioning, prepare_conditioning  # noqa: E402
-from wan.text2video import encode_prompts, guided_velocity  # noqa: E402
+from wan.text2video import encode_prompts  # noqa: E402
 from wan.video import to_uint8_frames  # noqa: E402
 
 logger = logging.getLogger("train_i2v_tiny")

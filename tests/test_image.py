@@ -11,7 +11,8 @@ from diffusers.utils import load_image as diffusers_load_image
 from PIL import Image
 
 import wan.image
-from wan.config import ConfigError, load_task_config
+from wan.config import load_task_config
+from wan.errors import ConfigError
 from wan.image import (
     aspect_size,
     closest_ratio_size,

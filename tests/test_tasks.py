@@ -2,12 +2,14 @@
 
 The oracle for I2V-A14B is ``WanImageToVideoPipeline`` (two experts, boundary_ratio); for TI2V-5B it is
 ``WanImageToVideoPipeline(expand_timesteps=True)`` with an image and ``WanPipeline(expand_timesteps=True)``
-without. A minimal loop built from the project's scheduler, step plan and guidance runs each
-``Conditioning``; every expert call's input and timestep, the final latent and the 8-bit video must be
-equal to the peer's.
+without. I2V runs in the project's own loop (``WanT2V.sample``); TI2V (one expert, which that loop does not
+take yet) in a minimal loop built from the project's scheduler, step plan and guidance. Every expert
+call's input and timestep, the final latent and the 8-bit video must be equal to the peer's.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,13 +18,17 @@ from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline, Wa
 from PIL import Image
 from tiny_models import tiny_parts
 
-from wan.config import ConfigError
-from wan.guidance import HIGH, LOW, plan_steps
+from wan.checkpoints import WanComponents
+from wan.config import HIGH, LOW, load_task_config
+from wan.errors import ConfigError
+from wan.guidance import guided_velocity
 from wan.image import image_tensor
+from wan.plan import plan_steps
+from wan.settings import GenerationSettings
 from wan.solvers import make_scheduler
 from wan.tasks import Conditioning, prepare_conditioning
 from wan.tasks.latents import latent_frame_mask, token_timesteps
-from wan.text2video import guided_velocity
+from wan.text2video import WanT2V
 from wan.video import to_uint8_frames
 
 PROMPT = "a red square moving left"
@@ -152,10 +158,14 @@ def reference_loop(
         velocity = guided_velocity(expert, model_input, timestep, plan, cond_ctx, uncond_ctx)
         latents = scheduler.step(velocity, scheduler.timesteps[plan.index], latents, return_dict=False)[0]
         latents = conditioning.after_step(latents)
+    return latents, decode(vae, latents)
+
+
+def decode(vae, latents: torch.Tensor) -> np.ndarray:
+    """8-bit frames [F, H, W, 3] of normalised ``latents``, denormalised as the pipelines do."""
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-    return latents, to_uint8_frames(video[0])
+    return to_uint8_frames(vae.decode(latents / inv_std + mean, return_dict=False)[0][0])
 
 
 def peer_run(pipe, **kw):
@@ -186,28 +196,46 @@ def assert_same_calls(ours, theirs):
         assert t.shape == t_ref.shape and torch.equal(t.float(), t_ref.float())
 
 
+def engine_loop(pipe, frames: int, height: int, width: int) -> WanT2V:
+    """The project's own denoising loop (``WanT2V.sample``) on the pipe's two experts."""
+    config = dataclasses.replace(
+        load_task_config("i2v-A14B"),
+        sizes=(f"{width}*{height}",),
+        default_size=f"{width}*{height}",
+        frame_num=frames,
+        sample_steps=STEPS,
+        text_len=32,
+    )
+    components = WanComponents(None, None, None, pipe.transformer, pipe.transformer_2, "diffusers")
+    return WanT2V(config, components)
+
+
 @torch.no_grad()
-def test_i2v_matches_wan_image_to_video_pipeline(i2v_pipe):
+def test_i2v_in_the_engine_loop_matches_wan_image_to_video_pipeline(i2v_pipe):
     frames, height, width = 9, 32, 48
     image = sample_image(53, 37)
     peer_calls, handles = record_calls(i2v_pipe.transformer, i2v_pipe.transformer_2)
     peer_latents, peer_video = peer_run(
         i2v_pipe, image=image, height=height, width=width, num_frames=frames, guidance_scale=3.5, guidance_scale_2=3.0
     )
+    for h in handles:
+        h.remove()
     conditioning = prepare_conditioning(
         "i2v", i2v_pipe.vae, image_tensor(image, width, height), frames=frames, height=height, width=width, device="cpu"
     )
-    for h in handles:
-        h.remove()
+    cond_ctx, uncond_ctx = i2v_pipe.encode_prompt(PROMPT, NEGATIVE, max_sequence_length=32, device="cpu")
     our_calls, handles = record_calls(i2v_pipe.transformer, i2v_pipe.transformer_2)
-    latents, video = reference_loop(
-        i2v_pipe, conditioning, frames=frames, height=height, width=width, guidance=(3.5, 3.0), boundary=0.9
+    settings = GenerationSettings(prompt=PROMPT, seed=SEED, guide_scale_high=3.5, guide_scale_low=3.0)
+    result = engine_loop(i2v_pipe, frames, height, width).sample(
+        settings, cond_ctx, uncond_ctx, conditioning=conditioning, progress=False
     )
     for h in handles:
         h.remove()
     assert_same_calls(our_calls, peer_calls)
     assert our_calls[0][0].shape[1] == 36 and our_calls[0][1].shape == (1,)
-    assert torch.equal(latents, peer_latents)
+    assert result.high_noise_steps > 0 and result.low_noise_steps > 0
+    assert torch.equal(result.latents, peer_latents)
+    video = decode(i2v_pipe.vae, result.latents)
     assert video.shape == peer_video.shape == (frames, height, width, 3)
     assert np.array_equal(video, peer_video)
 

@@ -30,7 +30,8 @@ import torch
 from diffusers.video_processor import VideoProcessor
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from wan.config import ConfigError, TaskConfig
+from wan.config import TaskConfig
+from wan.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

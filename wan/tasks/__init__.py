@@ -1,12 +1,12 @@
 """What each task adds to the denoising loop: its conditioning, behind one small interface.
 
-The loop never asks which task it runs. It builds one ``Conditioning`` before the first step
-(``prepare_conditioning``) and, at every step, feeds the expert ``conditioning.model_input(latents)``
-at ``conditioning.timestep(t, latents)``, then passes the solver's new latents through
-``conditioning.after_step``. A step at another latent frame count (half-frame generation) uses
-``conditioning.at_frames(frames)``.
+The loop never asks which task it runs. It takes one ``wan.conditioning.Conditioning``, built before
+the first step by ``prepare_conditioning``, and at every step feeds the expert
+``conditioning.model_input(latents)`` at ``conditioning.timestep(t, latents)``, then passes the
+solver's new latents through ``conditioning.after_step``; a step at another latent frame count
+(half-frame generation) uses ``conditioning.at_frames(frames)``.
 
-- ``t2v``: the latents alone, one timestep per sample (``wan.tasks.text``);
+- ``t2v``: the latents alone, one timestep per sample (``wan.conditioning.TextOnly``);
 - ``i2v``: mask (4 channels) and image latent concatenated to the latents (``wan.tasks.image_channels``);
 - ``ti2v``: one timestep per token; with an image, the first latent frame is the image latent and its
   tokens sit at timestep 0 (``wan.tasks.first_frame``).
@@ -14,35 +14,13 @@ at ``conditioning.timestep(t, latents)``, then passes the solver's new latents t
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 from torch import Tensor
 
-from wan.config import ConfigError
+from wan.conditioning import Conditioning, TextOnly
+from wan.errors import ConfigError
 from wan.tasks.first_frame import FirstFrameConditioning
 from wan.tasks.image_channels import ImageChannelConditioning
-from wan.tasks.text import TextConditioning
-
-
-class Conditioning(Protocol):
-    """A task's conditioning of the expert's input and timestep, for a latent of a given frame count."""
-
-    def model_input(self, latents: Tensor) -> Tensor:
-        """The expert's ``hidden_states`` for ``latents`` [B, C, T, h, w] (same dtype as ``latents``)."""
-        ...
-
-    def timestep(self, t: float, latents: Tensor) -> Tensor:
-        """The expert's ``timestep``: [B] (one per sample) or [B, tokens] (one per token)."""
-        ...
-
-    def after_step(self, latents: Tensor) -> Tensor:
-        """The latents after a solver step, with anything the task holds fixed put back."""
-        ...
-
-    def at_frames(self, frames: int) -> Conditioning:
-        """The same conditioning for a latent of ``frames`` latent frames (full or half)."""
-        ...
 
 
 def prepare_conditioning(
@@ -73,7 +51,7 @@ def prepare_conditioning(
     if task_kind == "t2v":
         if image is not None:
             raise ConfigError("this text-to-video task takes no image; drop --image or choose an image task")
-        return TextConditioning()
+        return TextOnly()
     raise ConfigError(f"unknown task kind {task_kind!r}")
 
 
@@ -81,6 +59,5 @@ __all__ = [
     "Conditioning",
     "FirstFrameConditioning",
     "ImageChannelConditioning",
-    "TextConditioning",
     "prepare_conditioning",
 ]

@@ -13,12 +13,12 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from wan.conditioning import TextOnly
 from wan.tasks.latents import encode_normalised, first_frame_mask, token_timesteps
-from wan.tasks.text import TextConditioning
 
 
 @dataclass(frozen=True)
-class FirstFrameConditioning(TextConditioning):
+class FirstFrameConditioning(TextOnly):
     image_latent: Tensor | None
     """[B, C, 1, h, w], or None for text-to-video."""
     mask: Tensor

@@ -12,12 +12,12 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from wan.conditioning import TextOnly
 from wan.tasks.latents import encode_normalised, latent_frame_mask, select_frames
-from wan.tasks.text import TextConditioning
 
 
 @dataclass(frozen=True)
-class ImageChannelConditioning(TextConditioning):
+class ImageChannelConditioning(TextOnly):
     full: Tensor
     """[B, 4 + C, T, h, w] at the full latent frame count: mask channels, then the image latent."""
     frames: int
