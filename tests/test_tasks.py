@@ -332,3 +332,30 @@ def test_image_tasks_refuse_a_missing_or_extra_image():
         prepare_conditioning("i2v", None, None, frames=5, height=32, width=32, device="cpu")
     with pytest.raises(ConfigError, match="takes no image"):
         prepare_conditioning("t2v", None, torch.zeros(1, 3, 32, 32), frames=5, height=32, width=32, device="cpu")
+
+
+@torch.no_grad()
+def test_i2v_half_frame_in_the_engine_loop_keeps_the_image_on_frame_zero(i2v_pipe):
+    frames, height, width = 17, 32, 48  # 5 latent frames, 3 at half
+    image = image_tensor(sample_image(48, 32, seed=4), width, height)
+    conditioning = prepare_conditioning(
+        "i2v", i2v_pipe.vae, image, frames=frames, height=height, width=width, device="cpu"
+    )
+    full = conditioning.model_input(torch.zeros(1, 16, 5, 4, 6))[:, 16:]
+    cond_ctx, uncond_ctx = i2v_pipe.encode_prompt(PROMPT, NEGATIVE, max_sequence_length=32, device="cpu")
+    calls, handles = record_calls(i2v_pipe.transformer, i2v_pipe.transformer_2)
+    engine_loop(i2v_pipe, frames, height, width).sample(
+        GenerationSettings(prompt=PROMPT, seed=SEED, half_frame=True),
+        cond_ctx,
+        uncond_ctx,
+        conditioning=conditioning,
+        progress=False,
+    )
+    for h in handles:
+        h.remove()
+    counts = [x.shape[2] for x, _ in calls]
+    assert 3 in counts and counts[-1] == 5
+    for x, _ in calls:
+        assert x.shape[1] == 36
+        expected = full if x.shape[2] == 5 else full[:, :, ::2]
+        assert torch.equal(x[:, 16:], expected)
