@@ -17,6 +17,8 @@ image-to-video formula) and stretches the image to it; ``ti2v`` picks the multip
 aspect ratio is closest to the image's (official ``best_output_size``), scales the image to cover it
 and crops the centre. The pixels are then prepared by diffusers' ``VideoProcessor.preprocess``
 (Lanczos resize to the size, scaled to [-1, 1]), exactly what ``WanImageToVideoPipeline`` does.
+
+Reading, checking and sizing need only PIL, so bad images fail before torch or a model loads.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ import logging
 import math
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers.video_processor import VideoProcessor
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wan.config import TaskConfig
 from wan.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +161,9 @@ def frame_image(config: TaskConfig, image: Image.Image, width: int, height: int)
 
 def image_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
     """[1, 3, height, width] float32 in [-1, 1]: diffusers' preprocessing (Lanczos resize, then 2x - 1)."""
+    import torch
+    from diffusers.video_processor import VideoProcessor
+
     return VideoProcessor().preprocess(image, height=height, width=width).to(torch.float32)
 
 
