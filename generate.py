@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--dit_fsdp", action="store_true", help="shard the experts with FSDP")
     official.add_argument("--save_file", default=None, help="output .mp4 (or .png frame grid)")
     official.add_argument("--prompt", default=None, help="the text prompt")
+    official.add_argument(
+        "--image",
+        default=None,
+        help="the first frame of an image-to-video task (i2v-A14B: required; ti2v-5B: optional); its aspect ratio "
+        "sets the video's shape, --size its area",
+    )
     official.add_argument("--base_seed", type=int, default=-1, help="seed; -1 draws one")
     official.add_argument("--sample_solver", default=None, choices=["unipc", "dpm++", "euler"])
     official.add_argument("--sample_steps", type=int, default=None)
