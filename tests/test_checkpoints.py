@@ -222,8 +222,8 @@ def test_configs_at_a14b_size():
         256384, 4096, 24, 64, 64, 10240,
     )  # fmt: skip
     assert (t5.relative_attention_num_buckets, t5.relative_attention_max_distance) == (32, 128)
-    with pytest.raises(ValueError, match="t2v"):
-        transformer_config_from_wan({**official, "model_type": "i2v"})
+    with pytest.raises(ValueError, match="t2v, i2v, ti2v"):
+        transformer_config_from_wan({**official, "model_type": "s2v"})
 
 
 # ---------------------------------------------------------------------------------------------- dtypes
