@@ -10,9 +10,17 @@ from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 @dataclass
 class WanComponents:
+    """The loaded parts. A one-model checkpoint (TI2V-5B) fills ``high_noise_model`` with the model every
+    step runs and leaves ``low_noise_model`` None, as diffusers leaves ``transformer_2`` None."""
+
     tokenizer: PreTrainedTokenizerBase
     text_encoder: UMT5EncoderModel
     vae: AutoencoderKLWan
     high_noise_model: WanTransformer3DModel
-    low_noise_model: WanTransformer3DModel
+    low_noise_model: WanTransformer3DModel | None
     layout: str  # "official" or "diffusers"
+
+    @property
+    def experts(self) -> tuple[WanTransformer3DModel, ...]:
+        """The denoising models, high-noise first: two for the A14B mixtures, one for a dense model."""
+        return tuple(m for m in (self.high_noise_model, self.low_noise_model) if m is not None)

@@ -17,10 +17,9 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import UMT5Config, UMT5EncoderModel
 
+from wan.checkpoints.check import CheckpointInfo
 from wan.checkpoints.components import WanComponents
 from wan.checkpoints.files import (
-    TEXT_ENCODER_STEM,
-    WEIGHTS_STEM,
     CheckpointError,
     TensorInfo,
     disk_dtype,
@@ -31,12 +30,10 @@ from wan.checkpoints.files import (
     require_dir,
 )
 from wan.checkpoints.models import Loader, build_meta, check_tensors
+from wan.checkpoints.names import TEXT_ENCODER_STEM, WEIGHTS_STEM
 from wan.checkpoints.official import load_tokenizer
 
 logger = logging.getLogger(__name__)
-
-DIFFUSERS_EXPERTS = ("transformer", "transformer_2")
-DIFFUSERS_FOLDERS = ("transformer", "transformer_2", "vae", "text_encoder", "tokenizer")
 
 
 def prepare_model(
@@ -91,18 +88,19 @@ def prepare_model(
 
 
 def load_diffusers(
-    root: Path, transformer_dtype: torch.dtype | None, text_encoder_dtype: torch.dtype | None, device: torch.device
+    info: CheckpointInfo,
+    transformer_dtype: torch.dtype | None,
+    text_encoder_dtype: torch.dtype | None,
+    device: torch.device,
 ) -> WanComponents:
-    """Check every folder of a diffusers checkpoint, then load them (a full check before any weights)."""
-    release = "Wan-AI/Wan2.2-T2V-A14B-Diffusers"
+    """Check every folder of a described diffusers checkpoint, then load them (all checks before any weights)."""
+    root = info.root
 
     def fix(name: str) -> str:
-        return f"re-download {name}/ from {release}"
+        return f"re-download {name}/ from {info.release}"
 
-    for name in DIFFUSERS_FOLDERS:
-        require_dir(root / name, fix(name))
     tokenizer = load_tokenizer(root / "tokenizer", fix("tokenizer"))
-    high, low = (
+    experts = [
         prepare_model(
             root / name,
             WanTransformer3DModel,
@@ -111,8 +109,8 @@ def load_diffusers(
             device=device,
             fix=fix(name),
         )
-        for name in DIFFUSERS_EXPERTS
-    )
+        for name in info.experts
+    ]
     vae = prepare_model(
         root / "vae", AutoencoderKLWan, is_transformers=False, dtype=torch.float32, device=device, fix=fix("vae")
     )
@@ -124,4 +122,7 @@ def load_diffusers(
         device=device,
         fix=fix("text_encoder"),
     )
-    return WanComponents(tokenizer, text_encoder(), vae(), high(), low(), layout="diffusers")
+    text_encoder_model, vae_model = text_encoder(), vae()
+    models = [load() for load in experts]
+    high, low = models[0], (models[1] if len(models) > 1 else None)
+    return WanComponents(tokenizer, text_encoder_model, vae_model, high, low, layout="diffusers")

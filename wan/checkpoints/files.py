@@ -21,9 +21,6 @@ from safetensors import safe_open
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_STEM = "diffusion_pytorch_model"  # official experts and diffusers models
-TEXT_ENCODER_STEM = "model"  # transformers models
-
 
 class CheckpointError(ValueError):
     """One-line, user-facing: names the file/tensor that is wrong and what to do (CLI exits 2)."""

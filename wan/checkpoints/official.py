@@ -20,9 +20,9 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
 
+from wan.checkpoints.check import CheckpointInfo
 from wan.checkpoints.components import WanComponents
 from wan.checkpoints.files import (
-    WEIGHTS_STEM,
     CheckpointError,
     TensorInfo,
     disk_dtype,
@@ -32,7 +32,6 @@ from wan.checkpoints.files import (
     read_json,
     read_safetensors,
     require_dir,
-    require_file,
     torch_load,
 )
 from wan.checkpoints.keymaps import (
@@ -56,14 +55,10 @@ from wan.checkpoints.models import (
     stream_into,
     transformers_dtype_rule,
 )
+from wan.checkpoints.names import OFFICIAL_T5, OFFICIAL_TOKENIZER, ROOT, WEIGHTS_STEM
 
 logger = logging.getLogger(__name__)
 
-OFFICIAL_EXPERTS = ("high_noise_model", "low_noise_model")
-OFFICIAL_VAE = "Wan2.1_VAE.pth"
-OFFICIAL_VAE_22 = "Wan2.2_VAE.pth"
-OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
-OFFICIAL_TOKENIZER = "google/umt5-xxl"
 TEXT_EMBEDDING_KEY = "condition_embedder.text_embedder.linear_1.weight"
 
 # The Wan2.2 VAE's per-channel latent statistics: constants of the release's code, not stored in its .pth.
@@ -217,23 +212,22 @@ def load_tokenizer(folder: Path, fix: str) -> PreTrainedTokenizerBase:
 
 
 def load_official(
-    root: Path, transformer_dtype: torch.dtype | None, text_encoder_dtype: torch.dtype | None, device: torch.device
+    info: CheckpointInfo,
+    transformer_dtype: torch.dtype | None,
+    text_encoder_dtype: torch.dtype | None,
+    device: torch.device,
 ) -> WanComponents:
-    """Check every part of an official checkpoint, then load them (a full check before any weights)."""
-    release = "Wan-AI/Wan2.2-T2V-A14B"
-    for name in OFFICIAL_EXPERTS:
-        require_dir(root / name, f"re-download {name}/ from {release}")
-    for name in (OFFICIAL_VAE, OFFICIAL_T5):
-        require_file(root / name, f"re-download {name} from {release}")
+    """Check every part of a described official checkpoint, then load them (all checks before any weights)."""
+    root, release = info.root, info.release
     tokenizer = load_tokenizer(root / OFFICIAL_TOKENIZER, f"re-download {OFFICIAL_TOKENIZER}/ from {release}")
-    experts = [
-        prepare_expert(
-            root / name, transformer_dtype, device, fix=f"re-download {name}/ from {release}", where=f"{name}/"
-        )
-        for name in OFFICIAL_EXPERTS
-    ]
-    _, vae = prepare_vae(root / OFFICIAL_VAE, device, fix=f"re-download {OFFICIAL_VAE} from {release}")
+    experts = []
+    for name in info.experts:
+        where = f"{root.name}/" if name == ROOT else f"{name}/"
+        fix = f"re-download {where} from {release}"
+        experts.append(prepare_expert(root / name, transformer_dtype, device, fix=fix, where=where)[1])
+    _, vae = prepare_vae(root / info.vae, device, fix=f"re-download {info.vae} from {release}")
     t5 = prepare_t5(root / OFFICIAL_T5, text_encoder_dtype, device, fix=f"re-download {OFFICIAL_T5} from {release}")
     text_encoder, vae_model = t5(), vae()
-    high, low = (load() for _, load in experts)
+    models = [load() for load in experts]
+    high, low = models[0], (models[1] if len(models) > 1 else None)
     return WanComponents(tokenizer, text_encoder, vae_model, high, low, layout="official")
