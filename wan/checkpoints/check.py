@@ -197,9 +197,7 @@ def _require_parts(root: Path, layout: str, experts: tuple[str, ...]) -> None:
     """Every part present (before any file is read, so the first message names a missing part)."""
     for name in experts:
         require_dir(root / name, f"re-download {name}/")
-    if layout == "official":
-        if not (root / OFFICIAL_VAE_22).is_file():
-            require_file(root / OFFICIAL_VAE, f"re-download {OFFICIAL_VAE} (or {OFFICIAL_VAE_22} for TI2V-5B)")
+    if layout == "official":  # the VAE file depends on the experts' channels: checked with them
         require_file(root / OFFICIAL_T5, f"re-download {OFFICIAL_T5}")
         require_dir(root / OFFICIAL_TOKENIZER, f"re-download {OFFICIAL_TOKENIZER}/")
         return

@@ -29,7 +29,7 @@ from wan.checkpoints.files import (
     read_safetensors,
     require_dir,
 )
-from wan.checkpoints.models import Loader, build_meta, check_tensors
+from wan.checkpoints.models import Loader, build_meta, check_tensors, own_memory
 from wan.checkpoints.names import TEXT_ENCODER_STEM, WEIGHTS_STEM
 from wan.checkpoints.official import load_tokenizer
 
@@ -82,6 +82,7 @@ def prepare_model(
             model = cls.from_pretrained(str(folder), **kwargs)
         except Exception as exc:
             raise CheckpointError(f"cannot load {folder} ({first_line(exc)}): {fix}") from exc
+        own_memory(model)
         return model.eval()
 
     return load

@@ -114,10 +114,28 @@ def stream_into(
     dtype_rule: Callable[[str], torch.dtype],
     device: torch.device,
 ) -> None:
-    """Replace the meta parameters of ``model`` tensor by tensor, casting each on the way."""
+    """Replace the meta parameters of ``model`` tensor by tensor, casting each on the way.
+
+    A tensor that would stay where it is (CPU, same dtype) is copied, as ``own_memory`` explains.
+    """
     for key, tensor in tensors:
         dtype = dtype_rule(key) if tensor.is_floating_point() else tensor.dtype
+        if device.type == "cpu" and tensor.dtype == dtype:
+            tensor = tensor.clone()
         set_module_tensor_to_device(model, key, device, value=tensor, dtype=dtype, clear_cache=False)
+
+
+def own_memory(model: torch.nn.Module) -> None:
+    """Copy CPU tensors into memory of their own (64-byte aligned) instead of views into a memory-mapped file.
+
+    A tensor read without a cast stays a view of the file at the file's offset (safetensors aligns to
+    8 bytes), and CPU kernels round differently on differently aligned memory: the same weights would
+    give outputs that differ in the last bits with the layout they came from. Ties survive (a shared
+    parameter is one object).
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu":
+            tensor.data = tensor.data.clone()
 
 
 def finish(model: torch.nn.Module, where: str, fix: str, device: torch.device) -> None:
