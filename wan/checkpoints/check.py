@@ -31,6 +31,7 @@ from wan.checkpoints.names import (
     OFFICIAL_VAE_22,
     ROOT,
     TEXT_ENCODER_STEM,
+    WAN22_VAE_Z_DIM,
     WEIGHTS_STEM,
 )
 
@@ -112,9 +113,7 @@ def detect_layout(ckpt_dir: Path) -> str:
             "or its -Diffusers version) and pass its folder"
         )
     is_diffusers = (root / "model_index.json").is_file() or (root / DIFFUSERS_EXPERTS[0]).is_dir()
-    is_official = any((root / n).is_dir() for n in OFFICIAL_EXPERTS) or (
-        (root / "config.json").is_file() and has_safetensors(root, WEIGHTS_STEM)
-    )
+    is_official = any((root / n).is_dir() for n in OFFICIAL_EXPERTS) or any(root.glob(f"{WEIGHTS_STEM}*.safetensors*"))
     if is_diffusers:
         if is_official:
             logger.warning("%s holds both layouts; using the diffusers one (model_index.json)", root)
@@ -174,7 +173,9 @@ def _expert_channels(root: Path, layout: str, name: str) -> tuple[int, int]:
 
 def _official_vae(root: Path, out_channels: int) -> tuple[str, int]:
     """The VAE file that belongs with experts of ``out_channels`` latent channels, and its z_dim."""
-    wanted, other = (OFFICIAL_VAE_22, OFFICIAL_VAE) if out_channels == 48 else (OFFICIAL_VAE, OFFICIAL_VAE_22)
+    wanted, other = (
+        (OFFICIAL_VAE_22, OFFICIAL_VAE) if out_channels == WAN22_VAE_Z_DIM else (OFFICIAL_VAE, OFFICIAL_VAE_22)
+    )
     if not (root / wanted).is_file() and (root / other).is_file():
         raise CheckpointError(
             f"{root} has {other} but no {wanted}, and its experts take {out_channels} latent channels, which "
@@ -190,7 +191,7 @@ def _official_vae(root: Path, out_channels: int) -> tuple[str, int]:
 def _diffusers_vae(root: Path) -> tuple[str, int]:
     config = read_json(root / "vae" / "config.json", "re-download vae/")
     read_safetensors(root / "vae", WEIGHTS_STEM, "re-download vae/")
-    return "vae", int(config.get("z_dim", 16))
+    return "vae/", int(config.get("z_dim", 16))
 
 
 def _require_parts(root: Path, layout: str, experts: tuple[str, ...]) -> None:
@@ -221,9 +222,10 @@ def describe_checkpoint(ckpt_dir: str | Path) -> CheckpointInfo:
     in_channels, out_channels = channels[0]
     vae, z_dim = _official_vae(root, out_channels) if layout == "official" else _diffusers_vae(root)
     if z_dim != out_channels:
+        family = "Wan2.2" if z_dim == WAN22_VAE_Z_DIM else "Wan2.1"
         raise CheckpointError(
-            f"{root}: the VAE {vae} has {z_dim} latent channels ({'Wan2.2' if z_dim == 48 else 'Wan2.1'} VAE) but the "
-            f"experts denoise {out_channels}-channel latents: use the VAE of the experts' release"
+            f"{root}: the VAE {vae} has {z_dim} latent channels ({family} VAE) but the experts denoise "
+            f"{out_channels}-channel latents: use the VAE of the experts' release"
         )
     if layout == "diffusers" and has_safetensors(root / "text_encoder", TEXT_ENCODER_STEM):
         read_safetensors(root / "text_encoder", TEXT_ENCODER_STEM, "re-download text_encoder/")
@@ -233,14 +235,12 @@ def describe_checkpoint(ckpt_dir: str | Path) -> CheckpointInfo:
 def check_checkpoint(ckpt_dir: str | Path, expected: ExpectedModel) -> CheckpointInfo:
     """Refuse a checkpoint that cannot run ``expected.task`` (one line each), before any weights load."""
     info = describe_checkpoint(ckpt_dir)
-    fix = f"pass a {expected.release} folder (official or -Diffusers layout) with --ckpt_dir"
+    fix = f"pass a checkpoint of {expected.release} (official or diffusers layout) with --ckpt_dir"
     if len(info.experts) != expected.experts:
-        found = "two experts (high- and low-noise)" if len(info.experts) == 2 else "one dense model"
-        wanted = "two experts (high- and low-noise)" if expected.experts == 2 else "one dense model"
-        raise CheckpointError(
-            f"{info.root} holds {found} ({', '.join(e + '/' for e in info.experts)}) but task {expected.task} "
-            f"runs {wanted}: {fix}"
-        )
+        folders = "the model at its root" if info.experts == (ROOT,) else ", ".join(e + "/" for e in info.experts)
+        found = "two experts" if len(info.experts) == 2 else "one dense model"
+        wanted = "two experts (high-noise and low-noise)" if expected.experts == 2 else "one dense model"
+        raise CheckpointError(f"{info.root} holds {found} ({folders}) but task {expected.task} runs {wanted}: {fix}")
     if info.in_channels != expected.in_channels:
         raise CheckpointError(
             f"{info.root}: its transformer takes {info.in_channels} input channels "

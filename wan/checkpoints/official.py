@@ -55,7 +55,7 @@ from wan.checkpoints.models import (
     stream_into,
     transformers_dtype_rule,
 )
-from wan.checkpoints.names import OFFICIAL_T5, OFFICIAL_TOKENIZER, ROOT, WEIGHTS_STEM
+from wan.checkpoints.names import OFFICIAL_T5, OFFICIAL_TOKENIZER, ROOT, WAN22_VAE_Z_DIM, WEIGHTS_STEM
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def vae_config_from_state_dict(infos: dict[str, TensorInfo]) -> dict[str, object
         "scale_factor_temporal": 4,
         "scale_factor_spatial": 8 * patch,
     }
-    if z_dim == len(WAN22_VAE_LATENTS_MEAN):
+    if z_dim == WAN22_VAE_Z_DIM:
         config |= {"latents_mean": list(WAN22_VAE_LATENTS_MEAN), "latents_std": list(WAN22_VAE_LATENTS_STD)}
     return config
 
