@@ -245,6 +245,13 @@ def _save_sharded(tensors: dict[str, torch.Tensor], folder: Path, shards: int) -
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+def umt5_hf_to_wan(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ``UMT5EncoderModel`` state dict under Wan's T5 names, as the official file stores it (the tied copy once)."""
+    from wan.checkpoints.keymaps import UMT5_TIED_KEY, umt5_hf_key_to_wan
+
+    return {umt5_hf_key_to_wan(k): v for k, v in state_dict.items() if k != UMT5_TIED_KEY}
+
+
 def save_official_layout(parts: TinyParts, root: Path, shards: int = 2, t5_dtype: torch.dtype | None = None) -> Path:
     """Write ``parts`` in the layout of the official Wan2.2 release of their kind (Wan key names).
 
@@ -253,7 +260,7 @@ def save_official_layout(parts: TinyParts, root: Path, shards: int = 2, t5_dtype
     the T5 file (the release stores bf16); None keeps the encoder's dtype so the two layouts hold
     bit-identical weights.
     """
-    from wan.checkpoints import diffusers_to_wan_transformer_key, diffusers_to_wan_vae_key, umt5_hf_to_wan
+    from wan.checkpoints import diffusers_to_wan_transformer_key, diffusers_to_wan_vae_key
 
     if parts.text_encoder.config.relative_attention_max_distance != 128:
         warnings.warn("the official T5 format implies relative_attention_max_distance 128", stacklevel=2)

@@ -35,8 +35,6 @@ from wan.checkpoints.keymaps import (
     diffusers_to_wan_vae_key,
     transformer_config_from_wan,
     umt5_config_from_state_dict,
-    umt5_hf_to_wan,
-    umt5_wan_to_hf,
 )
 from wan.checkpoints.official import load_official
 
@@ -54,8 +52,6 @@ __all__ = [
     "load_components",
     "transformer_config_from_wan",
     "umt5_config_from_state_dict",
-    "umt5_hf_to_wan",
-    "umt5_wan_to_hf",
 ]
 
 logger = logging.getLogger(__name__)

@@ -216,34 +216,6 @@ def umt5_hf_key_to_wan(key: str) -> str | None:
     return None
 
 
-def umt5_wan_to_hf(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Rename a Wan T5-encoder state dict to ``UMT5EncoderModel`` names (plus the tied embedding copy)."""
-    out = {}
-    for key, value in state_dict.items():
-        hf = umt5_wan_key_to_hf(key)
-        if hf is None:
-            raise KeyError(f"unknown Wan T5 tensor {key}")
-        out[hf] = value
-    if "shared.weight" in out:
-        out[UMT5_TIED_KEY] = out["shared.weight"]
-    return out
-
-
-def umt5_hf_to_wan(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Rename a ``UMT5EncoderModel`` state dict to Wan T5-encoder names (the tied copy is dropped)."""
-    out = {}
-    for key, value in state_dict.items():
-        if key == UMT5_TIED_KEY:
-            if "shared.weight" not in state_dict:
-                out["token_embedding.weight"] = value
-            continue
-        wan = umt5_hf_key_to_wan(key)
-        if wan is None:
-            raise KeyError(f"unknown UMT5EncoderModel tensor {key}")
-        out[wan] = value
-    return out
-
-
 def umt5_config_from_state_dict(state_dict: Mapping[str, Any]) -> UMT5Config:
     """``UMT5Config`` of a Wan T5-encoder state dict from its tensor shapes (KeyError names a missing tensor)."""
 
