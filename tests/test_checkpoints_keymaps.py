@@ -18,8 +18,14 @@ from wan.checkpoints import (
     umt5_config_from_state_dict,
 )
 from wan.checkpoints.files import infos_of_state_dict
-from wan.checkpoints.keymaps import UMT5_TIED_KEY, umt5_hf_key_to_wan, umt5_wan_key_to_hf, wan_to_diffusers_vae_key
-from wan.checkpoints.official import WAN22_VAE_LATENTS_MEAN, vae_config_from_state_dict
+from wan.checkpoints.keymaps import (
+    UMT5_TIED_KEY,
+    WAN22_VAE_LATENTS_MEAN,
+    umt5_hf_key_to_wan,
+    umt5_wan_key_to_hf,
+    vae_config_from_state_dict,
+    wan_to_diffusers_vae_key,
+)
 
 PROMPT = "a red square moving left and a blue circle moving right"
 A14B = {

@@ -93,7 +93,7 @@ def tiny_i2v_parts(seed: int = 0) -> TinyParts:
 
 def tiny_wan22_vae(seed: int) -> AutoencoderKLWan:
     """The Wan2.2 VAE at toy width: 48 latent channels, RGB patchified 2x2, 4x16x16 compression, released stats."""
-    from wan.checkpoints.official import WAN22_VAE_LATENTS_MEAN, WAN22_VAE_LATENTS_STD
+    from wan.checkpoints.keymaps import WAN22_VAE_LATENTS_MEAN, WAN22_VAE_LATENTS_STD
 
     torch.manual_seed(seed)
     return AutoencoderKLWan(
@@ -247,7 +247,10 @@ def _save_sharded(tensors: dict[str, torch.Tensor], folder: Path, shards: int) -
 
 def umt5_hf_to_wan(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A ``UMT5EncoderModel`` state dict under Wan's T5 names, as the official file stores it (the tied copy once)."""
-    from wan.checkpoints.keymaps import UMT5_TIED_KEY, umt5_hf_key_to_wan
+    from wan.checkpoints.keymaps import (
+        UMT5_TIED_KEY,
+        umt5_hf_key_to_wan,
+    )
 
     return {umt5_hf_key_to_wan(k): v for k, v in state_dict.items() if k != UMT5_TIED_KEY}
 

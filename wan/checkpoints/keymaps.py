@@ -13,6 +13,8 @@ from typing import Any
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 from transformers import UMT5Config
 
+from wan.checkpoints.names import WAN22_VAE_Z_DIM
+
 DEFAULT_TEXT_DIM = 4096  # umT5-xxl d_model; official expert configs do not record it
 UMT5_MAX_DISTANCE = 128  # fixed in Wan's T5; not stored in the .pth
 OFFICIAL_MODEL_TYPES = ("t2v", "i2v", "ti2v")  # WanModel.model_type values this loader handles
@@ -174,6 +176,54 @@ def diffusers_to_wan_vae_key(key: str, *, residual: bool = False, num_res_blocks
     return wan
 
 
+# The Wan2.2 VAE's per-channel latent statistics: constants of the release's code, not stored in its .pth.
+WAN22_VAE_LATENTS_MEAN = (
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+    0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313, -0.1649, 0.0117, 0.0723,
+    -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+)  # fmt: skip
+WAN22_VAE_LATENTS_STD = (
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+)  # fmt: skip
+
+
+def vae_config_from_state_dict(infos: Mapping[str, Any]) -> dict[str, object]:
+    """``AutoencoderKLWan`` kwargs of an official VAE file (Wan2.1 or Wan2.2) from its tensor shapes.
+
+    Raises KeyError naming a tensor the shapes are read from. The rest of the architecture is the
+    release's; a file that differs fails the tensor check with the first tensor that does not fit.
+    """
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in infos:
+            raise KeyError(key)
+        return infos[key].shape
+
+    base_dim, z_dim = shape("encoder.conv1.weight")[0], shape("conv1.weight")[0] // 2
+    if not any(key.startswith("encoder.downsamples.0.downsamples.") for key in infos):
+        return {"base_dim": base_dim, "z_dim": z_dim}  # Wan2.1 VAE: RGB in and out, 4x8x8
+    in_channels = shape("encoder.conv1.weight")[1]  # RGB patchified 2x2: 12
+    patch = round((in_channels // 3) ** 0.5)
+    config: dict[str, object] = {
+        "base_dim": base_dim,
+        "decoder_base_dim": shape("decoder.head.0.gamma")[0],
+        "z_dim": z_dim,
+        "is_residual": True,
+        "in_channels": in_channels,
+        "out_channels": shape("decoder.head.2.weight")[0],
+        "patch_size": patch,
+        "scale_factor_temporal": 4,
+        "scale_factor_spatial": 8 * patch,
+    }
+    if z_dim == WAN22_VAE_Z_DIM:
+        config |= {"latents_mean": list(WAN22_VAE_LATENTS_MEAN), "latents_std": list(WAN22_VAE_LATENTS_STD)}
+    return config
+
+
 # --------------------------------------------------------------------------------------------------
 # umT5 encoder (Wan's T5 <-> transformers UMT5EncoderModel); diffusers has no converter for it
 # --------------------------------------------------------------------------------------------------
@@ -196,24 +246,23 @@ _UMT5_TOP_HF_TO_WAN = {hf: wan for wan, hf in _UMT5_TOP_WAN_TO_HF.items()}
 UMT5_TIED_KEY = "encoder.embed_tokens.weight"  # same tensor as shared.weight
 
 
+def _umt5_rename(key: str, top: dict[str, str], block: dict[str, str], source: str, target: str) -> str | None:
+    if key in top:
+        return top[key]
+    m = re.fullmatch(rf"{re.escape(source)}\.(\d+)\.(.+)", key)
+    if m and m[2] in block:
+        return f"{target}.{m[1]}.{block[m[2]]}"
+    return None
+
+
 def umt5_wan_key_to_hf(key: str) -> str | None:
     """transformers ``UMT5EncoderModel`` name of one Wan T5-encoder tensor; None if Wan has no such tensor."""
-    if key in _UMT5_TOP_WAN_TO_HF:
-        return _UMT5_TOP_WAN_TO_HF[key]
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
-    if m and m[2] in _UMT5_BLOCK_WAN_TO_HF:
-        return f"encoder.block.{m[1]}.{_UMT5_BLOCK_WAN_TO_HF[m[2]]}"
-    return None
+    return _umt5_rename(key, _UMT5_TOP_WAN_TO_HF, _UMT5_BLOCK_WAN_TO_HF, "blocks", "encoder.block")
 
 
 def umt5_hf_key_to_wan(key: str) -> str | None:
     """Wan T5-encoder name of one ``UMT5EncoderModel`` tensor; None if unknown (the tied copy included)."""
-    if key in _UMT5_TOP_HF_TO_WAN:
-        return _UMT5_TOP_HF_TO_WAN[key]
-    m = re.fullmatch(r"encoder\.block\.(\d+)\.(.+)", key)
-    if m and m[2] in _UMT5_BLOCK_HF_TO_WAN:
-        return f"blocks.{m[1]}.{_UMT5_BLOCK_HF_TO_WAN[m[2]]}"
-    return None
+    return _umt5_rename(key, _UMT5_TOP_HF_TO_WAN, _UMT5_BLOCK_HF_TO_WAN, "encoder.block", "blocks")
 
 
 def umt5_config_from_state_dict(state_dict: Mapping[str, Any]) -> UMT5Config:

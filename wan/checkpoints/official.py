@@ -14,7 +14,9 @@ The one-expert release (TI2V-5B) keeps its model's config.json and shards at the
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -42,6 +44,7 @@ from wan.checkpoints.keymaps import (
     umt5_config_from_state_dict,
     umt5_hf_key_to_wan,
     umt5_wan_key_to_hf,
+    vae_config_from_state_dict,
     wan_to_diffusers_transformer_key,
     wan_to_diffusers_vae_key,
 )
@@ -55,25 +58,11 @@ from wan.checkpoints.models import (
     stream_into,
     transformers_dtype_rule,
 )
-from wan.checkpoints.names import OFFICIAL_T5, OFFICIAL_TOKENIZER, ROOT, WAN22_VAE_Z_DIM, WEIGHTS_STEM
+from wan.checkpoints.names import OFFICIAL_T5, OFFICIAL_TOKENIZER, ROOT, WEIGHTS_STEM
 
 logger = logging.getLogger(__name__)
 
 TEXT_EMBEDDING_KEY = "condition_embedder.text_embedder.linear_1.weight"
-
-# The Wan2.2 VAE's per-channel latent statistics: constants of the release's code, not stored in its .pth.
-WAN22_VAE_LATENTS_MEAN = (
-    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
-    0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
-    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313, -0.1649, 0.0117, 0.0723,
-    -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
-)  # fmt: skip
-WAN22_VAE_LATENTS_STD = (
-    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
-    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
-    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
-    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
-)  # fmt: skip
 
 
 def prepare_expert(
@@ -107,49 +96,26 @@ def prepare_expert(
     return model, load
 
 
-def vae_config_from_state_dict(infos: dict[str, TensorInfo]) -> dict[str, object]:
-    """``AutoencoderKLWan`` kwargs of an official VAE file (Wan2.1 or Wan2.2) from its tensor shapes.
-
-    Raises KeyError naming a tensor the shapes are read from. The rest of the architecture is the
-    release's; a file that differs fails the tensor check with the first tensor that does not fit.
-    """
-
-    def shape(key: str) -> tuple[int, ...]:
-        if key not in infos:
-            raise KeyError(key)
-        return infos[key].shape
-
-    base_dim, z_dim = shape("encoder.conv1.weight")[0], shape("conv1.weight")[0] // 2
-    if not any(key.startswith("encoder.downsamples.0.downsamples.") for key in infos):
-        return {"base_dim": base_dim, "z_dim": z_dim}  # Wan2.1 VAE: RGB in and out, 4x8x8
-    in_channels = shape("encoder.conv1.weight")[1]  # RGB patchified 2x2: 12
-    patch = round((in_channels // 3) ** 0.5)
-    config: dict[str, object] = {
-        "base_dim": base_dim,
-        "decoder_base_dim": shape("decoder.head.0.gamma")[0],
-        "z_dim": z_dim,
-        "is_residual": True,
-        "in_channels": in_channels,
-        "out_channels": shape("decoder.head.2.weight")[0],
-        "patch_size": patch,
-        "scale_factor_temporal": 4,
-        "scale_factor_spatial": 8 * patch,
-    }
-    if z_dim == WAN22_VAE_Z_DIM:
-        config |= {"latents_mean": list(WAN22_VAE_LATENTS_MEAN), "latents_std": list(WAN22_VAE_LATENTS_STD)}
-    return config
+def _read_pth(
+    path: Path, rename: Callable[[str], str | None], config_of: Callable[[Mapping[str, TensorInfo]], Any], *, fix: str
+) -> tuple[dict[str, torch.Tensor], dict[str, TensorInfo], Any]:
+    """A torch.save'd state dict, its tensors by model name, and the config their shapes describe."""
+    where = path.name
+    state_dict = torch_load(path, fix)
+    infos = infos_of_state_dict(state_dict, path)
+    renamed = rename_tensors(infos, rename, where=where, fix=fix)
+    try:
+        return state_dict, renamed, config_of(infos)
+    except KeyError as exc:
+        raise CheckpointError(f"{where}: tensor {exc.args[0]} is missing: {fix}") from exc
+    except (ValueError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"{where}: tensor shapes do not describe the model ({first_line(exc)}): {fix}") from exc
 
 
 def prepare_vae(path: Path, device: torch.device, *, fix: str) -> tuple[AutoencoderKLWan, Loader]:
     """Validate an official VAE file (Wan2.1 or Wan2.2); return its (meta) model and its loader."""
     where = path.name
-    state_dict = torch_load(path, fix)
-    infos = infos_of_state_dict(state_dict, path)
-    renamed = rename_tensors(infos, wan_to_diffusers_vae_key, where=where, fix=fix)
-    try:
-        config = vae_config_from_state_dict(infos)
-    except KeyError as exc:
-        raise CheckpointError(f"{where}: tensor {exc.args[0]} is missing: {fix}") from exc
+    state_dict, renamed, config = _read_pth(path, wan_to_diffusers_vae_key, vae_config_from_state_dict, fix=fix)
     model = build_meta(where, fix, lambda: AutoencoderKLWan(**config))
 
     def stored_name(key: str) -> str:
@@ -173,24 +139,14 @@ def prepare_vae(path: Path, device: torch.device, *, fix: str) -> tuple[Autoenco
 def prepare_t5(path: Path, dtype: torch.dtype | None, device: torch.device, *, fix: str) -> Loader:
     """Validate Wan's T5-encoder file against the umT5 encoder its shapes describe; return its loader."""
     where = path.name
-    state_dict = torch_load(path, fix)
-    infos = infos_of_state_dict(state_dict, path)
-    renamed = rename_tensors(infos, umt5_wan_key_to_hf, where=where, fix=fix)
-    try:
-        config = umt5_config_from_state_dict(state_dict)
-    except KeyError as exc:
-        raise CheckpointError(f"{where}: tensor {exc.args[0]} is missing: {fix}") from exc
-    except (ValueError, ZeroDivisionError) as exc:
-        raise CheckpointError(
-            f"{where}: tensor shapes do not describe a umT5 encoder ({first_line(exc)}): {fix}"
-        ) from exc
+    state_dict, renamed, config = _read_pth(path, umt5_wan_key_to_hf, umt5_config_from_state_dict, fix=fix)
     model = build_meta(where, fix, lambda: UMT5EncoderModel(config))
 
     def stored_name(key: str) -> str:
         return umt5_hf_key_to_wan(key) or key
 
     check_tensors(model, renamed, where=where, fix=fix, stored_name=stored_name, optional=[UMT5_TIED_KEY])
-    target = dtype or disk_dtype(infos.values())
+    target = dtype or disk_dtype(renamed.values())
 
     def load() -> UMT5EncoderModel:
         logger.info("loading %s (%s) to %s", path, str(target).removeprefix("torch."), device)
