@@ -29,9 +29,8 @@ from wan.checkpoints.files import (
     read_safetensors,
     require_dir,
 )
-from wan.checkpoints.models import Loader, build_meta, check_tensors, own_memory
+from wan.checkpoints.models import Loader, build_meta, check_tensors, load_tokenizer, own_memory
 from wan.checkpoints.names import TEXT_ENCODER_STEM, WEIGHTS_STEM
-from wan.checkpoints.official import load_tokenizer
 
 logger = logging.getLogger(__name__)
 

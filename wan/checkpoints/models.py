@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import init_empty_weights
 from accelerate.utils import set_module_tensor_to_device
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from wan.checkpoints.files import CheckpointError, TensorInfo, first_line
+from wan.checkpoints.files import CheckpointError, TensorInfo, first_line, require_dir
 
 Loader = Callable[[], Any]
 """Loads one validated part; returned by a ``prepare_*`` function once every check has passed."""
@@ -145,3 +147,12 @@ def finish(model: torch.nn.Module, where: str, fix: str, device: torch.device) -
         raise CheckpointError(f"{where}: tensor {left} was not loaded: {fix}")
     model.to(device)  # non-persistent buffers (RoPE tables) were built on the CPU
     model.eval()
+
+
+def load_tokenizer(folder: Path, fix: str) -> PreTrainedTokenizerBase:
+    """A tokenizer folder, offline; an unreadable one becomes one line."""
+    require_dir(folder, fix)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load the tokenizer in {folder} ({first_line(exc)}): {fix}") from exc

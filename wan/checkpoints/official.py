@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
+from transformers import UMT5EncoderModel
 
 from wan.checkpoints.check import CheckpointInfo
 from wan.checkpoints.components import WanComponents
@@ -54,6 +54,7 @@ from wan.checkpoints.models import (
     check_tensors,
     diffusers_dtype_rule,
     finish,
+    load_tokenizer,
     rename_tensors,
     stream_into,
     transformers_dtype_rule,
@@ -157,14 +158,6 @@ def prepare_t5(path: Path, dtype: torch.dtype | None, device: torch.device, *, f
         return model
 
     return load
-
-
-def load_tokenizer(folder: Path, fix: str) -> PreTrainedTokenizerBase:
-    require_dir(folder, fix)
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot load the tokenizer in {folder} ({first_line(exc)}): {fix}") from exc
 
 
 def load_official(
