@@ -6,6 +6,9 @@ with one line that names the file or tensor, instead of a meta-tensor error afte
 Official experts are streamed shard by shard into a model built on the meta device, so no full fp32
 copy of a 14B expert is ever held besides the model itself.
 
+Checking a folder (``describe_checkpoint``, ``check_checkpoint``) imports torch and safetensors only;
+diffusers and transformers are imported when ``load_components`` or a key map is first used.
+
 Modules: ``check`` (what a folder holds and whether it fits a task, from configs and headers only),
 ``names`` (the layouts' file names), ``keymaps`` (official <-> diffusers names and configs), ``files``
 (reading and checking files), ``models`` (stored tensors -> meta-device models), ``official`` and
@@ -14,10 +17,10 @@ Modules: ``check`` (what a folder holds and whether it fits a task, from configs
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from wan.checkpoints.check import (
     RELEASED_MODELS,
@@ -28,16 +31,17 @@ from wan.checkpoints.check import (
     detect_layout,
 )
 from wan.checkpoints.components import WanComponents
-from wan.checkpoints.diffusers_layout import load_diffusers
 from wan.checkpoints.files import CheckpointError
-from wan.checkpoints.keymaps import (
-    diffusers_to_wan_transformer_key,
-    diffusers_to_wan_vae_key,
-    transformer_config_from_wan,
-    umt5_config_from_state_dict,
-)
-from wan.checkpoints.official import load_official
 
+if TYPE_CHECKING:
+    import torch
+
+_KEYMAPS = (
+    "diffusers_to_wan_transformer_key",
+    "diffusers_to_wan_vae_key",
+    "transformer_config_from_wan",
+    "umt5_config_from_state_dict",
+)
 __all__ = [
     "RELEASED_MODELS",
     "CheckpointError",
@@ -47,12 +51,17 @@ __all__ = [
     "check_checkpoint",
     "describe_checkpoint",
     "detect_layout",
-    "diffusers_to_wan_transformer_key",
-    "diffusers_to_wan_vae_key",
     "load_components",
-    "transformer_config_from_wan",
-    "umt5_config_from_state_dict",
+    *_KEYMAPS,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The key maps, imported on first use: they need diffusers, which checking a folder does not."""
+    if name in _KEYMAPS:
+        return getattr(importlib.import_module("wan.checkpoints.keymaps"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +81,11 @@ def load_components(
     experts' ``_keep_in_fp32_modules`` in fp32 as ``from_pretrained`` does. The VAE is always fp32.
     Every file and tensor shape is checked before loading; problems raise :class:`CheckpointError`.
     """
+    import torch
+
+    from wan.checkpoints.diffusers_layout import load_diffusers
+    from wan.checkpoints.official import load_official
+
     info = check_checkpoint(ckpt_dir, expected) if expected is not None else describe_checkpoint(ckpt_dir)
     device = torch.device(device)
     logger.info("loading the %s layout from %s (%d expert(s))", info.layout, info.root, len(info.experts))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
+if TYPE_CHECKING:  # the classes are only named here; importing them costs seconds
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 
 @dataclass
