@@ -20,10 +20,10 @@ from tiny_models import (
 from transformers import UMT5EncoderModel
 
 from wan.checkpoints import (
-    CheckpointError,
     detect_layout,
     load_components,
 )
+from wan.errors import CheckpointError
 
 PARTS = ("text_encoder", "vae", "high_noise_model", "low_noise_model")
 PROMPT = "a red square moving left and a blue circle moving right"

@@ -19,11 +19,11 @@ from tiny_models import (
 
 from wan.checkpoints import (
     RELEASED_MODELS,
-    CheckpointError,
     check_checkpoint,
     describe_checkpoint,
     load_components,
 )
+from wan.errors import CheckpointError
 
 KINDS = {"t2v": tiny_parts_official, "i2v": tiny_i2v_parts, "ti2v": tiny_ti2v_parts}
 TASK_OF = {"t2v": "t2v-A14B", "i2v": "i2v-A14B", "ti2v": "ti2v-5B"}

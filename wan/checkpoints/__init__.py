@@ -31,7 +31,6 @@ from wan.checkpoints.check import (
     detect_layout,
 )
 from wan.checkpoints.components import WanComponents
-from wan.checkpoints.files import CheckpointError
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +43,6 @@ _KEYMAPS = (
 )
 __all__ = [
     "RELEASED_MODELS",
-    "CheckpointError",
     "CheckpointInfo",
     "ExpectedModel",
     "WanComponents",

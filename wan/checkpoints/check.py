@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wan.checkpoints.files import (
-    CheckpointError,
     has_safetensors,
     read_json,
     read_safetensors,
@@ -34,6 +33,7 @@ from wan.checkpoints.names import (
     WAN22_VAE_Z_DIM,
     WEIGHTS_STEM,
 )
+from wan.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

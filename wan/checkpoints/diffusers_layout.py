@@ -20,7 +20,6 @@ from transformers import UMT5Config, UMT5EncoderModel
 from wan.checkpoints.check import CheckpointInfo
 from wan.checkpoints.components import WanComponents
 from wan.checkpoints.files import (
-    CheckpointError,
     TensorInfo,
     disk_dtype,
     first_line,
@@ -31,6 +30,7 @@ from wan.checkpoints.files import (
 )
 from wan.checkpoints.models import Loader, build_meta, check_tensors, load_tokenizer, own_memory
 from wan.checkpoints.names import TEXT_ENCODER_STEM, WEIGHTS_STEM
+from wan.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

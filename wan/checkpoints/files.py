@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,15 +18,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from wan.errors import CheckpointError
+
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """One-line, user-facing: names the file/tensor that is wrong and what to do (CLI exits 2)."""
-
-    def __init__(self, message: str):
-        # Library errors are embedded in our messages; keep the whole thing on one line.
-        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)).strip())
 
 
 _SAFETENSORS_DTYPES = {

@@ -17,7 +17,8 @@ from accelerate import init_empty_weights
 from accelerate.utils import set_module_tensor_to_device
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from wan.checkpoints.files import CheckpointError, TensorInfo, first_line, require_dir
+from wan.checkpoints.files import TensorInfo, first_line, require_dir
+from wan.errors import CheckpointError
 
 Loader = Callable[[], Any]
 """Loads one validated part; returned by a ``prepare_*`` function once every check has passed."""

@@ -25,7 +25,6 @@ from transformers import UMT5EncoderModel
 from wan.checkpoints.check import CheckpointInfo
 from wan.checkpoints.components import WanComponents
 from wan.checkpoints.files import (
-    CheckpointError,
     TensorInfo,
     disk_dtype,
     first_line,
@@ -60,6 +59,7 @@ from wan.checkpoints.models import (
     transformers_dtype_rule,
 )
 from wan.checkpoints.names import OFFICIAL_T5, OFFICIAL_TOKENIZER, ROOT, WEIGHTS_STEM
+from wan.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
