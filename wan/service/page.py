@@ -113,7 +113,9 @@ def build_page(service: JobService) -> gr.Blocks:
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
             with gr.Column():
                 video = gr.Video(label="Video", autoplay=True, loop=True, interactive=False, elem_id="video")
-                earlier = gr.Gallery(label="Earlier videos", columns=3, elem_id="gallery")
+                earlier = gr.Gallery(
+                    label="Earlier videos", columns=4, height=280, object_fit="contain", elem_id="gallery"
+                )
         button.click(
             generate,
             [prompt, negative, size, frames, steps, seed, preset, lora, half],
