@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -125,12 +126,15 @@ class Worker:
         try:
             settings = GenerationSettings(**job.settings)
             engine = self.engines.get(job.engine, settings)
+            start = time.perf_counter()
             with counting_computed(engine.pipe) as computed:
                 result = engine.generate(settings, progress=False, on_step=self._on_step(job.id))
+            written = time.perf_counter()
             context = {**engine.sidecar_context(), "job": job.id}
             if computed:
                 context["computed_forwards"] = computed
             write_outputs(result, path, self.fps, context)
+            spent = {"generate": written - start, "write": time.perf_counter() - written}
         except JobCancelled:
             self._finish(job.id, CANCELLED)
         except (ConfigError, NonFiniteLatentError) as exc:
@@ -142,7 +146,13 @@ class Worker:
             logger.exception("job %s failed", job.id)
             self._finish(job.id, FAILED, error=f"internal error ({one_line(exc)})")
         else:
-            self._finish(job.id, COMPLETED, output=path.name, result=_result(_read_sidecar(path) or {}))
+            spent = {k: round(v, 4) for k, v in spent.items()}
+            self._finish(
+                job.id,
+                COMPLETED,
+                output=path.name,
+                result={**_result(_read_sidecar(path) or {}), "worker_seconds": spent},
+            )
         finally:
             self.progress.pop(job.id, None)
             self._cancel.discard(job.id)
