@@ -255,3 +255,16 @@ def test_a_public_host_needs_a_key_and_a_folder_one_server(tmp_path, capsys):
     hold_folder(tmp_path)
     with pytest.raises(ConfigError, match="in use by another serve.py"):
         hold_folder(tmp_path)
+
+
+def test_with_a_key_the_page_wants_a_login_too(tmp_path):
+    live = LiveServer(["--save_dir", str(tmp_path), "--api_key", "k1"], page=True)
+    try:
+        client = live.client
+        assert client.get("/config").status_code == 401  # the page's own API, before logging in
+        assert client.post("/login", data={"username": "anyone", "password": "wrong"}).status_code != 200
+        assert client.post("/login", data={"username": "anyone", "password": "k1"}).status_code == 200
+        assert client.get("/config").status_code == 200
+        assert client.get("/v1/videos").status_code == 401  # the API still wants its bearer key
+    finally:
+        live.close()
