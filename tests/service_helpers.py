@@ -51,8 +51,10 @@ class LiveServer:
         self.service.store.close()
 
 
-def wait_for(client: httpx.Client, ids: Iterable[str], statuses: Iterable[str] = FINISHED) -> dict[str, Any]:
-    """Poll until every job is in one of ``statuses``; their last answers by id."""
+def wait_for(
+    client: httpx.Client, ids: Iterable[str], statuses: Iterable[str] = FINISHED, poll_s: float = 0.1
+) -> dict[str, Any]:
+    """Poll every ``poll_s`` until every job is in one of ``statuses``; their last answers by id."""
     pending, done = set(ids), {}
     deadline = time.monotonic() + WAIT_S
     while pending:
@@ -62,7 +64,7 @@ def wait_for(client: httpx.Client, ids: Iterable[str], statuses: Iterable[str] =
             if answer["status"] in statuses:
                 done[job_id] = answer
                 pending.discard(job_id)
-        time.sleep(0.1)
+        time.sleep(poll_s)
     return done
 
 

@@ -83,7 +83,7 @@ def test_progress_moves_during_sampling(client):
         assert answer["status"] in ("queued", "in_progress"), answer
         seen.append(answer["progress"])
     assert seen == sorted(seen), "progress went backwards"
-    assert any(0 < p < 100 for p in seen), seen
+    assert any(0 < p < 100 for p in seen), seen  # the last step's value holds through the decode: always seen
 
 
 def test_a_random_seed_is_drawn_once_and_kept(client):

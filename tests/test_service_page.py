@@ -12,7 +12,7 @@ from wan.config import REPO_ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = REPO_ROOT / "docs" / "service_page.png"
-STEPS = 20  # enough steps that the page's poll sees the bar between 0 and 100 on a fast machine too
+STEPS = 20  # with 17 frames: sampling and decode last long enough for the page's poll to see the bar between 0 and 100
 
 playwright = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed (requirements.txt)")
 pytestmark = pytest.mark.skipif(
@@ -33,7 +33,7 @@ def test_generate_from_the_page_and_watch_it_play(tmp_path):
             page.set_default_timeout(WAIT_S * 1000)
             page.goto(live.url + "/")
             page.locator("#prompt textarea").fill(PROMPT)
-            page.locator("#frames input").fill("9")
+            page.locator("#frames input").fill("17")
             page.locator("#steps input").fill(str(STEPS))
             page.locator("#seed input").fill("3")
             page.locator("#generate").click()
