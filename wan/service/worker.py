@@ -103,12 +103,15 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job = self.store.claim_next()
-            if job is None:
-                self._wake.wait(timeout=1.0)
-                self._wake.clear()
-                continue
-            self.run_job(job)
+            try:
+                job = self.store.claim_next()
+                if job is not None:
+                    self.run_job(job)
+                    continue
+            except Exception:  # the job table unwritable (a full disk): keep the thread, try again shortly
+                logger.exception("the worker could not take or record a job; retrying")
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
 
     def video_path(self, job_id: str) -> Path:
         return self.videos_dir / f"{job_id}.mp4"
