@@ -47,8 +47,7 @@ class LiveServer:
         self.client.close()
         self.server.should_exit = True
         self.thread.join(30)
-        self.service.worker.stop(timeout=WAIT_S)
-        self.service.store.close()
+        self.service.close(timeout=WAIT_S)
 
 
 def wait_for(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-from service_helpers import PROMPT, WAIT_S, free_port, videos_in, wait_for
+from service_helpers import PROMPT, WAIT_S, LiveServer, free_port, videos_in, wait_for
 
 from wan.config import REPO_ROOT
 from wan.service.store import JobStore
@@ -74,3 +75,30 @@ def test_kill_9_loses_nothing_and_repeats_nothing(tmp_path):
     assert not [p for p in os.listdir(tmp_path / "videos") if ".tmp." in p]
     for path in videos_in(tmp_path):
         assert read_video(path).shape[0] == 5
+
+
+def test_a_video_written_but_not_recorded_is_not_made_again(tmp_path):
+    """The narrowest crash: after the atomic write, before the completion commit."""
+    live = LiveServer(["--save_dir", str(tmp_path), "--frame_num", "5", "--sample_steps", "2"])
+    try:
+        job_id = live.client.post("/v1/videos", json={"prompt": PROMPT}).json()["id"]
+        wait_for(live.client, [job_id])
+    finally:
+        live.close()
+    video = tmp_path / "videos" / f"{job_id}.mp4"
+    written = os.stat(video)
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:  # as the table stood when the process died
+        db.execute("UPDATE jobs SET status = 'in_progress', output = NULL, result = NULL, finished_at = NULL")
+        db.execute("DELETE FROM events WHERE event = 'completed'")
+
+    live = LiveServer(["--save_dir", str(tmp_path)])
+    try:
+        answer = wait_for(live.client, [job_id])[job_id]
+        events = [e for j, e in live.service.store.events() if j == job_id]
+    finally:
+        live.close()
+    assert answer["status"] == "completed" and answer["attempts"] == 2
+    assert events.count("completed") == 1 and "interrupted" in events
+    again = os.stat(video)
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not written again
+    assert answer["settings"]["frame_num"] == 5 and answer["seconds"]

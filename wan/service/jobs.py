@@ -32,11 +32,18 @@ VIDEOS_DIR = "videos"
 class JobService:
     """Jobs in, answers out; the routes and the page are thin layers over this."""
 
-    def __init__(self, store: JobStore, worker: Worker, parser: RequestParser, limits: Limits):
+    def __init__(self, store: JobStore, worker: Worker, parser: RequestParser, limits: Limits, lock_fd: int):
         self.store = store
         self.worker = worker
         self.parser = parser
         self.limits = limits
+        self._lock_fd = lock_fd
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop after the running job (waiting up to ``timeout``), close the table, free the folder."""
+        self.worker.stop(timeout)
+        self.store.close()
+        os.close(self._lock_fd)
 
     def submit(self, data: Any) -> JobRecord:
         """Validate and queue (committed before returning); ``ConfigError`` or ``QueueFull`` refuse it."""
@@ -113,7 +120,7 @@ def hold_folder(save_dir: Path) -> int:
 def open_service(flags: Mapping[str, Any], save_dir: Path, lora_dir: Path | None, limits: Limits) -> JobService:
     """Everything before the port opens: folder, lock, queue recovery, model, worker (started)."""
     check_writable_dir(save_dir, "--save_dir")
-    hold_folder(save_dir)  # held for the life of the process
+    lock_fd = hold_folder(save_dir)  # held until ``close``, or the process ends
     options = resolve_options(flags)
     parser = RequestParser(flags, options.config, lora_dir, limits)
     store = JobStore(save_dir)
@@ -126,4 +133,4 @@ def open_service(flags: Mapping[str, Any], save_dir: Path, lora_dir: Path | None
     videos.mkdir(exist_ok=True)
     worker = Worker(store, EngineCache(flags, engine, key), videos, options.config.fps)
     worker.start()
-    return JobService(store, worker, parser, limits)
+    return JobService(store, worker, parser, limits, lock_fd)
