@@ -6,6 +6,7 @@ when it is done, and a gallery of earlier videos. A refused request shows the CL
 
 from __future__ import annotations
 
+import html
 import os
 import secrets
 import time
@@ -44,6 +45,15 @@ def page_request(
     return body
 
 
+def progress_bar(percent: int, state: str) -> str:
+    """The job's progress as an HTML ``<progress>`` bar (Gradio's own bar hides once a generator yields)."""
+    label = html.escape(state.replace("_", " "))
+    return (
+        f'<div style="display:flex;gap:0.6em;align-items:center"><progress value="{percent}" max="100" '
+        f'style="flex:1;height:1.1em"></progress><span>{label} {percent}%</span></div>'
+    )
+
+
 def build_page(service: JobService) -> gr.Blocks:
     config = service.parser.config
     loras = [NONE, *(name.removesuffix(LORA_SUFFIX) for name in service.parser.lora_names())]
@@ -63,32 +73,31 @@ def build_page(service: JobService) -> gr.Blocks:
         preset: str,
         lora: str,
         half: bool,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 - how Gradio asks for a progress bar
-    ) -> Iterator[tuple[Any, Any, Any]]:
+    ) -> Iterator[tuple[Any, Any, Any, Any]]:
         try:
             job = service.submit(page_request(prompt, negative, size, frames, steps, seed, preset, lora, half))
         except (ConfigError, QueueFull) as exc:
-            yield f"error: {exc}", None, gr.skip()
+            yield f"error: {exc}", None, gr.skip(), progress_bar(0, "refused")
             return
-        progress(0, desc="queued")
+        yield f"{job.id}: queued", None, gr.skip(), progress_bar(0, "queued")
         while job.status not in FINISHED:
             time.sleep(POLL_S)
             job = service.get(job.id)
             if job is None:  # deleted through the API meanwhile
-                yield "error: the job was deleted", None, gallery()
+                yield "error: the job was deleted", None, gallery(), progress_bar(0, "deleted")
                 return
             percent = service.progress(job)
-            progress(percent / 100, desc=job.status.replace("_", " "))
-            yield f"{job.id}: {job.status} {percent}%", gr.skip(), gr.skip()
+            yield f"{job.id}: {job.status} {percent}%", gr.skip(), gr.skip(), progress_bar(percent, job.status)
         if job.status == COMPLETED:
             seconds = sum((job.result or {}).get("seconds", {}).values())
             yield (
                 f"{job.id}: completed in {seconds:.1f} s (seed {job.settings['seed']})",
                 str(service.video_path(job)),
                 gallery(),
+                progress_bar(100, job.status),
             )
         else:
-            yield f"error: {job.error or job.status}", None, gallery()
+            yield f"error: {job.error or job.status}", None, gallery(), progress_bar(0, job.status)
 
     with gr.Blocks(title="Wan2.2 video") as page:
         gr.Markdown(
@@ -110,6 +119,7 @@ def build_page(service: JobService) -> gr.Blocks:
                     lora = gr.Dropdown(loras, value=NONE, label="LoRA")
                     half = gr.Checkbox(label="Half-frame generation", elem_id="half")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
+                bar = gr.HTML(progress_bar(0, "idle"), elem_id="progress")
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
             with gr.Column():
                 video = gr.Video(label="Video", autoplay=True, loop=True, interactive=False, elem_id="video")
@@ -119,7 +129,7 @@ def build_page(service: JobService) -> gr.Blocks:
         button.click(
             generate,
             [prompt, negative, size, frames, steps, seed, preset, lora, half],
-            [status, video, earlier],
+            [status, video, earlier, bar],
             concurrency_limit=None,  # the job queue orders the work; the page only follows it
         )
         page.load(gallery, None, earlier)
