@@ -15,6 +15,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     """generate.py's flags (model, levers, generation defaults) and the service's own."""
     p = generate.build_parser()
     p.description = "Wan2.2 video service: HTTP API (/v1/videos, docs at /docs) and a web page (/) on one job queue"
-    for action in p._actions:  # argparse has no public way to hide an inherited flag
+    for action in p._actions:  # argparse has no public way to hide or re-word an inherited flag
         if action.dest in CLI_ONLY:
             action.help = argparse.SUPPRESS
         if action.dest == "save_dir":
             action.help = f"where the job table and the videos live (default: {DEFAULT_SAVE_DIR})"
+    for group in p._action_groups:
+        if any(action.dest == "save_dir" for action in group._group_actions):
+            group.title = "output"
     limits = Limits()
     s = p.add_argument_group("service")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app = create_app(service, args.api_key)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
+    shown = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host  # every address: use a name
+    shown = f"[{shown}]" if ":" in shown else shown
     logger.info(
         "open http://%s:%d/ in a browser (API: /v1/videos, docs: /docs; jobs and videos in %s)",
         shown,
