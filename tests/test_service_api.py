@@ -268,3 +268,16 @@ def test_with_a_key_the_page_wants_a_login_too(tmp_path):
         assert client.get("/v1/videos").status_code == 401  # the API still wants its bearer key
     finally:
         live.close()
+
+
+def test_a_preset_per_request_loads_its_levers_and_generation_defaults(client):
+    fast = submit(client, preset="fast", sample_steps=6)
+    assert (fast["settings"]["cfg_truncate_steps"], fast["settings"]["cfg_truncate_high_noise_steps"]) == (5, 3)
+    plain = submit(client, sample_steps=6)
+    assert plain["settings"]["cfg_truncate_steps"] == 0
+    answers = wait_for(client, [fast["id"], plain["id"]])
+    assert answers[fast["id"]]["result"]["options"]["preset"] == "fast"
+    assert answers[fast["id"]]["result"]["options"]["levers"]["cache"]
+    assert answers[plain["id"]]["result"]["options"]["preset"] is None
+    forwards = [sum(answers[job["id"]]["result"]["forwards"].values()) for job in (fast, plain)]
+    assert forwards[0] < forwards[1] == 12  # CFG truncation: fewer forwards than 2 per step

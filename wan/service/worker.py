@@ -35,7 +35,7 @@ except ImportError:
 
 logger = logging.getLogger(__name__)
 
-RESULT_KEYS = ("settings", "seconds", "forwards", "steps", "tokens", "loras")
+RESULT_KEYS = ("settings", "seconds", "forwards", "steps", "tokens", "loras", "options", "computed_forwards")
 """What a completed job's answer repeats from its sidecar."""
 
 
