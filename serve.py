@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import generate
-from wan.config import REPO_ROOT, ConfigError
+from wan.config import REPO_ROOT
+from wan.errors import BAD_INPUT, ConfigError
 from wan.service.requests import Limits
 
 logger = logging.getLogger("serve")
@@ -112,14 +113,13 @@ def open_from_args(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    from wan.checkpoints import CheckpointError
     from wan.service.app import create_app
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     try:
         service = open_from_args(args)
-    except (ConfigError, CheckpointError) as exc:
+    except BAD_INPUT as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app = create_app(service, args.api_key)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from wan.batch import check_writable_dir
-from wan.config import ConfigError
 from wan.engine import build_engine
+from wan.errors import ConfigError
 from wan.options import resolve_options
 from wan.service.requests import JobSpec, Limits, RequestParser
 from wan.service.store import COMPLETED, FINISHED, IN_PROGRESS, JobRecord, JobStore

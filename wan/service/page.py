@@ -18,7 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: ser
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from wan.config import ConfigError  # noqa: E402
+from wan.errors import ConfigError  # noqa: E402
 from wan.levers.presets import PRESETS  # noqa: E402
 from wan.service.jobs import JobService  # noqa: E402
 from wan.service.requests import LORA_SUFFIX  # noqa: E402

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wan.batch import GENERATION_FLAGS, ITEM_ALIASES, item_flags, settings_from_flags
-from wan.config import ConfigError, TaskConfig
+from wan.batch import GENERATION_FLAGS, ITEM_ALIASES, item_flags
+from wan.config import TaskConfig
+from wan.errors import ConfigError
 from wan.levers.presets import PRESETS, preset_generation_defaults
 from wan.lora import FLAG_EXPERTS, check_loras, lora_specs, parse_lora_arg
-from wan.settings import GenerationSettings
+from wan.settings import GenerationSettings, settings_from_flags
 from wan.validation import SEED_MAX
 
 LORA_SUFFIX = ".safetensors"

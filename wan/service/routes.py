@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
 from wan.batch import ITEM_FLAGS
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.levers.presets import PRESETS
 from wan.service.jobs import JobService
 from wan.service.requests import REQUEST_KEYS

@@ -17,16 +17,13 @@ from typing import Any
 
 import torch
 
-from wan.batch import one_line
-from wan.config import ConfigError
 from wan.engine import Engine, build_engine
-from wan.guidance import StepPlan
-from wan.levers.cache import counting_computed
+from wan.errors import BAD_INPUT, NonFiniteLatentError, one_line
 from wan.options import resolve_options
+from wan.paths import TEMP_NAME, temp_files
+from wan.plan import StepPlan, build_plan
 from wan.service.store import CANCELLED, COMPLETED, FAILED, JobRecord, JobStore
 from wan.settings import GenerationSettings
-from wan.text2video import NonFiniteLatentError
-from wan.video import TEMP_NAME, temp_files
 
 try:  # where the atomic video + sidecar writers live (moving out of the batch package)
     from wan.outputs import sidecar_path, write_outputs
@@ -58,7 +55,8 @@ class EngineCache:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self.key = None
-            self.engine = build_engine(resolve_options({**self.server_flags, **key}), [settings])
+            options = resolve_options({**self.server_flags, **key})
+            self.engine = build_engine(options, [build_plan(settings, options.config)])
             self.key = _key(key)
         return self.engine
 
@@ -130,17 +128,13 @@ class Worker:
             settings = GenerationSettings(**job.settings)
             engine = self.engines.get(job.engine, settings)
             start = time.perf_counter()
-            with counting_computed(engine.pipe) as computed:
-                result = engine.generate(settings, progress=False, on_step=self._on_step(job.id))
+            result = engine.generate(settings, progress=False, on_step=self._on_step(job.id))
             written = time.perf_counter()
-            context = {**engine.sidecar_context(), "job": job.id}
-            if computed:
-                context["computed_forwards"] = computed
-            write_outputs(result, path, self.fps, context)
+            write_outputs(result, path, self.fps, {**engine.sidecar_context(), "job": job.id})
             spent = {"generate": written - start, "write": time.perf_counter() - written}
         except JobCancelled:
             self._finish(job.id, CANCELLED)
-        except (ConfigError, NonFiniteLatentError) as exc:
+        except (*BAD_INPUT, NonFiniteLatentError) as exc:
             self._finish(job.id, FAILED, error=str(exc))
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
