@@ -12,7 +12,8 @@ from service_helpers import PROMPT, LiveServer, videos_in, wait_for
 
 import generate
 import serve
-from wan.config import REPO_ROOT, ConfigError
+from wan.config import REPO_ROOT
+from wan.errors import ConfigError
 from wan.service.jobs import hold_folder
 from wan.video import read_video
 
