@@ -35,6 +35,7 @@ from wan.config import DEFAULT_TASK, ConfigError, TaskConfig, available_tasks, l
 from wan.levers.presets import PRESETS
 from wan.levers.vae_precision import VAE_DTYPES
 from wan.placement import PLACEMENTS
+from wan.solvers import SOLVERS
 from wan.validation import check_flags
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--save_file", default=None, help="output .mp4 (or .png frame grid)")
     official.add_argument("--prompt", default=None, help="the text prompt")
     official.add_argument("--base_seed", type=int, default=-1, help="seed; -1 draws one")
-    official.add_argument("--sample_solver", default=None, choices=["unipc", "dpm++", "euler"])
+    official.add_argument("--sample_solver", default=None, choices=list(SOLVERS))
     official.add_argument("--sample_steps", type=int, default=None)
     official.add_argument("--sample_shift", type=float, default=None)
     official.add_argument(
@@ -196,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE[:SCALE]",
             help=f"a LoRA .safetensors fused into {which} at SCALE (default 1.0); repeat to stack",
         )
+    ours.add_argument(
+        "--lora_dir",
+        default=None,
+        metavar="DIR[:SCALE]",
+        help="a step-distill LoRA pair's folder (Wan2.2-Lightning, LightX2V): the file named high on the "
+        "high-noise expert, the one named low on the low-noise expert",
+    )
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     ours.add_argument("--debug", action="store_true", help="an internal error prints its full trace")
@@ -474,7 +482,7 @@ def run(args: argparse.Namespace) -> int:
     from wan import distributed
     from wan.batch import write_outputs
     from wan.levers.cache import counting_computed
-    from wan.lora import check_loras, lora_specs
+    from wan.lora import check_loras, lora_specs, warn_if_distilled_without_loras
     from wan.video import claim_output
 
     config = load_task_config(args.task)
@@ -496,7 +504,9 @@ def run(args: argparse.Namespace) -> int:
         settings.seed = distributed.broadcast_seed(settings.seed, ctx)
         save_file = Path(args.save_file) if args.save_file else default_save_file(config, settings, args.save_dir)
         ckpt_dir = resolve_ckpt_dir(args, config)
-        loras = check_loras(lora_specs(vars(args)))
+        specs = lora_specs(vars(args))
+        warn_if_distilled_without_loras(args.preset, specs)
+        loras = check_loras(specs, ckpt_dir=ckpt_dir)
         resolve_device(args, ctx.local_rank)
         if distributed.is_main(ctx) and not stack.enter_context(claim_output(save_file)):
             raise ConfigError(f"--save_file {save_file}: another run is writing it now; choose another name")
