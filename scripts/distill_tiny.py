@@ -212,6 +212,9 @@ def train(pipe: WanT2V, states: torch.Tensor, contexts: torch.Tensor, args) -> d
             for expert in pipe.experts.values():
                 expert.eval()
             own = rollout(pipe, states, contexts)
+            drift = float(torch.mean((own[:, -1] - states[:, -1]) ** 2))  # the 4-step latent vs the teacher's
+            log.append({"iteration": it, "rollout_latent_mse": drift})
+            logger.info("iteration %d: 4-step rollout latent MSE vs teacher %.5f", it, drift)
             for expert in pipe.experts.values():
                 expert.train()
         k_value = int(torch.randint(LIGHTNING.steps, (1,), generator=rng))  # one step (one expert) per batch

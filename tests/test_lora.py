@@ -419,3 +419,27 @@ def test_the_distill_preset_without_loras_is_flagged(caplog):
     assert not caplog.records
     warn_if_distilled_without_loras("lightning", [])
     assert len(caplog.records) == 1 and "--preset lightning samples the step-distilled schedule" in caplog.text
+
+
+def test_cli_lora_dir_fuses_the_pair_and_the_sidecar_names_both(cli, parts, tmp_path):
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for name, seed in (("high_noise_model", 1), ("low_noise_model", 2)):
+        save_file(
+            lora_tensors(random_lora(parts.high_noise_model, RANK, seed=seed), "wan", ALPHA),
+            pair / f"{name}.safetensors",
+        )
+    out = tmp_path / "a.mp4"
+    argv = [*cli, "--save_file", str(out), "--lora_dir", f"{pair}:0.5", "--sample_solver", "euler_distill"]
+    assert generate.main([*argv, "--sample_steps", "4", "--sample_shift", "5", "--sample_guide_scale", "1"]) == 0
+    meta = json.loads(sidecar_path(out).read_text())
+    assert [(e["file"], e["scale"]) for e in meta["loras"][HIGH]] == [("high_noise_model.safetensors", 0.5)]
+    assert [(e["file"], e["scale"]) for e in meta["loras"][LOW]] == [("low_noise_model.safetensors", 0.5)]
+
+
+def test_cli_lora_for_another_model_is_exit_2_before_loading(cli, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    wide = {"blocks.0.attn1.to_q": (torch.zeros(RANK, 5120), torch.zeros(5120, RANK))}  # an A14B-size layer
+    path = write_lora(tmp_path / "a14b.safetensors", wide)
+    assert generate.main([*cli, "--save_file", str(tmp_path / "a.mp4"), "--lora_high", str(path)]) == 2
+    assert "has shape (4, 5120)" in capsys.readouterr().err
