@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base_seed", type=int, default=0)
     p.add_argument("--frame_num", type=int, default=None)
     p.add_argument("--teacher_steps", type=int, default=None, help="default: the task's 40")
+    p.add_argument("--modes", default=None, help="comma-separated modes to score (default: all)")
+    p.add_argument("--eval_only", action="store_true", help="score the pair already in --out, no training")
     p.add_argument("--quick", action="store_true", help="a smoke test: a few prompts, iterations and frames")
     args = p.parse_args(argv)
     if args.quick:
@@ -249,7 +251,7 @@ def save_pair(pipe: WanT2V, out: Path, args) -> None:
 
 
 # ----------------------------------------------------------------------------------- quality
-def score(pipe_base: WanT2V, pipe_student: WanT2V, args) -> dict:
+def score(pipe_base: WanT2V, pipe_student: WanT2V, args, on_prompt=None) -> dict:
     """Every mode against the 40-step teacher on the held-out prompts (seed base_seed + i, as compare.py)."""
     prompts = [p.text for p in held_out_prompts(args.eval_prompts)]
     distill = dict(
@@ -264,6 +266,8 @@ def score(pipe_base: WanT2V, pipe_student: WanT2V, args) -> dict:
         "lora_4_shift8": (pipe_student, {**distill, "sample_steps": 4, "sample_shift": 8.0}),
         "lora_4_plain_euler": (pipe_student, {**distill, "sample_steps": 4, "sample_solver": "euler"}),
     }
+    if args.modes:
+        modes = {m: modes[m] for m in ["teacher_40", *args.modes.split(",")]}
     rows: dict[str, list[dict]] = {m: [] for m in modes}
     for i, prompt in enumerate(prompts):
         base = GenerationSettings(
@@ -289,7 +293,20 @@ def score(pipe_base: WanT2V, pipe_student: WanT2V, args) -> dict:
                     "seconds": seconds,
                 }
             )
-        logger.info("scored %d/%d: %s", i + 1, len(prompts), prompt)
+        logger.info(
+            "scored %d/%d: %s (%s)",
+            i + 1,
+            len(prompts),
+            prompt,
+            {m: round(r[-1]["seconds"], 2) for m, r in rows.items()},
+        )
+        if on_prompt is not None:  # a run cut short still leaves the prompts it finished
+            on_prompt(summarise(rows))
+    return summarise(rows)
+
+
+def summarise(rows: dict[str, list[dict]]) -> dict:
+    """Per mode: mean and worst PSNR, SSIM, adherence, motion against the teacher; with the rows."""
     summary = {}
     for mode, mode_rows in rows.items():
         summary[mode] = {
@@ -302,7 +319,7 @@ def score(pipe_base: WanT2V, pipe_student: WanT2V, args) -> dict:
             "forwards": float(np.mean([r["forwards"] for r in mode_rows])),
             "seconds_mean": float(np.mean([r["seconds"] for r in mode_rows])),
         }
-    return {"summary": summary, "rows": rows}
+    return {"prompts": len(next(iter(rows.values()))), "summary": summary, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,35 +329,32 @@ def main(argv: list[str] | None = None) -> int:
     config = load_task_config("t2v-tiny")
     out = Path(args.out)
     started = time.perf_counter()
-    pipe = WanT2V.from_pretrained(config, args.ckpt_dir, device=args.device)
-    rng = random.Random(0)
-    train_prompts = [sample_scene(rng, "train").caption.text for _ in range(args.train_prompts)]
-    seeds = [TRAIN_SEED_BASE + i for i in range(args.train_prompts)]
-    states = teacher_states(pipe, train_prompts, seeds, args)
-    contexts = torch.cat([pipe.encode_text(train_prompts[i : i + 256]) for i in range(0, len(train_prompts), 256)])
-    teacher_seconds = time.perf_counter() - started
-    trained = train(pipe, states, contexts, args)
-    save_pair(pipe, out, args)
+    trained: dict = {"prompts": args.train_prompts, "batch": args.batch, "rank": args.rank, "lr": args.lr}
+    if not args.eval_only:
+        pipe = WanT2V.from_pretrained(config, args.ckpt_dir, device=args.device)
+        for expert in pipe.experts.values():  # a GPU keeps the stored float16; teacher states and training want fp32
+            expert.float()
+        rng = random.Random(0)
+        train_prompts = [sample_scene(rng, "train").caption.text for _ in range(args.train_prompts)]
+        seeds = [TRAIN_SEED_BASE + i for i in range(args.train_prompts)]
+        states = teacher_states(pipe, train_prompts, seeds, args)
+        contexts = torch.cat([pipe.encode_text(train_prompts[i : i + 256]) for i in range(0, len(train_prompts), 256)])
+        trained["teacher_seconds"] = time.perf_counter() - started
+        trained.update(train(pipe, states, contexts, args))
+        save_pair(pipe, out, args)
+        del pipe, states
 
     base = WanT2V.from_pretrained(config, args.ckpt_dir, device=args.device)
     student = WanT2V.from_pretrained(config, args.ckpt_dir, device=args.device)
     apply_loras(student, check_loras(lora_dir_specs(out, task="t2v-tiny"), ckpt_dir=Path(args.ckpt_dir)))
-    quality = score(base, student, args)
-    report = {
+    head = {
         "command": "python scripts/distill_tiny.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "schedule": {**LIGHTNING.__dict__, "timesteps": LIGHTNING.timesteps(), "sigmas": LIGHTNING.sigmas()},
-        "train": {
-            "prompts": args.train_prompts,
-            "batch": args.batch,
-            "rank": args.rank,
-            "lr": args.lr,
-            "teacher_seconds": teacher_seconds,
-            **trained,
-        },
-        **quality,
+        "train": trained,
     }
-    save_json(report, Path(args.report) if args.report else out / "quality.json")
+    report_path = Path(args.report) if args.report else out / "quality.json"
+    quality = score(base, student, args, on_prompt=lambda q: save_json({**head, **q}, report_path))
     for mode, s in quality["summary"].items():
         print(
             f"{mode:20s} psnr {s['psnr_mean']:6.2f} ssim {s['ssim_mean']:.3f} adherence {s['adherence']:.3f} "
