@@ -199,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE[:SCALE]",
             help=f"a LoRA .safetensors fused into {which} at SCALE (default 1.0); repeat to stack",
         )
+    ours.add_argument(
+        "--lora_dir",
+        default=None,
+        metavar="DIR[:SCALE]",
+        help="a step-distill LoRA pair's folder (Wan2.2-Lightning, LightX2V): the file named high on the "
+        "high-noise expert, the one named low on the low-noise expert",
+    )
     ours.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     ours.add_argument("--debug", action="store_true", help="an internal error prints its full trace")

@@ -13,11 +13,19 @@ from safetensors.torch import save_file
 from tiny_models import LORA_LAYERS, lora_metadata, lora_tensors, random_lora
 
 import generate
-from wan import engine
 from wan.batch import sidecar_path
 from wan.config import HIGH, LOW, load_task_config
 from wan.errors import ConfigError
-from wan.lora import BOTH, LoraSpec, apply_loras, check_loras, lora_record, lora_specs, parse_lora_arg
+from wan.lora import (
+    BOTH,
+    LoraSpec,
+    apply_loras,
+    check_loras,
+    lora_record,
+    lora_specs,
+    parse_lora_arg,
+    warn_if_distilled_without_loras,
+)
 from wan.plan import plan_steps
 from wan.settings import GenerationSettings
 from wan.solvers import make_scheduler
@@ -250,7 +258,7 @@ def test_cli_lora_high_lands_in_the_sidecar(cli, tiny_lora, tmp_path):
 
 
 def test_cli_missing_lora_is_exit_2_before_loading(cli, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
     assert generate.main([*cli, "--save_file", str(tmp_path / "a.mp4"), "--lora", "nope.safetensors:2"]) == 2
     err = capsys.readouterr().err
     assert err == (
@@ -274,8 +282,8 @@ def test_batch_groups_items_by_lora_and_resume_compares_them(cli, tiny_lora, tmp
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(lines) + "\n")
     args = [*cli[:-2], "--prompt_file", str(prompts), "--save_dir", str(tmp_path / "out")]
-    loads, original = [], engine.build_engine
-    monkeypatch.setattr(engine, "build_engine", lambda *a: (loads.append(1), original(*a))[1])
+    loads, original = [], generate.load_pipeline
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a: (loads.append(1), original(*a))[1])
     assert generate.main(args) == 1  # the LoRA for block 7 fails its item only
     records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert [r["index"] for r in records if r["status"] == "done"] == [0, 2, 1, 3]
@@ -291,3 +299,148 @@ def test_batch_groups_items_by_lora_and_resume_compares_them(cli, tiny_lora, tmp
     again = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()][5:]
     statuses = sorted((r["index"], r["status"]) for r in again)
     assert statuses == [(0, "skipped"), (1, "skipped"), (2, "skipped"), (3, "done")]
+
+
+# ----------------------------------------------------------------------------------- distill pairs (--lora_dir)
+def other_pairs(pairs, factor: float):
+    """A second LoRA with the same layers and different numbers (the low-noise file of a pair)."""
+    return {k: (d.flip(0) * factor, u) for k, (d, u) in pairs.items()}
+
+
+def comfy_tensors(pairs, alpha: float = ALPHA) -> dict[str, torch.Tensor]:
+    """ComfyUI / LightX2V naming: lora_down/lora_up/alpha under ``diffusion_model.``, with the zeroed norm
+    ``.diff`` and the ``.diff_b`` bias keys those releases also carry."""
+    tensors = lora_tensors(pairs, "wan", alpha)
+    tensors["diffusion_model.blocks.0.norm3.diff"] = torch.zeros(24)
+    tensors["diffusion_model.blocks.0.norm3.diff_b"] = torch.zeros(24)
+    return tensors
+
+
+@pytest.mark.parametrize(
+    ("high", "low"),
+    [
+        ("high_noise_model.safetensors", "low_noise_model.safetensors"),  # Wan2.2-Lightning
+        (
+            "wan2.2_t2v_A14b_high_noise_lora_rank64_lightx2v_4step_1217.safetensors",  # LightX2V
+            "wan2.2_t2v_A14b_low_noise_lora_rank64_lightx2v_4step_1217.safetensors",
+        ),
+        (
+            "Wan2.2-Lightning_T2V-A14B-4steps-lora_HIGH_fp16.safetensors",
+            "Wan2.2-Lightning_T2V-A14B-4steps-lora_LOW_fp16.safetensors",
+        ),
+    ],
+)
+def test_lora_dir_puts_each_file_of_a_pair_on_its_expert(pipe, pairs, tmp_path, high, low):
+    low_pairs = other_pairs(pairs, 0.5)
+    save_file(comfy_tensors(pairs), tmp_path / high)
+    save_file(comfy_tensors(low_pairs), tmp_path / low)
+    (tmp_path / "README.md").write_text("not a LoRA")
+    specs = lora_specs({"lora_dir": f"{tmp_path}:0.8", "task": "t2v-A14B"})
+    assert [(s.path.name, s.scale, s.experts) for s in specs] == [(high, 0.8, (HIGH,)), (low, 0.8, (LOW,))]
+    before = {name: weights(e) for name, e in pipe.experts.items()}
+    files = check_loras(specs, ckpt_dir=REPO / "models" / "t2v-tiny")
+    assert [f.format for f in files] == ["wan", "wan"]
+    apply_loras(pipe, files)
+    for name, used in ((HIGH, pairs), (LOW, low_pairs)):
+        after = pipe.experts[name].state_dict()
+        for module, (down, up) in used.items():
+            expected = before[name][f"{module}.weight"] + 0.8 * (ALPHA / RANK) * up @ down
+            torch.testing.assert_close(after[f"{module}.weight"], expected, rtol=0, atol=1e-6)
+
+
+def test_lora_dir_picks_the_task_pair_out_of_a_release_folder(pairs, tmp_path):
+    """LightX2V's folder holds t2v and i2v pairs; the task picks; without one the choice is the user's."""
+    for kind in ("t2v", "i2v"):
+        for expert in ("high", "low"):
+            save_file(
+                lora_tensors(pairs, "wan", ALPHA), tmp_path / f"wan2.2_{kind}_A14b_{expert}_noise_lora.safetensors"
+            )
+    specs = lora_specs({"lora_dir": str(tmp_path), "task": "t2v-A14B"})
+    assert [s.path.name for s in specs] == [
+        "wan2.2_t2v_A14b_high_noise_lora.safetensors",
+        "wan2.2_t2v_A14b_low_noise_lora.safetensors",
+    ]
+    with pytest.raises(ConfigError, match="2 high-noise LoRAs .*; pick one with --lora_high FILE"):
+        lora_specs({"lora_dir": str(tmp_path), "task": "my_task.json"})
+
+
+def test_lora_dir_takes_the_one_folder_down_layout(pairs, tmp_path):
+    """LightX2V's configs point at loras/high_noise_model/<file> and loras/low_noise_model/<file>."""
+    for folder in ("high_noise_model", "low_noise_model"):
+        (tmp_path / folder).mkdir()
+        save_file(lora_tensors(pairs, "wan", ALPHA), tmp_path / folder / "model.safetensors")
+    specs = lora_specs({"lora_dir": str(tmp_path)})
+    assert [(s.path.parent.name, s.experts) for s in specs] == [
+        ("high_noise_model", (HIGH,)),
+        ("low_noise_model", (LOW,)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ((), "no high-noise LoRA .* among: no .safetensors file; pass the files with --lora_high and --lora_low"),
+        (("high_noise_model.safetensors",), "no low-noise LoRA .* among: high_noise_model.safetensors"),
+    ],
+)
+def test_lora_dir_without_a_pair_is_refused(pairs, tmp_path, files, message):
+    for name in files:
+        save_file(lora_tensors(pairs, "wan", ALPHA), tmp_path / name)
+    with pytest.raises(ConfigError, match=message):
+        lora_specs({"lora_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="not a folder"):
+        lora_specs({"lora_dir": str(tmp_path / "nope")})
+
+
+def test_a_high_file_given_to_the_low_expert_is_flagged(pairs, tmp_path, caplog):
+    path = write_lora(tmp_path / "high_noise_model.safetensors", pairs)
+    check_loras([LoraSpec(path, 1.0, (LOW,))])
+    assert "named for the high_noise expert but goes on low_noise; meant --lora_high?" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("module", "shape", "message"),
+    [
+        ("blocks.0.attn1.to_q", (RANK, 64), "has shape \\(4, 64\\) .* another model size"),  # a wider model
+        ("blocks.40.attn1.to_q", (RANK, 128), "blocks.40.attn1.to_q.lora_A.weight matches no layer"),  # a deeper one
+    ],
+)
+def test_a_lora_for_another_model_is_refused_before_loading(tmp_path, monkeypatch, module, shape, message):
+    """Checked against the checkpoint's expert configs on weightless experts: no weight is read."""
+    monkeypatch.setattr(WanT2V, "from_pretrained", lambda *a, **k: pytest.fail("the model must not load"))
+    down, up = torch.zeros(shape), torch.zeros(shape[1], RANK)
+    path = write_lora(tmp_path / "high_noise_model.safetensors", {module: (down, up)})
+    with pytest.raises(ConfigError, match=message):
+        check_loras([LoraSpec(path, 1.0, (HIGH,))], ckpt_dir=REPO / "models" / "t2v-tiny")
+
+
+def test_the_distill_preset_without_loras_is_flagged(caplog):
+    warn_if_distilled_without_loras("lightning", [LoraSpec(Path("a.safetensors"), 1.0, BOTH)])
+    warn_if_distilled_without_loras("fast", [])
+    assert not caplog.records
+    warn_if_distilled_without_loras("lightning", [])
+    assert len(caplog.records) == 1 and "--preset lightning samples the step-distilled schedule" in caplog.text
+
+
+def test_cli_lora_dir_fuses_the_pair_and_the_sidecar_names_both(cli, parts, tmp_path):
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for name, seed in (("high_noise_model", 1), ("low_noise_model", 2)):
+        save_file(
+            lora_tensors(random_lora(parts.high_noise_model, RANK, seed=seed), "wan", ALPHA),
+            pair / f"{name}.safetensors",
+        )
+    out = tmp_path / "a.mp4"
+    argv = [*cli, "--save_file", str(out), "--lora_dir", f"{pair}:0.5", "--sample_solver", "euler_distill"]
+    assert generate.main([*argv, "--sample_steps", "4", "--sample_shift", "5", "--sample_guide_scale", "1"]) == 0
+    meta = json.loads(sidecar_path(out).read_text())
+    assert [(e["file"], e["scale"]) for e in meta["loras"][HIGH]] == [("high_noise_model.safetensors", 0.5)]
+    assert [(e["file"], e["scale"]) for e in meta["loras"][LOW]] == [("low_noise_model.safetensors", 0.5)]
+
+
+def test_cli_lora_for_another_model_is_exit_2_before_loading(cli, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    wide = {"blocks.0.attn1.to_q": (torch.zeros(RANK, 5120), torch.zeros(5120, RANK))}  # an A14B-size layer
+    path = write_lora(tmp_path / "a14b.safetensors", wide)
+    assert generate.main([*cli, "--save_file", str(tmp_path / "a.mp4"), "--lora_high", str(path)]) == 2
+    assert "has shape (4, 5120)" in capsys.readouterr().err

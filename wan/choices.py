@@ -4,7 +4,8 @@ The modules that implement each choice import their names from here (``wan.solve
 ``wan.half_frame``), so the table in ``wan.validation`` and the code can never disagree.
 """
 
-SOLVERS = ("unipc", "dpm++", "euler")
+SOLVERS = ("unipc", "dpm++", "euler", "euler_distill")
+"""``euler_distill``: Euler on the grid the 4-step distill LoRAs were trained on (``wan.solvers``)."""
 COMPLETIONS = ("repeat", "interpolate", "renoise", "renoise_fresh")
 """How the half-frame latent becomes a full one at the end of the half-frame window.
 

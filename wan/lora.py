@@ -7,8 +7,16 @@ layers removed again, so sampling runs plain ``nn.Linear`` layers. This module i
 loaded ``WanT2V`` from outside; the denoising loop knows nothing of LoRAs.
 
 What is new here and not in diffusers: recognising the naming up front, refusing a file before
-the model loads (missing, corrupt, image-to-video), and refusing a LoRA any of whose layers the
-expert lacks, since a LoRA that lands partly is the "garbage video" users report.
+the model loads (missing, corrupt, image-to-video, or made for another model: its layers and shapes
+are checked against the checkpoint's expert configs, read without loading a weight), and refusing a
+LoRA any of whose layers the expert lacks, since a LoRA that lands partly is the "garbage video"
+users report.
+
+Step-distill LoRAs ship as a pair, one per expert, in one folder: Wan2.2-Lightning names them
+``high_noise_model.safetensors`` / ``low_noise_model.safetensors``, LightX2V
+``wan2.2_t2v_A14b_high_noise_lora_rank64_lightx2v_4step_1217.safetensors`` and its ``low_noise`` twin
+(and ComfyUI repacks ``..._HIGH_fp16`` / ``..._LOW_fp16``). ``--lora_dir DIR[:SCALE]`` finds the pair
+by the word high or low in the names, case-insensitive, and puts each file on its expert.
 """
 
 from __future__ import annotations
@@ -39,6 +47,17 @@ logger = logging.getLogger(__name__)
 BOTH = (HIGH, LOW)
 FLAG_EXPERTS: dict[str, tuple[str, ...]] = {"lora": BOTH, "lora_high": (HIGH,), "lora_low": (LOW,)}
 """The CLI flags (argparse dests, batch item keys) and the experts each applies to."""
+DIR_FLAG = "lora_dir"
+"""``--lora_dir DIR[:SCALE]``: a distill pair's folder, each file on the expert its name says."""
+DISTILL_PRESETS = ("lightning",)
+"""Presets that sample a step-distilled schedule, which the base experts were never trained for."""
+TASK_KINDS = ("t2v", "i2v", "ti2v", "flf2v", "s2v", "animate")
+"""Task words in release file names (LightX2V's folder holds t2v and i2v pairs side by side)."""
+EXPERT_FOLDERS = {
+    "diffusers": {HIGH: "transformer", LOW: "transformer_2"},
+    "official": {HIGH: "high_noise_model", LOW: "low_noise_model"},
+}
+"""Where each expert's config.json lives, per checkpoint layout."""
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LoraConfig record in a safetensors header
 I2V_MARKERS = ("k_img", "v_img", "img_emb", "add_k_proj", "add_v_proj", "image_embedder")
@@ -68,6 +87,7 @@ class LoraFile:
     format: str  # "diffusers", "wan" (official / ComfyUI / kohya) or "musubi"
     sha256: str
     pairs: int  # LoRA layers (lora_A/lora_B pairs) after conversion
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # each converted key's shape: checked before loading
 
 
 def parse_lora_arg(value: str) -> tuple[Path, float]:
@@ -82,10 +102,16 @@ def parse_lora_arg(value: str) -> tuple[Path, float]:
 
 
 def lora_specs(flags: dict[str, Any]) -> list[LoraSpec]:
-    """The LoRAs that ``--lora``, ``--lora_high`` and ``--lora_low`` (each a list or None) ask for, in that order."""
+    """The LoRAs that ``--lora_dir``, ``--lora``, ``--lora_high`` and ``--lora_low`` (each a value, a list or
+    None) ask for, in that order; ``flags["task"]``, where given, picks a pair out of a folder holding several."""
     specs = []
+    for value in _as_list(flags.get(DIR_FLAG)):
+        folder, scale = parse_lora_arg(value)
+        if not math.isfinite(scale):
+            raise ConfigError(f"--{DIR_FLAG} {value}: the scale must be a finite number")
+        specs.extend(lora_dir_specs(folder, scale, task=flags.get("task")))
     for flag, experts in FLAG_EXPERTS.items():
-        for value in flags.get(flag) or []:
+        for value in _as_list(flags.get(flag)):
             path, scale = parse_lora_arg(value)
             if not math.isfinite(scale):
                 raise ConfigError(f"--{flag} {value}: the scale must be a finite number")
@@ -93,20 +119,120 @@ def lora_specs(flags: dict[str, Any]) -> list[LoraSpec]:
     return specs
 
 
-def check_loras(specs: Sequence[LoraSpec]) -> list[LoraFile]:
-    """Read, recognise and convert every file (not yet against the model); ``ConfigError`` names the bad one."""
+def _as_list(value: str | list[str] | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def named_expert(path: Path) -> str | None:
+    """The expert a file's name says it is for (``high`` / ``low`` as a word, any case), or None."""
+    said = {m.lower() for m in EXPERT_IN_NAME.findall(path.stem)}
+    if len(said) != 1:
+        return None
+    return HIGH if said == {"high"} else LOW
+
+
+def lora_dir_specs(folder: Path, scale: float = 1.0, task: str | None = None) -> list[LoraSpec]:
+    """The high-noise and the low-noise LoRA of a release folder, each on its expert.
+
+    Files are ``*.safetensors`` in the folder, or one folder down (LightX2V's ``loras/high_noise_model/``).
+    Where several pairs are there (t2v and i2v, or two dates), the task word in ``task`` picks the files that
+    carry it; anything still ambiguous is refused with the names, so the user picks with ``--lora_high/low``.
+    """
+    flag = f"--{DIR_FLAG} {folder}"
+    if not folder.is_dir():
+        raise ConfigError(f"{flag}: not a folder; give the folder holding the high- and low-noise LoRA files")
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*/*.safetensors"))
+    by_expert: dict[str, list[Path]] = {HIGH: [], LOW: []}
+    for path in files:
+        expert = named_expert(path) or (named_expert(path.parent) if path.parent != folder else None)
+        if expert is not None:
+            by_expert[expert].append(path)
+    kind = _task_kind(task)
+    specs = []
+    for expert in BOTH:
+        found = by_expert[expert]
+        if len(found) > 1 and kind is not None:
+            found = [p for p in found if _task_kind(str(p.relative_to(folder))) == kind] or found
+        word = "high" if expert == HIGH else "low"
+        if not found:
+            shown = ", ".join(p.name for p in files[:6]) or "no .safetensors file"
+            raise ConfigError(
+                f"{flag}: no {word}-noise LoRA (a .safetensors file with '{word}' in its name) among: {shown}; "
+                f"pass the files with --lora_high and --lora_low"
+            )
+        if len(found) > 1:
+            raise ConfigError(
+                f"{flag}: {len(found)} {word}-noise LoRAs ({', '.join(p.name for p in found[:4])}); "
+                f"pick one with --lora_{word} FILE"
+            )
+        specs.append(LoraSpec(found[0], scale, (expert,)))
+    return specs
+
+
+def _task_kind(text: str | None) -> str | None:
+    """``t2v``, ``i2v``, ... as a word of a task name or file name (``t2v-A14B``, ``wan2.2_i2v_A14b_...``)."""
+    if not text:
+        return None
+    words = set(re.split(r"[^a-z0-9]+", Path(text).name.lower() if text.endswith(".json") else text.lower()))
+    return next((k for k in TASK_KINDS if k in words), None)
+
+
+def warn_if_distilled_without_loras(preset: str | None, specs: Sequence[LoraSpec]) -> None:
+    """A distill preset samples 4 steps without CFG: on the base experts alone that is a blurred video."""
+    if preset in DISTILL_PRESETS and not specs:
+        logger.warning(
+            "--preset %s samples the step-distilled schedule but no LoRA is given; pass the distill pair with "
+            "--lora_dir DIR (or --lora_high/--lora_low), else the base experts make a blurred 4-step video",
+            preset,
+        )
+
+
+def check_loras(specs: Sequence[LoraSpec], ckpt_dir: Path | None = None) -> list[LoraFile]:
+    """Read, recognise and convert every file; ``ConfigError`` names the bad one.
+
+    With ``ckpt_dir`` every file is also checked against the checkpoint's expert configs (its layers and
+    shapes, on weightless experts), so a LoRA for another model fails before the model loads.
+    """
     for spec in specs:
         _warn_if_named_for_the_other_expert(spec)
-    return [_check_cached(spec, *_file_stamp(spec.path)) for spec in specs]
+    files = [_check_cached(spec, *_file_stamp(spec.path)) for spec in specs]
+    if ckpt_dir is not None and files:
+        experts = _meta_experts(Path(ckpt_dir))
+        if experts is not None:
+            for f in files:
+                for expert_name in f.spec.experts:
+                    check_targets(dict(f.shapes), experts[expert_name], f.spec.path, expert_name)
+    return files
+
+
+def _meta_experts(ckpt_dir: Path) -> dict[str, torch.nn.Module] | None:
+    """Both experts built from the checkpoint's configs on the meta device (no weights), or None where the
+    folder's layout is not recognised (the loader then names what is wrong)."""
+    from diffusers import WanTransformer3DModel
+
+    from wan.checkpoints import detect_layout, transformer_config_from_wan
+
+    try:
+        layout = detect_layout(ckpt_dir)
+        experts = {}
+        for expert_name, folder in EXPERT_FOLDERS[layout].items():
+            config = json.loads((ckpt_dir / folder / "config.json").read_text(encoding="utf-8"))
+            if layout == "official":
+                config = transformer_config_from_wan(config)
+            with torch.device("meta"):
+                experts[expert_name] = WanTransformer3DModel.from_config(config)
+        return experts
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.debug("LoRA check against %s skipped: %s", ckpt_dir, exc)
+        return None
 
 
 def _warn_if_named_for_the_other_expert(spec: LoraSpec) -> None:
     """Distillation LoRAs come in pairs named ``..._high_noise`` / ``..._low_noise`` (or HIGH/LOW); one on
     the wrong expert is the "garbage video" users report, so a name that disagrees with the flag is flagged."""
-    said = {m.lower() for m in EXPERT_IN_NAME.findall(spec.path.stem)}
-    if len(said) != 1:
+    named = named_expert(spec.path)
+    if named is None:
         return
-    named = HIGH if said == {"high"} else LOW
     if any(expert != named for expert in spec.experts):
         flag = "--lora_high" if named == HIGH else "--lora_low"
         logger.warning(
@@ -136,8 +262,9 @@ def apply_loras(pipe, files: Sequence[LoraFile]) -> None:  # pipe: a loaded wan.
     """
     loaded = [(f, *read_lora(f.spec.path)) for f in files]
     for f, state_dict, _ in loaded:
+        shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
         for expert_name in f.spec.experts:
-            check_targets(state_dict, pipe.experts[expert_name], f.spec.path, expert_name)
+            check_targets(shapes, pipe.experts[expert_name], f.spec.path, expert_name)
     for number, (f, state_dict, metadata) in enumerate(loaded):
         for expert_name in f.spec.experts:
             expert = pipe.experts[expert_name]
@@ -178,10 +305,11 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | Non
     return state_dict, metadata
 
 
-def check_targets(state_dict: dict[str, torch.Tensor], expert: torch.nn.Module, path: Path, expert_name: str) -> None:
-    """Every LoRA key must land on a linear layer of the expert with matching shapes, or nothing is fused."""
+def check_targets(shapes: dict[str, tuple[int, ...]], expert: torch.nn.Module, path: Path, expert_name: str) -> None:
+    """Every LoRA key (name -> shape) must land on a linear layer of the expert with matching shapes, or nothing
+    is fused. The expert may be weightless (meta device): only its layers' sizes are read."""
     modules = dict(expert.named_modules())
-    for key, tensor in state_dict.items():
+    for key, shape in shapes.items():
         module_name = LORA_SUFFIX.sub("", key.removeprefix("transformer."))
         module = modules.get(module_name)
         if not isinstance(module, torch.nn.Linear):
@@ -191,11 +319,9 @@ def check_targets(state_dict: dict[str, torch.Tensor], expert: torch.nn.Module, 
             "lora_B.weight": (module.out_features, None),
             "lora_B.bias": (module.out_features,),
         }[LORA_SUFFIX.search(key).group(1)]
-        if len(expected) != tensor.ndim or any(
-            e is not None and e != s for e, s in zip(expected, tensor.shape, strict=True)
-        ):
+        if len(expected) != len(shape) or any(e is not None and e != s for e, s in zip(expected, shape, strict=True)):
             raise ConfigError(
-                f"LoRA {path}: key {key} has shape {tuple(tensor.shape)} but the {expert_name} expert's "
+                f"LoRA {path}: key {key} has shape {tuple(shape)} but the {expert_name} expert's "
                 f"{module_name} is {module.out_features}x{module.in_features}; a LoRA for another model size?"
             )
 
@@ -215,7 +341,8 @@ def _check_cached(spec: LoraSpec, resolved: str, mtime_ns: int, size: int) -> Lo
     state_dict, _, fmt = _read_converted(spec.path)
     with open(spec.path, "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    return LoraFile(spec, fmt, digest, sum(k.endswith("lora_A.weight") for k in state_dict))
+    shapes = tuple((k, tuple(v.shape)) for k, v in state_dict.items())
+    return LoraFile(spec, fmt, digest, sum(k.endswith("lora_A.weight") for k in state_dict), shapes)
 
 
 def _read_converted(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, str]:

@@ -164,7 +164,7 @@ def resolve_options(flags: Mapping[str, Any], *, local_rank: int = 0) -> EngineO
     import torch
 
     from wan.levers import explicit_levers, resolve_levers
-    from wan.lora import check_loras, lora_specs
+    from wan.lora import check_loras, lora_specs, warn_if_distilled_without_loras
 
     flags = with_defaults(flags)
     config = load_task_config(flags.get("task") or "t2v-tiny")
@@ -173,7 +173,9 @@ def resolve_options(flags: Mapping[str, Any], *, local_rank: int = 0) -> EngineO
     from wan.checkpoints import check_checkpoint
 
     check_checkpoint(ckpt_dir, expected_model(config, ckpt_dir))  # configs and headers only: before any weights
-    loras = check_loras(lora_specs(dict(flags)))
+    specs = lora_specs(dict(flags))
+    warn_if_distilled_without_loras(flags.get("preset"), specs)
+    loras = check_loras(specs, ckpt_dir=ckpt_dir)
     device = resolve_device(flags.get("device"), local_rank)
     parallel = parallel_options(flags)
     placement = placement_choice(flags)

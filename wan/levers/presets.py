@@ -75,6 +75,11 @@ PRESETS: dict[str, Preset] = {
         prefer={"attention_backend": ("sage",)},  # where it is installed and runs; the default attention elsewhere
         generation={"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3},
     ),
+    "lightning": Preset(
+        "the 4-step schedule the distill LoRA pairs (Wan2.2-Lightning, LightX2V) were trained on: Euler on "
+        "timesteps 1000/937.5/833/625, two per expert, no CFG; give the pair with --lora_dir",
+        generation={"sample_solver": "euler_distill", "sample_steps": 4, "sample_shift": 5.0, "sample_guide_scale": 1},
+    ),
 }
 
 
