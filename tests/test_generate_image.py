@@ -30,7 +30,7 @@ from tiny_models import (
 import generate
 from wan import engine
 from wan.config import load_task_config
-from wan.video import frame_grid, to_uint8_frames
+from wan.video import frame_grid, read_video, to_uint8_frames
 
 PROMPT = "a red square moving left"
 NEGATIVE = "ugly, static"
@@ -169,6 +169,17 @@ def test_i2v_equals_wan_image_to_video_pipeline(i2v_task, i2v_ckpts, i2v_peer, i
     assert_same_video(grid, i2v_peer(image))
     meta = json.loads((tmp_path / "v.png.json").read_text())
     assert meta["settings"]["image"] == str(images[image]) and meta["steps"] == {"high_noise": 2, "low_noise": 2}
+
+
+def test_default_name_says_the_videos_shape_which_the_image_sets(i2v_task, i2v_ckpts, images, tmp_path):
+    """A 2:3 image within --size 48*32's area makes a 32*48 video; its default name says so."""
+    flags = cli(i2v_task, i2v_ckpts["diffusers"], tmp_path / "unused.png", "--image", str(images["portrait"]))
+    at = flags.index("--save_file")
+    flags[at : at + 2] = ["--save_dir", str(tmp_path / "out")]
+    assert generate.main(flags) == 0
+    (video,) = (tmp_path / "out").glob("*.mp4")
+    assert video.name.startswith("i2v-A14B_32x48_a_red_square_moving_left_")
+    assert read_video(video).shape == (5, 48, 32, 3)
 
 
 @pytest.fixture(scope="module")
