@@ -276,7 +276,6 @@ def run(args: argparse.Namespace) -> int:
     flags, config = checked_flags(args)
     seed = flags["base_seed"] if flags["base_seed"] >= 0 else random.randint(0, 2**31 - 1)
     settings = settings_from_flags(flags, seed).resolved(config)
-    save_file = Path(args.save_file) if args.save_file else default_save_file(config, settings, args.save_dir)
 
     from wan import distributed
     from wan.batch import write_outputs
@@ -291,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
         stack.enter_context(distributed.session(ctx))
         settings.seed = distributed.broadcast_seed(settings.seed, ctx)
         plan = build_plan(settings, config)
+        shape = "*".join(map(str, plan.geometry.pixels))  # with an image: its shape within --size's area
+        save_file = Path(args.save_file or default_save_file(config, replace(settings, size=shape), args.save_dir))
         distributed.validate(
             ctx,
             ulysses_size=parallel.ulysses_size,
