@@ -3,7 +3,7 @@
 For each mode and prompt: MSE / PSNR / SSIM of the video against the baseline video, the number
 of DiT forwards (and of those whose blocks ran, under a cache lever) and tokens processed (the
 speed proxy that holds on any machine), seconds, and on ``t2v-tiny`` prompt adherence
-(``wan.eval.adherence``) and motion amplitude against the baseline's (``wan.eval.motion``: mean
+(``evaluation.adherence``) and motion amplitude against the baseline's (``evaluation.motion``: mean
 ratio, and the motion error, mean |ratio - 1|). Writes ``report.json``, prints a table, and
 writes a side-by-side PNG (one row per mode) and mp4 for the first prompt.
 
@@ -39,10 +39,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from evaluation.metrics import compare_videos  # noqa: E402
+from evaluation.motion import summarise_motion  # noqa: E402
 from wan.checkpoints import CheckpointError  # noqa: E402
 from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
-from wan.eval.metrics import compare_videos  # noqa: E402
-from wan.eval.motion import summarise_motion  # noqa: E402
 from wan.frames import COMPLETIONS  # noqa: E402
 from wan.half_frame import PLAIN_STEPS, POSITIONS  # noqa: E402
 from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
@@ -172,7 +172,7 @@ def load_prompts(args: argparse.Namespace) -> list[str]:
         return lines[: args.prompts]
     if args.task != "t2v-tiny":
         raise ConfigError("--prompt_file is needed for tasks other than t2v-tiny")
-    from wan.eval.tiny_world import held_out_prompts
+    from evaluation.tiny_world import held_out_prompts
 
     return [p.text for p in held_out_prompts(args.prompts)]
 
@@ -185,7 +185,7 @@ def motion_check(task: str, frames: np.ndarray, prompt: str, baseline_frames: np
     """Motion amplitude against the baseline's where the task has a detector (the tiny world), else {}."""
     if task != "t2v-tiny":
         return {}
-    from wan.eval.motion import motion_scores, video_amplitude
+    from evaluation.motion import motion_scores, video_amplitude
 
     return motion_scores(frames, prompt, video_amplitude(baseline_frames, prompt))
 
@@ -194,7 +194,7 @@ def adherence_check(task: str, video: torch.Tensor, prompt: str) -> bool | None:
     """Prompt adherence where the task has a detector (the tiny world), else None."""
     if task != "t2v-tiny":
         return None
-    from wan.eval.adherence import check
+    from evaluation.adherence import check
 
     return check(video, prompt).matched
 

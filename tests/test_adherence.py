@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from wan.eval.adherence import adherence, check, detect
-from wan.eval.tiny_world import Scene, Shape, render_scene, sample_scene
+from evaluation.adherence import adherence, check, detect
+from evaluation.tiny_world import Scene, Shape, render_scene, sample_scene
 from wan.video import to_uint8_frames
 
 

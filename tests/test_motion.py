@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from wan.eval.motion import motion_scores, summarise_motion, tracks, video_amplitude, world_range
-from wan.eval.tiny_world import MAX_FRAMES, Scene, Shape, render_scene
+from evaluation.motion import motion_scores, summarise_motion, tracks, video_amplitude, world_range
+from evaluation.tiny_world import MAX_FRAMES, Scene, Shape, render_scene
 from wan.video import to_uint8_frames
 
 SPAN = MAX_FRAMES - 1

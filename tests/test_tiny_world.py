@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from wan.eval.tiny_world import (
+from evaluation.tiny_world import (
     BACKGROUND,
     COLOURS,
     HELD_OUT,

@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from wan.eval.tiny_tokenizer import train_caption_tokenizer
+from evaluation.tiny_tokenizer import train_caption_tokenizer
 
 TEXT_DIM = 32
 CAPTIONS = [

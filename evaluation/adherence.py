@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wan.eval.tiny_world import BACKGROUND, COLOURS, TRANSLATIONS, Caption
+from evaluation.tiny_world import BACKGROUND, COLOURS, TRANSLATIONS, Caption
 
 MAX_COLOUR_DISTANCE = 0.3
 """RGB distance (in [0, 1] units) beyond which a pixel is no palette colour: keeps blurred edges

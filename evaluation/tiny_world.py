@@ -4,7 +4,7 @@ A scene is one or two flat-coloured shapes (square, circle, triangle) that all d
 move left, right, up or down at one speed, or grow or shrink about their centres. Its caption comes
 from a fixed template ("a red square moving left", "a blue circle and a white triangle growing"),
 so a caption can be parsed back into what it says (``Caption.parse``) and a generated video can be
-checked against it without a learned model (``wan.eval.adherence``).
+checked against it without a learned model (``evaluation.adherence``).
 
 A fixed list of (colour, shape, motion) combinations is held out: ``sample_scene(split="train")``
 never draws a scene containing one, ``split="test"`` always contains one. Every word still occurs
