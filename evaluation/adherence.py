@@ -49,10 +49,6 @@ class Detection:
     displacement: tuple[float, float]  # centroid (dx, dy) over the clip, frame units, y down
     area_ratio: float  # end/start area of the tracked pixels (from the log-area slope)
 
-    @property
-    def dominant(self) -> str | None:
-        return self.colours[0] if self.colours else None
-
 
 @dataclass(frozen=True)
 class Check:

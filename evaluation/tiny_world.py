@@ -321,17 +321,6 @@ def render_scenes(
     return video * 2 - 1
 
 
-def render_scene(
-    scene: Scene,
-    num_frames: int = MAX_FRAMES,
-    height: int = 128,
-    width: int = 128,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """One scene's clip [3, F, H, W] in [-1, 1]: ``render_scenes`` of a batch of one."""
-    return render_scenes([scene], num_frames, height, width, device)[0]
-
-
 @dataclass(frozen=True)
 class HeldOutPrompt:
     """A test prompt and its ground truth: the colours it names and the motion."""

@@ -204,9 +204,9 @@ def round_to_fp16(module: torch.nn.Module) -> None:
 def build_tokenizer(captions: list[str]) -> PreTrainedTokenizerFast:
     """T5-style Unigram tokenizer with one piece per caption word and single characters as fallback.
 
-    ``evaluation.tiny_tokenizer.train_caption_tokenizer`` learns only ~40 near-character pieces from this
-    corpus (a two-shape caption becomes ~46 tokens and text_len 32 would cut off its motion), so the
-    pieces are set explicitly: every template caption is at most 10 tokens, any other text still
+    A Unigram tokenizer trained on this corpus (as the tests' ``tiny_tokenizer`` does) learns only ~40
+    near-character pieces from it (a two-shape caption becomes ~46 tokens and text_len 32 would cut off its
+    motion), so the pieces are set explicitly: every template caption is at most 10 tokens, any other text still
     tokenizes. Special ids as T5: <pad> 0, </s> 1 (appended), <unk> 2.
     """
     words = sorted({w for c in captions for w in c.lower().split()})
