@@ -1,0 +1,29 @@
+"""PROVISIONAL (replaced by the engine's own module at merge): the resolved options an engine is built from.
+
+Only what the benchmarks use; written against the agreed API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wan.config import TaskConfig
+from wan.levers import Levers
+from wan.lora import LoraFile
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything that decides how the pipeline is built; resolved once."""
+
+    config: TaskConfig
+    ckpt_dir: Path | None
+    device: str
+    placement: str = "auto"
+    convert_model_dtype: bool = False
+    t5_cpu: bool = False
+    preset: str | None = None
+    levers: Levers = field(default_factory=Levers)
+    preset_notes: tuple[str, ...] = ()
+    loras: tuple[LoraFile, ...] = ()
