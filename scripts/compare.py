@@ -43,13 +43,14 @@ from evaluation.metrics import compare_videos  # noqa: E402
 from evaluation.motion import summarise_motion  # noqa: E402
 from wan.checkpoints import CheckpointError  # noqa: E402
 from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
+from wan.engine import Engine, build_engine  # noqa: E402
 from wan.frames import COMPLETIONS  # noqa: E402
 from wan.half_frame import PLAIN_STEPS, POSITIONS  # noqa: E402
-from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
+from wan.levers import Levers, parse_levers  # noqa: E402
 from wan.levers.cache import counting_computed  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
+from wan.options import EngineOptions  # noqa: E402
 from wan.settings import GenerationSettings  # noqa: E402
-from wan.text2video import WanT2V  # noqa: E402
 from wan.video import atomic_path, frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
 
 logger = logging.getLogger("compare")
@@ -262,31 +263,42 @@ def run_prompts(
     out_dir: Path,
 ) -> dict:
     """Generate and score prompts[i] for i in ``indices`` (seed base_seed + i), in this process."""
-    pipes: dict[Levers, WanT2V] = {}  # one pipeline per set of levers (they change the experts for good)
-    for mode in modes:
-        levers = mode_settings(mode)[1]
-        if levers not in pipes:
-            pipes[levers] = WanT2V.from_pretrained(
-                config, ckpt_dir, device=device, convert_model_dtype=args.convert_model_dtype
-            )
-            apply_levers(pipes[levers], levers)
-    results: dict[str, list[dict]] = {m: [] for m in modes}
-    first_videos: dict[str, np.ndarray] = {}
-    for i in indices:
-        prompt = prompts[i]
-        base = GenerationSettings(
-            prompt=prompt,
+
+    def settings(i: int) -> GenerationSettings:
+        return GenerationSettings(
+            prompt=prompts[i],
             seed=args.base_seed + i,
             size=args.size,
             frame_num=args.frame_num,
             sample_steps=args.sample_steps,
             sample_solver=args.sample_solver,
         )
+
+    pipes: dict[Levers, Engine] = {}  # one engine per set of levers (they change the experts for good)
+    for mode in modes:
+        levers = mode_settings(mode)[1]
+        if levers not in pipes:
+            options = EngineOptions(
+                config=config,
+                ckpt_dir=Path(ckpt_dir),
+                device=device,
+                placement="auto",
+                convert_model_dtype=args.convert_model_dtype,
+                t5_cpu=False,
+                preset=None,
+                levers=levers,
+            )
+            pipes[levers] = build_engine(options, [settings(i) for i in indices])
+    results: dict[str, list[dict]] = {m: [] for m in modes}
+    first_videos: dict[str, np.ndarray] = {}
+    for i in indices:
+        prompt = prompts[i]
+        base = settings(i)
         baseline_frames = None
         for mode in modes:
             start = time.perf_counter()
             fields_, levers = mode_settings(mode)
-            with counting_computed(pipes[levers]) as computed:
+            with counting_computed(pipes[levers].pipe) as computed:
                 result = pipes[levers].generate(replace(base, **fields_), progress=False)
             seconds = time.perf_counter() - start
             frames = to_uint8_frames(result.video)

@@ -5,7 +5,7 @@ Only what the benchmarks use; written against the agreed API.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from wan.config import TaskConfig
@@ -18,12 +18,12 @@ class EngineOptions:
     """Everything that decides how the pipeline is built; resolved once."""
 
     config: TaskConfig
-    ckpt_dir: Path | None
+    ckpt_dir: Path | None  # None: the parts are handed to ``build_engine`` (random weights in the benchmarks)
     device: str
-    placement: str = "auto"
-    convert_model_dtype: bool = False
-    t5_cpu: bool = False
-    preset: str | None = None
-    levers: Levers = field(default_factory=Levers)
+    placement: str
+    convert_model_dtype: bool
+    t5_cpu: bool
+    preset: str | None
+    levers: Levers
     preset_notes: tuple[str, ...] = ()
     loras: tuple[LoraFile, ...] = ()
