@@ -41,10 +41,9 @@ from benchmarks.plan import (
 )
 from benchmarks.report import Report, device_name, versions
 from benchmarks.weights import TEXT_TOKENS, RandomParts, expert_config
-from wan.config import load_task_config
+from wan.config import HIGH, LOW, load_task_config
 from wan.engine import Engine
 from wan.frames import latent_frame_count
-from wan.guidance import HIGH, LOW
 from wan.levers.compile import reset_compiled
 
 logger = logging.getLogger("benchmarks")

@@ -23,9 +23,8 @@ from safetensors.torch import save_file
 from benchmarks.measure import forward_seconds, now, peak_memory_gb
 from benchmarks.weights import build_expert, expert_config, random_wan_lora, text_embeddings
 from wan.checkpoints import WanComponents
-from wan.config import load_task_config
+from wan.config import HIGH, LOW, load_task_config
 from wan.frames import latent_frame_count
-from wan.guidance import HIGH, LOW
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras
 from wan.placement import ModelOffload
 from wan.text2video import WanT2V

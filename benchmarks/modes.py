@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.levers import Levers, parse_levers
 from wan.levers.attention import FLASH_4, SAGE
 from wan.levers.presets import resolve_levers

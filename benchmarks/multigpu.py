@@ -36,11 +36,12 @@ from benchmarks.weights import (
 from wan import distributed
 from wan.cfg_parallel import use_parallel_config
 from wan.checkpoints import WanComponents
-from wan.config import load_task_config
+from wan.config import HIGH, LOW, load_task_config
 from wan.distributed import DistContext, _mesh, _shard, parallelize, validate
 from wan.frames import half_frame_count, latent_frame_count
-from wan.guidance import HIGH, LOW, StepPlan
-from wan.text2video import WanT2V, guided_velocity
+from wan.guidance import guided_velocity
+from wan.plan import StepPlan
+from wan.text2video import WanT2V
 from wan.video import save_json
 
 logger = logging.getLogger("benchmarks")
@@ -67,7 +68,9 @@ class MultiBench:
         self.dtype = getattr(torch, args.dtype)
         self.model_config = expert_config(args.tiny, args.layers, TINY_MULTI)
         self.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-        self.task = dataclasses.replace(load_task_config("t2v-A14B"), sizes=tuple(self.sizes))
+        self.task = dataclasses.replace(
+            load_task_config("t2v-A14B"), sizes=tuple(self.sizes), default_size=self.sizes[0], frame_num=args.frame_num
+        )
         self.reference: dict[tuple[str, str], torch.Tensor] = {}  # (size, kind) -> 1gpu velocity, on rank 0
         self.pipe: WanT2V | None = None
         self.report: dict[str, Any] = {

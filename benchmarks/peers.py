@@ -16,8 +16,8 @@ from diffusers import DiffusionPipeline, UniPCMultistepScheduler, WanPipeline
 from benchmarks.measure import ForwardCounter, Measurement, StepClock, free_memory, now, reset_peak_memory
 from benchmarks.plan import GUIDE_HIGH, GUIDE_LOW, Workload
 from benchmarks.weights import TEXT_TOKENS, RandomParts
-from wan.config import TaskConfig
-from wan.guidance import HIGH, LOW, route
+from wan.config import HIGH, LOW, TaskConfig
+from wan.plan import route
 
 
 class Peer(ABC):

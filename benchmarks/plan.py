@@ -1,8 +1,8 @@
 """What a run will do, read from the engine's own plan: steps per expert, forwards, sequence lengths.
 
 The benchmarks never re-derive the sampling plan or the token geometry: ``step_plan`` and
-``sequence_lengths`` are the only two places that ask the engine for them. The 40-step projection
-extends a short measured run to the released schedule with that plan.
+``sequence_lengths`` are the only two places that ask the engine (``wan.plan.build_plan``) for them.
+The 40-step projection extends a short measured run to the released schedule with that plan.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from wan.config import TaskConfig
-from wan.distributed import token_counts
-from wan.guidance import HIGH, LOW, StepPlan, plan_steps
+from wan.config import HIGH, LOW, TaskConfig
+from wan.plan import StepPlan, build_plan
 from wan.settings import GenerationSettings
-from wan.solvers import make_scheduler
 
 FULL_STEPS = 40
 """The released schedule: 26 high-noise + 14 low-noise steps at shift 12."""
@@ -44,34 +42,22 @@ class Workload:
 
 
 def step_plan(config: TaskConfig, steps: int, fields: dict[str, Any]) -> list[StepPlan]:
-    """The per-step plan (expert, guidance, CFG or cond-only) ``WanT2V.sample`` follows for ``steps`` steps.
+    """The per-step plan (expert, guidance, CFG or cond-only) the engine follows for ``steps`` steps.
 
-    PLAN SEAM: nothing else in the benchmarks builds a schedule; with the engine's one plan the body is
-    ``build_plan(GenerationSettings(prompt=..., sample_steps=steps, guide_scale_high=GUIDE_HIGH,
-    guide_scale_low=GUIDE_LOW, **fields), config).steps``. ``fields``: generation settings that change
-    the plan (CFG truncation).
+    The engine's own plan (``wan.plan.build_plan``): nothing in the benchmarks builds a schedule.
+    ``fields``: generation settings that change the plan (CFG truncation).
     """
-    scheduler = make_scheduler(config.sample_solver, config.sample_shift, config.num_train_timesteps)
-    scheduler.set_timesteps(steps)
-    return plan_steps(
-        scheduler.timesteps.tolist(),
-        boundary=config.boundary,
-        guide_scale_high=GUIDE_HIGH,
-        guide_scale_low=GUIDE_LOW,
-        num_train_timesteps=config.num_train_timesteps,
-        cfg_truncate_steps=fields.get("cfg_truncate_steps", 0),
-        cfg_truncate_high_noise_steps=fields.get("cfg_truncate_high_noise_steps", 0),
+    settings = GenerationSettings(
+        prompt="plan", sample_steps=steps, guide_scale_high=GUIDE_HIGH, guide_scale_low=GUIDE_LOW, **fields
     )
+    return list(build_plan(settings, config).steps)
 
 
 def sequence_lengths(config: TaskConfig, size: str, frame_num: int) -> dict[str, int]:
-    """Tokens an expert sees per forward at ``size`` and ``frame_num``: all latent frames, and the half frames.
-
-    PLAN SEAM: the engine's geometry (patch size, VAE stride, half-frame count) answers; with the
-    engine's one plan the body is ``build_plan(settings, config).sequence_lengths``.
-    """
-    settings = GenerationSettings(prompt="tokens", size=size, frame_num=frame_num, half_frame=True)
-    full, half = token_counts(config, settings)
+    """Tokens an expert sees per forward at ``size`` and ``frame_num``: all latent frames, and the half frames
+    of half-frame generation; read from the engine's plan (patch size, VAE stride, half-frame count)."""
+    settings = GenerationSettings(prompt="plan", size=size, frame_num=frame_num, half_frame=True)
+    full, half = build_plan(settings, config).sequence_lengths
     return {"full": full, "half": half}
 
 

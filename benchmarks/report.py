@@ -23,7 +23,7 @@ import diffusers
 import torch
 import transformers
 
-from wan.guidance import HIGH, LOW
+from wan.config import HIGH, LOW
 from wan.video import save_json
 
 logger = logging.getLogger("benchmarks")

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-from wan.guidance import HIGH, LOW
+from wan.config import HIGH, LOW
 
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "models" / "t2v-tiny" / "tokenizer"
 """umT5's tokenizer subset shipped with t2v-tiny: its ids are valid in umT5-XXL's 256384."""

@@ -41,15 +41,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evaluation.metrics import compare_videos  # noqa: E402
 from evaluation.motion import summarise_motion  # noqa: E402
-from wan.checkpoints import CheckpointError  # noqa: E402
-from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
+from wan.choices import (  # noqa: E402
+    COMPLETIONS,  # noqa: E402
+    PLAIN_HALF_FRAME_STEPS,
+    POSITIONS,
+)
+from wan.config import TaskConfig, load_task_config  # noqa: E402
 from wan.engine import Engine, build_engine  # noqa: E402
-from wan.frames import COMPLETIONS  # noqa: E402
-from wan.half_frame import PLAIN_STEPS, POSITIONS  # noqa: E402
+from wan.errors import (
+    CheckpointError,  # noqa: E402
+    ConfigError,  # noqa: E402
+)
 from wan.levers import Levers, parse_levers  # noqa: E402
-from wan.levers.cache import counting_computed  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
 from wan.options import EngineOptions  # noqa: E402
+from wan.plan import build_plan  # noqa: E402
 from wan.settings import GenerationSettings  # noqa: E402
 from wan.video import atomic_path, frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
 
@@ -57,7 +63,7 @@ logger = logging.getLogger("compare")
 
 PSNR_CAP = 100.0  # identical videos have infinite PSNR; JSON and means get this instead
 CFG_TRUNCATION = {"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3}
-PLAIN = {"half_frame": True, "half_frame_steps": PLAIN_STEPS}
+PLAIN = {"half_frame": True, "half_frame_steps": PLAIN_HALF_FRAME_STEPS}
 MODES: dict[str, dict] = {
     "baseline": {},
     "half_default": {"half_frame": True},
@@ -274,10 +280,10 @@ def run_prompts(
             sample_solver=args.sample_solver,
         )
 
-    pipes: dict[Levers, Engine] = {}  # one engine per set of levers (they change the experts for good)
+    engines: dict[Levers, Engine] = {}  # one engine per set of levers (they change the experts for good)
     for mode in modes:
         levers = mode_settings(mode)[1]
-        if levers not in pipes:
+        if levers not in engines:
             options = EngineOptions(
                 config=config,
                 ckpt_dir=Path(ckpt_dir),
@@ -288,7 +294,7 @@ def run_prompts(
                 preset=None,
                 levers=levers,
             )
-            pipes[levers] = build_engine(options, [settings(i) for i in indices])
+            engines[levers] = build_engine(options, [build_plan(settings(i), config) for i in indices])
     results: dict[str, list[dict]] = {m: [] for m in modes}
     first_videos: dict[str, np.ndarray] = {}
     for i in indices:
@@ -298,8 +304,7 @@ def run_prompts(
         for mode in modes:
             start = time.perf_counter()
             fields_, levers = mode_settings(mode)
-            with counting_computed(pipes[levers].pipe) as computed:
-                result = pipes[levers].generate(replace(base, **fields_), progress=False)
+            result = engines[levers].generate(replace(base, **fields_), progress=False)
             seconds = time.perf_counter() - start
             frames = to_uint8_frames(result.video)
             baseline_frames = frames if mode == "baseline" else baseline_frames
@@ -311,7 +316,8 @@ def run_prompts(
                     "seed": base.seed,
                     **scores,
                     "forwards": sum(result.forwards.values()),
-                    "computed": sum((computed or result.forwards).values()),  # without a cache every forward ran
+                    # without a cache every forward ran
+                    "computed": sum((result.computed_forwards or result.forwards).values()),
                     "tokens": sum(result.tokens.values()),
                     "seconds": seconds,
                     "adherent": adherence_check(config.task, result.video, prompt),

@@ -26,7 +26,7 @@ from tiny_models import CAPTIONS, lora_tensors, random_lora
 
 import generate
 import wan.batch
-from wan import text2video
+from wan import engine, guidance
 from wan.batch import (
     ITEM_FLAGS,
     Manifest,
@@ -37,8 +37,8 @@ from wan.batch import (
     read_prompt_file,
     sidecar_path,
 )
-from wan.config import ConfigError
-from wan.guidance import HIGH, LOW
+from wan.config import HIGH, LOW
+from wan.errors import ConfigError
 from wan.text2video import WanT2V
 from wan.video import read_video
 
@@ -246,7 +246,7 @@ def test_clip_mp4_and_clip_png_keep_their_own_sidecars(cli, tmp_path, monkeypatc
     assert generate.main(args) == 0
     assert json.loads((out / "clip.mp4.json").read_text())["save_file"] == str(out / "clip.mp4")
     assert json.loads((out / "clip.png.json").read_text())["save_file"] == str(out / "clip.png")
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("both are complete: nothing to make"))
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("both are complete: nothing to make"))
     assert generate.main(args) == 0
     assert [r["status"] for r in manifest(out)] == ["done", "done", "skipped", "skipped"]
 
@@ -338,7 +338,7 @@ def test_items_take_every_generation_flag(tmp_path, test_config, parts):
         "save_file": "sub/a.png",
     }
     assert set(item) - {"seed"} == set(ITEM_FLAGS) - {"base_seed"}
-    defaults = generate.generation_flags(generate.build_parser().parse_args([]))
+    defaults = generate.generation_flags(vars(generate.build_parser().parse_args([])))
     (job,) = plan_jobs([parse_item(0, 1, json.dumps(item))], defaults, test_config, tmp_path)
     assert job.error is None and job.output == tmp_path / "sub" / "a.png"
     assert [(f.spec.scale, f.spec.experts) for f in job.loras] == [(0.5, (HIGH, LOW)), (1.0, (HIGH,)), (1.0, (HIGH,))]
@@ -363,7 +363,7 @@ def test_items_take_every_generation_flag(tmp_path, test_config, parts):
 
 
 def test_two_items_cannot_share_an_output(tmp_path, test_config):
-    defaults = generate.generation_flags(generate.build_parser().parse_args([]))
+    defaults = generate.generation_flags(vars(generate.build_parser().parse_args([])))
     items = [parse_item(i, i + 1, '{"prompt": "x", "save_file": "a.mp4"}') for i in range(2)]
     first, second = plan_jobs(items, defaults, test_config, tmp_path)
     assert first.error is None and "is already item 0's output" in second.error
@@ -372,7 +372,7 @@ def test_two_items_cannot_share_an_output(tmp_path, test_config):
 # ----------------------------------------------------------------------------------- failures in the loop
 def test_nan_and_out_of_memory_are_recorded_per_item(cli, tmp_path, monkeypatch):
     """NaN from the low-noise expert on 48*32 items, out of memory on 9-frame items; the rest complete."""
-    original = text2video.call_expert
+    original = guidance.call_expert
 
     def faulty(expert, branch, hidden, timestep, context, plan):
         if hidden.shape[2] == 3:
@@ -380,7 +380,7 @@ def test_nan_and_out_of_memory_are_recorded_per_item(cli, tmp_path, monkeypatch)
         out = original(expert, branch, hidden, timestep, context, plan)
         return out * float("nan") if hidden.shape[-1] == 48 // 8 and plan.expert == LOW else out
 
-    monkeypatch.setattr(text2video, "call_expert", faulty)
+    monkeypatch.setattr(guidance, "call_expert", faulty)
     lines = [
         '{"prompt": "a red square moving left", "size": "48*32"}',
         '{"prompt": "a red square moving left", "frame_num": 9}',
@@ -444,7 +444,7 @@ def test_write_errors_keep_finished_items(cli, tmp_path, monkeypatch, capsys, co
     ],
 )
 def test_batch_input_errors_exit_2_before_loading(cli, tmp_path, monkeypatch, capsys, change, message):
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
     args = cli(CAPTIONS[:2])
     prompts = tmp_path / "prompts.txt"
     if change == "missing_prompt_file":

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.modes import CACHE_SPEC
-from wan.guidance import HIGH, LOW, plan_steps
+from wan.config import HIGH, LOW
 from wan.levers.presets import PRESETS
+from wan.plan import plan_steps
 from wan.solvers import make_scheduler
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_a14b.py"

@@ -6,8 +6,7 @@ import dataclasses
 
 from benchmarks.peers import PEERS, WanT2VPeer
 from benchmarks.plan import GUIDE_HIGH, GUIDE_LOW, Workload
-from wan.config import load_task_config
-from wan.guidance import HIGH, LOW
+from wan.config import HIGH, LOW, load_task_config
 
 
 def test_t2v_peer_inputs_follow_the_workload():

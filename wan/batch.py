@@ -42,22 +42,15 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from wan.config import ConfigError, TaskConfig
+from wan.config import TaskConfig
+from wan.errors import ConfigError, NonFiniteLatentError, one_line
 from wan.levers.cache import counting_computed
 from wan.lora import FLAG_EXPERTS, LoraFile, check_loras, lora_record, lora_specs
-from wan.settings import DEFAULT_COMPLETION, IMPROVED_COMPLETION, GenerationSettings
-from wan.text2video import GenerationResult, NonFiniteLatentError, WanT2V
+from wan.paths import TEMP_NAME, check_output_path, claim_output, temp_files
+from wan.settings import GenerationSettings, settings_from_flags
+from wan.text2video import GenerationResult, WanT2V
 from wan.validation import SEED_MAX
-from wan.video import (
-    TEMP_NAME,
-    check_output_path,
-    claim_output,
-    frame_grid,
-    read_video,
-    save_json,
-    save_video,
-    temp_files,
-)
+from wan.video import frame_grid, read_video, save_json, save_video
 
 logger = logging.getLogger(__name__)
 
@@ -205,33 +198,6 @@ def item_flags(data: Mapping[str, Any]) -> dict[str, Any]:
     return flags
 
 
-def settings_from_flags(flags: Mapping[str, Any], seed: int) -> GenerationSettings:
-    """Generation settings from CLI-named flags (the command line's, or an item's over them); unresolved."""
-    if flags["enable_improved_frame_completion"]:
-        completion = IMPROVED_COMPLETION
-    else:
-        completion = flags["frame_completion"] or DEFAULT_COMPLETION
-    guide = flags["sample_guide_scale"]
-    return GenerationSettings(
-        prompt=flags["prompt"] or "",
-        negative_prompt=flags["negative_prompt"],
-        size=flags["size"],
-        frame_num=flags["frame_num"],
-        seed=seed,
-        sample_solver=flags["sample_solver"],
-        sample_steps=flags["sample_steps"],
-        sample_shift=flags["sample_shift"],
-        guide_scale_high=guide,
-        guide_scale_low=guide,
-        half_frame=flags["enable_half_frame_generation"],
-        half_frame_steps=flags["half_frame_steps"],
-        half_frame_positions=flags["half_frame_positions"],
-        frame_completion=completion,
-        cfg_truncate_steps=flags["cfg_truncate_steps"] or 0,
-        cfg_truncate_high_noise_steps=flags["cfg_truncate_high_noise_steps"] or 0,
-    )
-
-
 def item_seed(index: int, prompt: str, base_seed: int) -> int:
     """A fixed seed for an item without one, so a re-run makes the same video: base_seed + index
     (modulo 2**32), or (base_seed -1) a hash of index and prompt."""
@@ -321,6 +287,7 @@ def sidecar(result: GenerationResult, video_path: Path, context: Mapping[str, An
         "steps": {"high_noise": result.high_noise_steps, "low_noise": result.low_noise_steps},
         "forwards": result.forwards,
         "tokens": result.tokens,
+        **({"computed_forwards": result.computed_forwards} if result.computed_forwards else {}),
         "seconds": {k: round(v, 4) for k, v in result.timings.items()},
     }
 
@@ -421,11 +388,6 @@ class Manifest:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 # ----------------------------------------------------------------------------------- runner
