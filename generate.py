@@ -33,8 +33,7 @@ from typing import Any, NoReturn
 from wan.choices import PLACEMENTS
 from wan.config import DEFAULT_TASK, TaskConfig, available_tasks, load_task_config
 from wan.errors import BAD_INPUT, ConfigError, DistributedRunError, NonFiniteLatentError, one_line
-from wan.levers.presets import PRESETS
-from wan.levers.vae_precision import VAE_DTYPES
+from wan.levers import add_lever_flags
 from wan.options import with_defaults
 from wan.settings import GenerationSettings, settings_from_flags
 from wan.validation import check_flags
@@ -197,64 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--debug", action="store_true", help="an internal error prints its full trace")
 
     speed = p.add_argument_group("speed levers (docs/PERFORMANCE.md); explicit flags win over --preset")
-    speed.add_argument(
-        "--preset",
-        default=None,
-        choices=list(PRESETS),
-        help="exact: the fastest levers that keep the video (compile, fused projections, fused q/k norm + RoPE, "
-        "GELU epilogue); fast: the fastest whose quality holds on t2v-tiny (compile, fused projections, SeaCache "
-        "step cache, CFG truncation 5/3, bfloat16 VAE decode)",
-    )
-    speed.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=None, help="regional torch.compile of the blocks"
-    )
-    speed.add_argument(
-        "--fuse_projections",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="one GEMM for each attention's q/k/v (self) and k/v (cross) projections",
-    )
-    speed.add_argument(
-        "--fuse_norm_rope",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="self-attention's q/k RMS norm and RoPE in one Triton kernel (a GPU; elsewhere the same math unfused)",
-    )
-    speed.add_argument(
-        "--fuse_gelu",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the feed-forward GELU in its GEMM's cuBLASLt epilogue (a GPU; elsewhere the same math unfused)",
-    )
-    speed.add_argument(
-        "--fp8",
-        nargs="?",
-        const="all",
-        default=None,
-        metavar="SCOPE",
-        help="float8 linear layers in the experts (torchao, row-wise scales; GPUs of compute capability 8.9+): "
-        "all (the default scope) or ffn (the feed-forward layers only)",
-    )
-    speed.add_argument("--no-fp8", dest="fp8", action="store_const", const="", help="no float8, even in a preset")
-    speed.add_argument(
-        "--cache",
-        default=None,
-        help="step caching: sea[:THRESHOLD[:RUN]], fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], a knob (and "
-        "sea's run) per expert as HIGH+LOW (taylorseer:3+4:2), or none; without a knob, the checkpoint's calibration "
-        "(scripts/calibrate_cache.py) or the default",
-    )
-    speed.add_argument(
-        "--vae_dtype",
-        default=None,
-        help=f"the VAE's precision for the decode: {' or '.join(VAE_DTYPES)} (the released float32 by default; "
-        "--preset fast: bfloat16)",
-    )
-    speed.add_argument(
-        "--attention_backend",
-        default=None,
-        help="a diffusers attention backend (e.g. _native_cudnn) or flash_4; default: flash_4 where flash-attn-4 "
-        "is installed on a Hopper or newer GPU (one GPU), else PyTorch's SDPA",
-    )
+    add_lever_flags(speed)
 
     batch = p.add_argument_group("batch (see README 'Batch generation')")
     batch.add_argument(

@@ -19,7 +19,7 @@ from benchmarks.measure import now
 from benchmarks.plan import sequence_lengths
 from benchmarks.weights import A14B_CONFIG
 from wan.config import load_task_config
-from wan.levers.attention import FlashTile, flash_4_available, flash_4_hopper, flash_attention_4
+from wan.levers.attention import FlashTile, flash_4_hopper, flash_4_problem, flash_attention_4
 
 logger = logging.getLogger("benchmarks")
 
@@ -52,7 +52,7 @@ def installed(module: str) -> bool:
 def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Kernel ``name`` on (batch, tokens, heads, dim) tensors, the output in that layout."""
     if name.startswith("flash_4"):
-        if why := flash_4_available(q.device):
+        if why := flash_4_problem(q.device):
             raise RuntimeError(why)
         if name == "flash_4":
             return flash_attention_4(q, k, v)

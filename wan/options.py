@@ -151,7 +151,7 @@ def resolve_options(flags: Mapping[str, Any], *, local_rank: int = 0) -> EngineO
     """
     import torch
 
-    from wan.levers.presets import resolve_levers
+    from wan.levers import explicit_levers, resolve_levers
     from wan.lora import check_loras, lora_specs
 
     flags = with_defaults(flags)
@@ -177,18 +177,3 @@ def resolve_options(flags: Mapping[str, Any], *, local_rank: int = 0) -> EngineO
         loras=tuple(loras),
         parallel=parallel,
     )
-
-
-def explicit_levers(flags: Mapping[str, Any]) -> dict[str, Any]:
-    """The speed levers the user named on the command line (None: not named; ``--cache none``: off)."""
-    cache = flags.get("cache")
-    return {
-        "compile": flags.get("compile"),
-        "fuse_projections": flags.get("fuse_projections"),
-        "fuse_norm_rope": flags.get("fuse_norm_rope"),
-        "fuse_gelu": flags.get("fuse_gelu"),
-        "fp8": flags.get("fp8"),
-        "cache": None if cache is None else ("" if cache.lower() == "none" else cache),
-        "attention_backend": flags.get("attention_backend"),
-        "vae_dtype": flags.get("vae_dtype"),
-    }
