@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from wan.choices import PLACEMENTS
+from wan.choices import COMPLETIONS, PLACEMENTS, POSITIONS, SOLVERS
 from wan.config import DEFAULT_TASK, TaskConfig, available_tasks, load_task_config
 from wan.errors import BAD_INPUT, ConfigError, DistributedRunError, NonFiniteLatentError, one_line
 from wan.levers import add_lever_flags
@@ -106,8 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--dit_fsdp", action="store_true", help="shard the experts with FSDP")
     official.add_argument("--save_file", default=None, help="output .mp4 (or .png frame grid)")
     official.add_argument("--prompt", default=None, help="the text prompt")
+    official.add_argument(
+        "--image",
+        default=None,
+        help="the first frame of an image-to-video task (i2v-A14B: required; ti2v-5B: optional); its aspect ratio "
+        "sets the video's shape, --size its area",
+    )
     official.add_argument("--base_seed", type=int, default=-1, help="seed; -1 draws one")
-    official.add_argument("--sample_solver", default=None, choices=["unipc", "dpm++", "euler"])
+    official.add_argument("--sample_solver", default=None, choices=list(SOLVERS))
     official.add_argument("--sample_steps", type=int, default=None)
     official.add_argument("--sample_shift", type=float, default=None)
     official.add_argument(
@@ -128,32 +134,34 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument(
         "--enable_half_frame_generation",
         action="store_true",
-        help="a window of high-noise steps on ceil(T/2) latent frames (--half_frame_steps; default: the measured "
-        "best trade in docs/QUALITY.md)",
+        help="every high-noise step on ceil(T/2) latent frames, completed to the full count at the expert switch "
+        "(A14B tasks; narrower windows: --half_frame_steps; docs/HALF_FRAME.md)",
     )
     ours.add_argument(
         "--half_frame_steps",
         default=None,
         metavar="START:END",
-        help="steps START..END-1 (0-based, within the high-noise phase) run at half frames; START: runs to the "
-        "expert switch ('0:' with --frame_completion repeat is the seed's plain method)",
+        help="only steps START..END-1 (0-based, within the high-noise phase) run at half frames, a measured "
+        "trade-off of speed for fidelity; START: runs to the expert switch (default with the flag: 0:)",
     )
     ours.add_argument(
         "--half_frame_positions",
         default="contiguous",
-        choices=["contiguous", "stride2"],
+        choices=list(POSITIONS),
         help="temporal RoPE positions of the half frames: 0,1,2,... (default) or 0,2,4,...",
     )
     ours.add_argument(
         "--frame_completion",
         default=None,
-        choices=["repeat", "interpolate", "renoise", "renoise_fresh"],
-        help="how the half-frame latent is completed back to full frames (default: renoise)",
+        choices=list(COMPLETIONS),
+        help="how the half-frame latent is completed back to full frames (default: renoise; repeat is the "
+        "source documents' F1,F1,F2,F2,...)",
     )
     ours.add_argument(
         "--enable_improved_frame_completion",
         action="store_true",
-        help="use the measured-best completion (renoise) instead of --frame_completion",
+        help="the source documents' flag, accepted as an alias: selects the best measured completion, renoise, "
+        "which is already the default (it overrides --frame_completion)",
     )
     ours.add_argument(
         "--cfg_truncate_steps", type=int, default=None, help="last N steps run the conditional pass only (default 0)"
@@ -198,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed = p.add_argument_group("speed levers (docs/PERFORMANCE.md); explicit flags win over --preset")
     add_lever_flags(speed)
 
-    batch = p.add_argument_group("batch (see README 'Batch generation')")
+    batch = p.add_argument_group("batch (docs/BATCH.md)")
     batch.add_argument(
         "--prompt_file",
         default=None,

@@ -107,6 +107,18 @@ def resolve_ckpt_dir(flags: Mapping[str, Any], config: TaskConfig) -> Path:
     return path
 
 
+def expected_model(config: TaskConfig, ckpt_dir: Path):
+    """What the task needs from its checkpoint (``wan.checkpoints.ExpectedModel``): the released model's facts,
+    or for a task of our own (the tiny models) what its config implies."""
+    from wan.checkpoints import RELEASED_MODELS, ExpectedModel
+
+    if config.task in RELEASED_MODELS:
+        return RELEASED_MODELS[config.task]
+    z_dim = 48 if config.vae_stride[1] == 16 else 16  # the Wan2.2 VAE compresses 16x16, the Wan2.1 VAE 8x8
+    in_channels = z_dim + (4 + z_dim if config.kind == "i2v" else 0)
+    return ExpectedModel(config.task, config.experts, in_channels, z_dim, release=str(ckpt_dir))
+
+
 def placement_choice(flags: Mapping[str, Any]) -> str:
     """--placement, or what the official --offload_model means when only it is given; auto by default."""
     offload = flags.get("offload_model")
@@ -158,6 +170,9 @@ def resolve_options(flags: Mapping[str, Any], *, local_rank: int = 0) -> EngineO
     config = load_task_config(flags.get("task") or "t2v-tiny")
     check_flags(flags, config)
     ckpt_dir = resolve_ckpt_dir(flags, config)
+    from wan.checkpoints import check_checkpoint
+
+    check_checkpoint(ckpt_dir, expected_model(config, ckpt_dir))  # configs and headers only: before any weights
     loras = check_loras(lora_specs(dict(flags)))
     device = resolve_device(flags.get("device"), local_rank)
     parallel = parallel_options(flags)
