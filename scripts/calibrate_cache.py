@@ -27,13 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from evaluation.metrics import compare_videos  # noqa: E402
 from wan.config import (  # noqa: E402
     HIGH,
     LOW,
     load_task_config,  # noqa: E402
 )
 from wan.errors import ConfigError  # noqa: E402
-from wan.eval.metrics import compare_videos  # noqa: E402
 from wan.levers.cache import (  # noqa: E402
     CALIBRATION_FILE,
     DEFAULT_SEA_RUN,
@@ -81,7 +81,7 @@ def calibration_prompts(args: argparse.Namespace) -> list[str]:
         return [line.strip() for line in lines if line.strip()][: args.prompts]
     if args.task != "t2v-tiny":
         raise ConfigError("--prompt_file is needed for tasks other than t2v-tiny")
-    from wan.eval.tiny_world import sample_scene
+    from evaluation.tiny_world import sample_scene
 
     rng = random.Random(args.base_seed)
     return [sample_scene(rng, "train").caption.text for _ in range(args.prompts)]

@@ -3,7 +3,7 @@
 For each mode and prompt: MSE / PSNR / SSIM of the video against the baseline video, the number
 of DiT forwards (and of those whose blocks ran, under a cache lever) and tokens processed (the
 speed proxy that holds on any machine), seconds, and on ``t2v-tiny`` prompt adherence
-(``wan.eval.adherence``) and motion amplitude against the baseline's (``wan.eval.motion``: mean
+(``evaluation.adherence``) and motion amplitude against the baseline's (``evaluation.motion``: mean
 ratio, and the motion error, mean |ratio - 1|). Writes ``report.json``, prints a table, and
 writes a side-by-side PNG (one row per mode) and mp4 for the first prompt.
 
@@ -39,23 +39,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from evaluation.metrics import compare_videos  # noqa: E402
+from evaluation.motion import summarise_motion  # noqa: E402
 from wan.choices import (  # noqa: E402
     COMPLETIONS,  # noqa: E402
     PLAIN_HALF_FRAME_STEPS,
     POSITIONS,
 )
 from wan.config import TaskConfig, load_task_config  # noqa: E402
+from wan.engine import Engine, build_engine  # noqa: E402
 from wan.errors import (
     CheckpointError,  # noqa: E402
     ConfigError,  # noqa: E402
 )
-from wan.eval.metrics import compare_videos  # noqa: E402
-from wan.eval.motion import summarise_motion  # noqa: E402
-from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
-from wan.levers.cache import counting_computed  # noqa: E402
+from wan.levers import Levers, parse_levers  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
+from wan.options import EngineOptions  # noqa: E402
+from wan.plan import build_plan  # noqa: E402
 from wan.settings import GenerationSettings  # noqa: E402
-from wan.text2video import WanT2V  # noqa: E402
 from wan.video import atomic_path, frame_grid, save_json, to_uint8_frames, write_mp4, write_png  # noqa: E402
 
 logger = logging.getLogger("compare")
@@ -178,7 +179,7 @@ def load_prompts(args: argparse.Namespace) -> list[str]:
         return lines[: args.prompts]
     if args.task != "t2v-tiny":
         raise ConfigError("--prompt_file is needed for tasks other than t2v-tiny")
-    from wan.eval.tiny_world import held_out_prompts
+    from evaluation.tiny_world import held_out_prompts
 
     return [p.text for p in held_out_prompts(args.prompts)]
 
@@ -191,7 +192,7 @@ def motion_check(task: str, frames: np.ndarray, prompt: str, baseline_frames: np
     """Motion amplitude against the baseline's where the task has a detector (the tiny world), else {}."""
     if task != "t2v-tiny":
         return {}
-    from wan.eval.motion import motion_scores, video_amplitude
+    from evaluation.motion import motion_scores, video_amplitude
 
     return motion_scores(frames, prompt, video_amplitude(baseline_frames, prompt))
 
@@ -200,7 +201,7 @@ def adherence_check(task: str, video: torch.Tensor, prompt: str) -> bool | None:
     """Prompt adherence where the task has a detector (the tiny world), else None."""
     if task != "t2v-tiny":
         return None
-    from wan.eval.adherence import check
+    from evaluation.adherence import check
 
     return check(video, prompt).matched
 
@@ -268,32 +269,42 @@ def run_prompts(
     out_dir: Path,
 ) -> dict:
     """Generate and score prompts[i] for i in ``indices`` (seed base_seed + i), in this process."""
-    pipes: dict[Levers, WanT2V] = {}  # one pipeline per set of levers (they change the experts for good)
-    for mode in modes:
-        levers = mode_settings(mode)[1]
-        if levers not in pipes:
-            pipes[levers] = WanT2V.from_pretrained(
-                config, ckpt_dir, device=device, convert_model_dtype=args.convert_model_dtype
-            )
-            apply_levers(pipes[levers], levers)
-    results: dict[str, list[dict]] = {m: [] for m in modes}
-    first_videos: dict[str, np.ndarray] = {}
-    for i in indices:
-        prompt = prompts[i]
-        base = GenerationSettings(
-            prompt=prompt,
+
+    def settings(i: int) -> GenerationSettings:
+        return GenerationSettings(
+            prompt=prompts[i],
             seed=args.base_seed + i,
             size=args.size,
             frame_num=args.frame_num,
             sample_steps=args.sample_steps,
             sample_solver=args.sample_solver,
         )
+
+    engines: dict[Levers, Engine] = {}  # one engine per set of levers (they change the experts for good)
+    for mode in modes:
+        levers = mode_settings(mode)[1]
+        if levers not in engines:
+            options = EngineOptions(
+                config=config,
+                ckpt_dir=Path(ckpt_dir),
+                device=device,
+                placement="auto",
+                convert_model_dtype=args.convert_model_dtype,
+                t5_cpu=False,
+                preset=None,
+                levers=levers,
+            )
+            engines[levers] = build_engine(options, [build_plan(settings(i), config) for i in indices])
+    results: dict[str, list[dict]] = {m: [] for m in modes}
+    first_videos: dict[str, np.ndarray] = {}
+    for i in indices:
+        prompt = prompts[i]
+        base = settings(i)
         baseline_frames = None
         for mode in modes:
             start = time.perf_counter()
             fields_, levers = mode_settings(mode)
-            with counting_computed(pipes[levers]) as computed:
-                result = pipes[levers].generate(replace(base, **fields_), progress=False)
+            result = engines[levers].generate(replace(base, **fields_), progress=False)
             seconds = time.perf_counter() - start
             frames = to_uint8_frames(result.video)
             baseline_frames = frames if mode == "baseline" else baseline_frames
@@ -305,7 +316,8 @@ def run_prompts(
                     "seed": base.seed,
                     **scores,
                     "forwards": sum(result.forwards.values()),
-                    "computed": sum((computed or result.forwards).values()),  # without a cache every forward ran
+                    # without a cache every forward ran
+                    "computed": sum((result.computed_forwards or result.forwards).values()),
                     "tokens": sum(result.tokens.values()),
                     "seconds": seconds,
                     "adherent": adherence_check(config.task, result.video, prompt),

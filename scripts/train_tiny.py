@@ -1,4 +1,4 @@
-"""Train the shipped ``t2v-tiny`` model on the synthetic world of ``wan.eval.tiny_world`` and save it.
+"""Train the shipped ``t2v-tiny`` model on the synthetic world of ``evaluation.tiny_world`` and save it.
 
 Stages (docs/TINY_MODEL.md has the why of each choice):
 
@@ -11,7 +11,7 @@ Stages (docs/TINY_MODEL.md has the why of each choice):
 5. experts: two ``WanTransformer3DModel`` trained with rectified flow (Wan convention) on the latents,
    the high-noise one on t >= 875 and the low-noise one below, in one loop with two optimizers;
 6. save as a diffusers ``WanPipeline`` folder (fp16 weights), then sample held-out and train prompts
-   with that pipeline and score them with ``wan.eval.adherence``; everything goes to ``train_log.json``.
+   with that pipeline and score them with ``evaluation.adherence``; everything goes to ``train_log.json``.
 
 Every stage stops on time or on a step cap, whichever comes first, inside ``--time_budget_min``
 counted from process start, so a GPU run always finishes, saving included. ``--stage`` splits the
@@ -66,8 +66,8 @@ from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel  
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from wan.eval.adherence import check  # noqa: E402
-from wan.eval.tiny_world import (  # noqa: E402
+from evaluation.adherence import check  # noqa: E402
+from evaluation.tiny_world import (  # noqa: E402
     TRAIN_FRAME_COUNTS,
     Scene,
     all_captions,
@@ -204,9 +204,9 @@ def round_to_fp16(module: torch.nn.Module) -> None:
 def build_tokenizer(captions: list[str]) -> PreTrainedTokenizerFast:
     """T5-style Unigram tokenizer with one piece per caption word and single characters as fallback.
 
-    ``wan.eval.tiny_tokenizer.train_caption_tokenizer`` learns only ~40 near-character pieces from this
-    corpus (a two-shape caption becomes ~46 tokens and text_len 32 would cut off its motion), so the
-    pieces are set explicitly: every template caption is at most 10 tokens, any other text still
+    A Unigram tokenizer trained on this corpus (as the tests' ``tiny_tokenizer`` does) learns only ~40
+    near-character pieces from it (a two-shape caption becomes ~46 tokens and text_len 32 would cut off its
+    motion), so the pieces are set explicitly: every template caption is at most 10 tokens, any other text still
     tokenizes. Special ids as T5: <pad> 0, </s> 1 (appended), <unk> 2.
     """
     words = sorted({w for c in captions for w in c.lower().split()})
@@ -634,7 +634,7 @@ def save(out_dir: Path, tokenizer, text_encoder, vae, high, low) -> dict[str, in
 def evaluate_adherence(
     pipe: WanPipeline, heldout_count: int, train_count: int, recipe: Recipe, device: torch.device, seed: int
 ) -> dict:
-    """Sample held-out and train prompts with the task's sampling settings; score with wan.eval.adherence.
+    """Sample held-out and train prompts with the task's sampling settings; score with evaluation.adherence.
 
     The held-out prompts are the first of ``held_out_prompts(64)``, the set ``scripts/compare.py``
     scores by default, so the two report adherence on the same prompts.

@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_tiny, when imp
 
 from train_tiny import NUM_TRAIN_TIMESTEPS, boundary_uniform, sigma_from_uniform  # noqa: E402
 
+from evaluation.tiny_world import BACKGROUND, held_out_prompts, render_scenes, sample_scene  # noqa: E402
 from wan.config import (  # noqa: E402
     HIGH,
     LOW,
     load_task_config,  # noqa: E402
 )
-from wan.eval.tiny_world import BACKGROUND, held_out_prompts, render_scenes, sample_scene  # noqa: E402
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras  # noqa: E402
 from wan.settings import GenerationSettings  # noqa: E402
 from wan.text2video import WanT2V  # noqa: E402

@@ -3,7 +3,6 @@ say why; forwards match the plan, the 40-step projection is labelled, FLOPs and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,12 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from diffusers import WanTransformer3DModel
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
-from transformers import UMT5Config
 
+from benchmarks.modes import CACHE_SPEC
 from wan.config import HIGH, LOW
 from wan.levers.presets import PRESETS
 from wan.plan import plan_steps
@@ -41,18 +36,6 @@ CUDA_ONLY = {"stream", "compile", "fp8", "fp8+compile"} | {
     f"attention:{b}" for b in ("_native_cudnn", "flash", "_native_flash", "_native_efficient", "flash_4", "sage")
 }
 STAGES = ("text_encoding", "high_noise", "low_noise", "vae_decode")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_a14b", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_script()
-SMALL = dict(bench.A14B_CONFIG, num_attention_heads=4, attention_head_dim=32, ffn_dim=320, text_dim=64, num_layers=2)
 
 
 def expected_forwards(steps: int, trunc: int = 0, trunc_high: int = 0) -> int:
@@ -122,7 +105,7 @@ def test_modes_use_the_engine_placements_and_presets(report):
     modes = report["modes"]
     assert modes["offload"]["placement"] == "model_offload"
     assert modes["default"]["placement"] == "resident"
-    assert modes["cache"]["levers"]["cache"] == bench.CACHE_SPEC
+    assert modes["cache"]["levers"]["cache"] == CACHE_SPEC
     assert modes["attention:native"]["levers"]["attention_backend"] == "native"
     assert modes["preset_fast"]["levers"]["cache"] == PRESETS["fast"].levers.cache
     assert not modes["preset_exact"]["levers"]["compile"]  # the preset leaves compile out on a CPU, and says so
@@ -178,83 +161,3 @@ def test_loop_probe_times_resident_modes_and_says_why_not_elsewhere(report):
             assert len(probe[variant]["seconds"]) == 1 and probe[variant]["median_s"] > 0
     assert "cache" in report["modes"]["preset_fast"]["loop_probe"]["skipped"]
     assert "model_offload" in report["modes"]["offload"]["loop_probe"]["skipped"]
-
-
-def test_loop_probe_feeds_the_loop_inputs_then_random_ones():
-    calls = []
-
-    class Recorder(torch.nn.Module):
-        def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
-            calls.append((hidden_states, timestep, encoder_hidden_states))
-            return (hidden_states,)
-
-    inputs = {
-        "hidden_states": torch.ones(1, 2, 3),
-        "timestep": torch.tensor([5.0]),
-        "encoder_hidden_states": torch.ones(1, 4, 2),
-    }
-    probe = bench.loop_probe(Recorder(), inputs, 2, torch.device("cpu"))
-    assert [len(probe[k]["seconds"]) for k in ("captured", "random_latents", "random_inputs")] == [2, 2, 2]
-    assert len(calls) == 9  # one untimed call, then two timed, per variant
-    captured, random_latents, random_inputs = calls[0], calls[3], calls[6]
-    assert captured[0] is inputs["hidden_states"] and captured[2] is inputs["encoder_hidden_states"]
-    assert (
-        not torch.equal(random_latents[0], inputs["hidden_states"])
-        and random_latents[2] is inputs["encoder_hidden_states"]
-    )
-    assert not torch.equal(random_inputs[2], inputs["encoder_hidden_states"])
-    assert all(call[1] is inputs["timestep"] for call in calls)
-    assert random_inputs[0].shape == inputs["hidden_states"].shape and random_inputs[2].dtype == torch.float32
-
-
-def test_selected_modes_run_in_order_with_the_peer():
-    assert bench.selected_modes("cache,default") == ["peer", "default", "cache"]
-    assert bench.selected_modes("cache,default~compile") == ["peer", "default~compile", "cache"]
-    mode = bench.mode_of("preset_exact~attention_backend=native")
-    assert mode.preset == "exact" and mode.levers == {"attention_backend": "native"}
-    with pytest.raises(SystemExit, match="unknown lever 'warp'"):
-        bench.selected_modes("default~warp")
-    with pytest.raises(SystemExit):
-        bench.selected_modes("nope")
-
-
-def test_preset_truncation_scales_with_steps():
-    fields = {"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3}
-    assert bench.scaled_generation(fields, 40) == fields
-    assert bench.scaled_generation(fields, 6) == {"cfg_truncate_steps": 1, "cfg_truncate_high_noise_steps": 1}
-    assert bench.scaled_generation(fields, 16) == {"cfg_truncate_steps": 2, "cfg_truncate_high_noise_steps": 1}
-
-
-def test_text_encoder_is_umt5_xxl_in_bf16_with_fp32_wo():
-    config = UMT5Config(**bench.UMT5_XXL)
-    assert (config.dense_act_fn, config.is_gated_act, config.vocab_size) == ("gelu_new", True, 256384)
-    tiny = dict(bench.UMT5_XXL, **bench.TINY_UMT5, vocab_size=64)
-    model = bench.build_text_encoder(tiny, torch.device("cpu"), torch.bfloat16, 0)
-    dtypes = {name: p.dtype for name, p in model.named_parameters()}
-    assert all((dtype == torch.float32) == (".wo." in name) for name, dtype in dtypes.items())
-
-
-def test_flops_formula_matches_flop_counter():
-    """The analytic count equals torch's FLOP counter over the transformer blocks (math SDPA is countable)."""
-    model = bench.build_expert(SMALL, torch.device("cpu"), torch.float32, 0, 0.02)
-    hidden = torch.randn(1, 16, 3, 8, 8)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(hidden_states=hidden, timestep=torch.tensor([500.0]), encoder_hidden_states=torch.randn(1, 512, 64))
-    counts = counter.get_flop_counts()
-    blocks = sum(sum(counts[f"WanTransformer3DModel.blocks.{i}"].values()) for i in range(SMALL["num_layers"]))
-    assert bench.forward_flops(SMALL, tokens=3 * 4 * 4) == blocks
-
-
-def test_build_expert_matches_from_pretrained_dtypes(tmp_path):
-    """bf16 with the fp32 modules that ``from_pretrained(torch_dtype=bfloat16)`` keeps, and the same RoPE tables."""
-    built = bench.build_expert(SMALL, torch.device("cpu"), torch.bfloat16, 0, 0.02)
-    bench.build_expert(SMALL, torch.device("cpu"), torch.float32, 0, 0.02).save_pretrained(tmp_path)
-    loaded = WanTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
-
-    def dtypes(model):
-        return {n: t.dtype for n, t in [*model.named_parameters(), *model.named_buffers()]}
-
-    assert dtypes(built) == dtypes(loaded)
-    assert torch.float32 in set(dtypes(built).values()) and torch.bfloat16 in set(dtypes(built).values())
-    torch.testing.assert_close(built.rope.freqs_cos, loaded.rope.freqs_cos, rtol=0, atol=0)
-    assert not built.training and not any(p.requires_grad for p in built.parameters())

@@ -24,20 +24,3 @@ def test_cpu_report(tmp_path):
     assert plain["rel_error_vs_first"] == 0 and fused["rel_error_vs_first"] < 1e-5
     assert kernels["rel_error_vs_first"] == 0  # off CUDA both ops run diffusers' formulas
     assert set(report["vae_decode_s"]) == {"float32", "float32_cudnn_benchmark"}
-
-
-def test_variant_names():
-    assert profile_forward.variant_settings("compile+static+fuse") == {
-        "compile": True,
-        "dynamic": False,
-        "coordinate_descent_tuning": False,
-        "max_autotune": False,
-        "fuse_projections": True,
-        "fuse_norm_rope": False,
-        "fuse_gelu": False,
-        "default_attention": True,
-    }
-    with pytest.raises(SystemExit, match="unknown variant 'exact'"):
-        profile_forward.variant_settings("exact")
-    with pytest.raises(SystemExit, match="unknown variant 'compile\\+fast'"):
-        profile_forward.variant_settings("compile+fast")

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from wan.eval.tiny_world import (
+from evaluation.tiny_world import (
     BACKGROUND,
     COLOURS,
     HELD_OUT,
@@ -21,7 +21,6 @@ from wan.eval.tiny_world import (
     all_captions,
     held_out_prompts,
     is_held_out,
-    render_scene,
     render_scenes,
     sample_scene,
 )
@@ -68,7 +67,7 @@ def test_scenes_are_deterministic_from_the_rng():
     a = [sample_scene(random.Random(7)) for _ in range(3)]
     b = [sample_scene(random.Random(7)) for _ in range(3)]
     assert a == b
-    assert torch.equal(render_scene(a[0], 9, 32, 32), render_scene(b[0], 9, 32, 32))
+    assert torch.equal(render_scenes([a[0]], 9, 32, 32)[0], render_scenes([b[0]], 9, 32, 32)[0])
 
 
 def test_held_out_combos_never_in_train_and_always_in_test():
@@ -105,7 +104,7 @@ def test_rendered_motion_agrees_with_the_caption(frames):
     rng = random.Random(frames)
     for _ in range(40):
         scene = sample_scene(rng, "train" if rng.random() < 0.5 else "test")
-        video = render_scene(scene, frames, 64, 64)
+        video = render_scenes([scene], frames, 64, 64)[0]
         assert video.shape == (3, frames, 64, 64)
         assert video.min() >= -1 and video.max() <= 1
         masks = [_coverage(video, shape.colour) for shape in scene.shapes]
@@ -132,14 +131,14 @@ def test_shapes_stay_inside_the_frame_for_max_frames():
     rng = random.Random(11)
     background = torch.tensor(BACKGROUND).view(3, 1, 1) * 2 - 1
     for _ in range(40):
-        video = render_scene(sample_scene(rng), MAX_FRAMES, 64, 64)
+        video = render_scenes([sample_scene(rng)], MAX_FRAMES, 64, 64)[0]
         border = torch.cat([video[:, :, 0], video[:, :, -1], video[:, :, :, 0], video[:, :, :, -1]], dim=2)
         assert torch.allclose(border, background.expand_as(border), atol=1e-6)
 
 
 def test_render_draws_the_shape_at_its_position_and_size():
     scene = Scene((Shape("green", "square", x=0.5, y=0.25, size=0.125),), "right", rate=0.01)
-    video = render_scene(scene, 2, 64, 64)
+    video = render_scenes([scene], 2, 64, 64)[0]
     area, cx, cy = _track(_coverage(video, "green"))
     assert float(area[0]) == pytest.approx(16 * 16, abs=1)
     assert float(cx[0]) == pytest.approx(31.5, abs=0.1) and float(cy[0]) == pytest.approx(15.5, abs=0.1)
@@ -154,4 +153,4 @@ def test_batch_render_equals_one_scene_at_a_time():
     batch = render_scenes(scenes, 9, 40, 56)
     assert batch.shape == (len(scenes), 3, 9, 40, 56)
     for scene, clip in zip(scenes, batch, strict=True):
-        assert torch.equal(clip, render_scene(scene, 9, 40, 56))
+        assert torch.equal(clip, render_scenes([scene], 9, 40, 56)[0])

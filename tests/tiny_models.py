@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+from tiny_tokenizer import train_caption_tokenizer
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
-
-from wan.eval.tiny_tokenizer import train_caption_tokenizer
 
 TEXT_DIM = 32
 CAPTIONS = [

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from wan import distributed
+from wan.checkpoints import WanComponents
 from wan.conditioning import Conditioning
 from wan.config import HIGH, LOW, TaskConfig
 from wan.levers import apply_levers
@@ -114,20 +115,30 @@ def build_engine(
     options: EngineOptions,
     runs: Sequence[RunPlan] = (),
     ctx: distributed.DistContext | None = None,
+    *,
+    components: WanComponents | None = None,
 ) -> Engine:
     """Load -> place (sized for the largest of ``runs``; not under torchrun, where sharding places) ->
-    fuse LoRAs -> levers -> shard. Returns the engine with the seconds of loading and of fusing."""
+    fuse LoRAs -> levers -> shard. Returns the engine with the seconds of loading and of fusing.
+
+    ``components``: parts already in memory (the benchmarks' random weights at full size) instead of
+    ``options.ckpt_dir``; everything after the load is the same.
+    """
     config = options.config
-    logger.info("loading %s from %s on %s", config.task, options.ckpt_dir, options.device)
     start = time.perf_counter()
-    pipe = WanT2V.from_pretrained(
-        config,
-        options.ckpt_dir,
-        device=options.device,
-        convert_model_dtype=options.convert_model_dtype,
-        placement=Placement(reason="loaded on the CPU"),
-        t5_cpu=options.t5_cpu,
-    )
+    if components is None:
+        logger.info("loading %s from %s on %s", config.task, options.ckpt_dir, options.device)
+        pipe = WanT2V.from_pretrained(
+            config,
+            options.ckpt_dir,
+            device=options.device,
+            convert_model_dtype=options.convert_model_dtype,
+            placement=Placement(reason="loaded on the CPU"),
+            t5_cpu=options.t5_cpu,
+        )
+    else:
+        placement = Placement(reason="parts given in memory")
+        pipe = WanT2V(config, components, device=options.device, placement=placement, t5_cpu=options.t5_cpu)
     sharded = ctx is not None and ctx.world_size > 1
     if not sharded:
         apply_placement(pipe, choose_placement(pipe, options.placement, **placement_shape(config, runs)))

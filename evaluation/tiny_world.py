@@ -4,7 +4,7 @@ A scene is one or two flat-coloured shapes (square, circle, triangle) that all d
 move left, right, up or down at one speed, or grow or shrink about their centres. Its caption comes
 from a fixed template ("a red square moving left", "a blue circle and a white triangle growing"),
 so a caption can be parsed back into what it says (``Caption.parse``) and a generated video can be
-checked against it without a learned model (``wan.eval.adherence``).
+checked against it without a learned model (``evaluation.adherence``).
 
 A fixed list of (colour, shape, motion) combinations is held out: ``sample_scene(split="train")``
 never draws a scene containing one, ``split="test"`` always contains one. Every word still occurs
@@ -319,17 +319,6 @@ def render_scenes(
         colour = torch.stack((red, green, blue), dim=1)  # [B, 3, 1, 1, 1]
         video = video + coverage * (colour - video)
     return video * 2 - 1
-
-
-def render_scene(
-    scene: Scene,
-    num_frames: int = MAX_FRAMES,
-    height: int = 128,
-    width: int = 128,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """One scene's clip [3, F, H, W] in [-1, 1]: ``render_scenes`` of a batch of one."""
-    return render_scenes([scene], num_frames, height, width, device)[0]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 PSNR says a video differs from the baseline, not how; half-frame generation's known failure is a
 motion that stops short. Each captioned colour's pixels are segmented as the adherence detector
-does (``wan.eval.adherence.colour_masks``: nearest palette colour, background and far pixels
+does (``evaluation.adherence.colour_masks``: nearest palette colour, background and far pixels
 dropped) and tracked frame by frame:
 
 - a translation's amplitude is the centroid's least-squares travel over the clip along the
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wan.eval.adherence import colour_masks
-from wan.eval.tiny_world import MAX_FRAMES, SCALE, TRANSLATIONS, TRAVEL, Caption
+from evaluation.adherence import colour_masks
+from evaluation.tiny_world import MAX_FRAMES, SCALE, TRANSLATIONS, TRAVEL, Caption
 
 MIN_PIXELS = 4
 """A colour counts as seen in a frame from this many pixels on (single stray pixels are noise)."""

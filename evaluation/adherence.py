@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wan.eval.tiny_world import BACKGROUND, COLOURS, TRANSLATIONS, Caption
+from evaluation.tiny_world import BACKGROUND, COLOURS, TRANSLATIONS, Caption
 
 MAX_COLOUR_DISTANCE = 0.3
 """RGB distance (in [0, 1] units) beyond which a pixel is no palette colour: keeps blurred edges
@@ -48,10 +48,6 @@ class Detection:
     motion: str | None  # one of tiny_world.MOTIONS, or None when nothing moves clearly
     displacement: tuple[float, float]  # centroid (dx, dy) over the clip, frame units, y down
     area_ratio: float  # end/start area of the tracked pixels (from the log-area slope)
-
-    @property
-    def dominant(self) -> str | None:
-        return self.colours[0] if self.colours else None
 
 
 @dataclass(frozen=True)

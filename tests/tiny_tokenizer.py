@@ -1,6 +1,6 @@
 """A small T5-style Unigram tokenizer trained on a caption vocabulary.
 
-The real model uses the umT5 tokenizer (256k pieces); the toy model and the tests need one that
+The real model uses the umT5 tokenizer (256k pieces); the tests' tiny random parts need one that
 is small, built offline in milliseconds, and behaves like T5's: ``<pad>`` = 0, ``</s>`` = 1 appended
 to every sequence, ``<unk>`` = 2.
 """

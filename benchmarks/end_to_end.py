@@ -1,0 +1,263 @@
+"""One end-to-end benchmark run: the peer and our modes, one after another, on one set of random parts.
+
+``EndToEnd`` owns what the modes share (the parts, the forward counter, the report) and turns each
+``Measurement`` into the mode's record: measured stages and steps, forwards and tokens counted by
+hooks, the plan, peak memory, and the labelled 40-step projection. ``run`` is the whole benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+
+from benchmarks.measure import (
+    FLOPS_FORMULA,
+    ForwardCounter,
+    Measurement,
+    forward_flops,
+    free_memory,
+    loop_probe,
+    matmul_peak,
+    now,
+    peak_memory_gb,
+    steady_seconds_per_forward,
+)
+from benchmarks.modes import CACHE_SPEC, PEER, Mode, budget_estimate, mode_of, selected_modes, unavailable
+from benchmarks.ours import build_ours, changes_experts, run_ours, skip_cost
+from benchmarks.peers import PEERS, run_peer
+from benchmarks.plan import (
+    FULL_STEPS,
+    GUIDE_HIGH,
+    GUIDE_LOW,
+    Workload,
+    plan_summary,
+    project_40,
+    sequence_lengths,
+    step_plan,
+)
+from benchmarks.report import Report, device_name, versions
+from benchmarks.weights import TEXT_TOKENS, RandomParts, expert_config
+from wan.config import HIGH, LOW, load_task_config
+from wan.engine import Engine
+from wan.frames import latent_frame_count
+from wan.levers.compile import reset_compiled
+
+logger = logging.getLogger("benchmarks")
+
+TASK = "t2v-A14B"
+
+
+class EndToEnd:
+    """The parts, the modes, the JSON report and the time budget of one run."""
+
+    def __init__(self, args: argparse.Namespace, started: float):
+        self.args = args
+        self.device = torch.device(args.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        task = dataclasses.replace(
+            load_task_config(TASK), sizes=(args.size,), default_size=args.size, frame_num=args.frame_num
+        )
+        self.work = Workload(task, args.prompt, args.size, args.frame_num, args.seed, args.steps, args.warmup_steps)
+        self.peer = PEERS[TASK]()
+        self.parts: RandomParts | None = None
+        self.counter: ForwardCounter | None = None
+        self.engine: Engine | None = None
+        self.dirty = False  # the experts carry a lever (fp8, compile, cache hooks, streaming hooks)
+        self.tokens = sequence_lengths(task, args.size, args.frame_num)["full"]
+        self.model_config = expert_config(args.tiny, args.layers)
+        self.report = Report(
+            args.out,
+            started,
+            args.budget_s,
+            {
+                "versions": versions(),
+                "device": device_name(self.device),
+                "setup": {
+                    "size": args.size,
+                    "frame_num": args.frame_num,
+                    "latent_frames": latent_frame_count(args.frame_num, task.vae_stride[0]),
+                    "tokens": self.tokens,
+                    "text_tokens": TEXT_TOKENS,
+                    "prompt": args.prompt,
+                    "steps": args.steps,
+                    "warmup_steps": args.warmup_steps,
+                    "dtype": args.dtype,
+                    "vae_dtype": args.vae_dtype,
+                    "tiny": args.tiny,
+                    "model_config": self.model_config,
+                    "init_std": args.init_std,
+                    "guide_scales": [GUIDE_HIGH, GUIDE_LOW],
+                    "cache_spec": CACHE_SPEC,
+                    "plan_40": plan_summary(step_plan(task, FULL_STEPS, {})),
+                },
+                "flops_formula": FLOPS_FORMULA,
+                "flops_per_forward": forward_flops(self.model_config, self.tokens),
+            },
+        )
+
+    # ------------------------------------------------------------------ parts
+    def failed(self) -> None:
+        """After a failed stage: a lever may be half applied, and the engine's tensors must go."""
+        self.dirty = True
+        self.engine = None
+        free_memory(self.device)
+
+    def build(self) -> None:
+        """All parts on the device (the offload modes move them to the CPU before they start)."""
+        start = now(self.device)
+        a = self.args
+        self.parts = RandomParts.a14b(
+            tiny=a.tiny,
+            layers=a.layers,
+            device=self.device,
+            dtype=getattr(torch, a.dtype),
+            vae_dtype=getattr(torch, a.vae_dtype),
+            init_std=a.init_std,
+        )
+        self.counter = ForwardCounter(self.parts.experts, tuple(self.model_config["patch_size"]))
+        params = self.parts.params()
+        self.report.data["build"] = {
+            "seconds": now(self.device) - start,
+            "params": params,
+            "text_encoder_config": self.parts.text_config,
+            "memory_gb_after_build": peak_memory_gb(self.device),
+        }
+        logger.info("built in %.1f s: %s parameters", self.report.data["build"]["seconds"], params)
+
+    def fresh_experts(self) -> float:
+        """Fresh experts (same seeds, so the same weights) after a mode left levers on them; seconds spent."""
+        if not self.dirty:
+            return 0.0
+        start = now(self.device)
+        self.engine = self.counter = None
+        self.parts.experts = {}
+        reset_compiled()
+        free_memory(self.device)
+        self.parts.rebuild_experts()
+        self.counter = ForwardCounter(self.parts.experts, tuple(self.model_config["patch_size"]))
+        self.dirty = False
+        return now(self.device) - start
+
+    def measure_matmul(self) -> None:
+        n = self.args.matmul_n or (256 if self.args.tiny else 8192)
+        self.report.data["matmul_peak"] = matmul_peak(n, self.device, getattr(torch, self.args.dtype))
+        logger.info("matmul peak %.1f TFLOP/s", self.report.data["matmul_peak"]["tflops"])
+
+    # ------------------------------------------------------------------ runs
+    def run_peer(self) -> dict[str, Any]:
+        rebuild_s = self.fresh_experts()
+        self.parts.reset_shared()
+        m = run_peer(self.peer, self.parts, self.counter, self.work, self.device)
+        m.setup = {"rebuild_s": rebuild_s, **m.setup}
+        record = self.summarise(m)
+        self.probe_loop(record, None)
+        return record
+
+    def run_ours(self, name: str, mode: Mode) -> dict[str, Any]:
+        rebuild_s = self.fresh_experts()
+        self.parts.reset_shared()
+        self.dirty = True  # from here on a lever or a placement hook may be on the experts
+        self.engine, setup, info = build_ours(mode, self.parts, self.work, self.device)
+        self.dirty = changes_experts(self.engine)
+        m = run_ours(self.engine, mode, self.work, self.counter, self.model_config, self.device)
+        m.info, m.setup = info, {"rebuild_s": rebuild_s, **setup, **m.setup}
+        record = self.summarise(m)
+        if name == "cache":
+            cost = skip_cost(self.engine, self.work, self.model_config, self.args.repeats, self.device)
+            record["skip_cost"] = {**cost, "tokens": self.tokens}
+        not_probed = None
+        if info["levers"].get("cache"):
+            not_probed = "a step cache would skip the probe's forwards"
+        elif self.engine.pipe.placement.name != "resident":
+            not_probed = (
+                f"the {self.engine.pipe.placement.name} placement moves the expert off the device after sampling"
+            )
+        self.probe_loop(record, not_probed)
+        return record
+
+    def probe_loop(self, record: dict[str, Any], not_probed: str | None) -> None:
+        """With ``--loop_probe N``: the high-noise expert's forward out of the loop (``loop_probe``), N times each."""
+        if not self.args.loop_probe:
+            return
+        if not_probed:
+            record["loop_probe"] = {"skipped": not_probed}
+            return
+        expert, inputs = self.parts.experts[HIGH], self.counter.last_inputs[HIGH]
+        probe = loop_probe(expert, inputs, self.args.loop_probe, self.device)
+        record["loop_probe"] = {"in_loop_s": record["measured"]["steady_seconds_per_forward"][HIGH], **probe}
+        logger.info(
+            "  loop probe: in the loop %s s per forward; alone %s",
+            record["loop_probe"]["in_loop_s"],
+            ", ".join(f"{k} {v['median_s']:.3f} s" for k, v in probe.items()),
+        )
+
+    def summarise(self, m: Measurement) -> dict[str, Any]:
+        """One mode's record: what was measured, and apart from it the labelled 40-step projection."""
+        counted = self.counter.summary(self.model_config)
+        stages = {**m.stages, "other": m.seconds - sum(m.stages.values())}
+        steps = self.work.steps
+        plan = step_plan(self.work.task, steps, m.info["generation"])
+        marks = m.clock.marks
+        steps_by_expert = {e: sum(mark[0] == e for mark in marks) for e in (HIGH, LOW)}
+        sampling_s = stages["high_noise"] + stages["low_noise"]
+        measured = {
+            "label": f"MEASURED: one end-to-end run of {steps} steps after a warm-up run",
+            "seconds": m.seconds,
+            "stages": stages,
+            "steps": steps_by_expert,
+            "seconds_per_step": {
+                e: stages[s] / steps_by_expert[e] if steps_by_expert[e] else None
+                for e, s in ((HIGH, "high_noise"), (LOW, "low_noise"))
+            },
+            "steady_seconds_per_forward": {e: steady_seconds_per_forward(marks, e) for e in (HIGH, LOW)},
+            "step_marks": [list(mark) for mark in marks],  # [expert, seconds, forwards] per step
+            "forwards": counted["forwards"],
+            "tokens": counted["tokens"],
+            "plan": plan_summary(plan),
+            "sampling_tflops": counted["flops"] / sampling_s / 1e12 if sampling_s else None,
+            "peak_memory_gb": peak_memory_gb(self.device),
+            "peak_memory_gb_through_sampling": m.clock.peak_gb,  # text encoding + sampling, before the decode
+            "video_finite": m.finite,
+            **m.extra,
+        }
+        if m.loop_forwards is not None:
+            measured["loop_forwards"] = m.loop_forwards
+        plan40 = step_plan(self.work.task, FULL_STEPS, m.info.get("generation_at_40", {}))
+        return {
+            **m.info,
+            "setup_seconds": m.setup,
+            "measured": measured,
+            "projected_40_steps": project_40(measured, plan40),
+        }
+
+
+def run(args: argparse.Namespace, started: float) -> dict[str, Any]:
+    """Build the parts, measure the matmul peak, then the peer and each mode in turn; the report."""
+    modes = selected_modes(args.modes)
+    bench = EndToEnd(args, started)
+    report = bench.report
+    with report.stage("build the models", bench.failed):
+        bench.build()
+    if report.data["errors"]:
+        return report.data
+    with report.stage("matmul peak", bench.failed):
+        bench.measure_matmul()
+    for name in modes:
+        mode = mode_of(name)
+        if mode is not None and (reason := unavailable(mode, bench.device)):
+            report.skip(name, reason)
+            continue
+        if name != PEER and not report.fits(name, budget_estimate(mode, report.data["modes"].get(PEER), bench.device)):
+            continue
+        with report.stage(f"{name} ({args.warmup_steps}-step warm-up, then {args.steps} steps)", bench.failed):
+            report.record(name, bench.run_peer() if mode is None else bench.run_ours(name, mode))
+        if name == PEER and PEER not in report.data["modes"]:
+            break  # without the peer no ratio can be made
+    report.finish()
+    report.save()
+    return report.data

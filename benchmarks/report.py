@@ -1,0 +1,175 @@
+"""The end-to-end benchmark's JSON report: written after every stage, failures recorded, ratios to the peer,
+and the table a person reads last.
+
+A run on a lent GPU may be cut short at any moment, so the report is rewritten atomically after
+every stage and a failed stage is recorded (with its traceback) while the next one runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+
+from wan.config import HIGH, LOW
+from wan.video import save_json
+
+logger = logging.getLogger("benchmarks")
+
+
+def versions() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+class Report:
+    """The JSON document of one run, its file, its clock and its time budget."""
+
+    def __init__(self, out: str | Path, started: float, budget_s: float, fields: dict[str, Any]):
+        self.out, self.started, self.budget_s = Path(out), started, budget_s
+        self.data: dict[str, Any] = {
+            "status": "running",
+            "command": shlex.join([sys.executable, *sys.argv]),
+            **fields,
+            "modes": {},
+            "skipped": {},
+            "errors": {},
+        }
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def save(self) -> None:
+        """Write the report atomically, so a run cut short leaves valid JSON."""
+        self.data["elapsed_s"] = self.elapsed()
+        save_json(self.data, self.out)
+
+    def skip(self, name: str, reason: str) -> None:
+        logger.warning("skipping %s (%s)", name, reason)
+        self.data["skipped"][name] = reason
+
+    def fits(self, name: str, estimate_s: float) -> bool:
+        """Whether ``name`` (estimated ``estimate_s``) fits in the budget; records the skip otherwise."""
+        if self.elapsed() + estimate_s <= self.budget_s:
+            return True
+        self.skip(name, f"over budget: {self.elapsed():.0f} s spent + ~{estimate_s:.0f} s > --budget_s {self.budget_s}")
+        return False
+
+    @contextmanager
+    def stage(self, name: str, on_failure: Callable[[], None]) -> Iterator[None]:
+        """Log the stage; an exception is recorded and the next stage runs (one GPU shot must not lose it all).
+
+        ``on_failure`` runs outside the exception handler, so the failed stage's frames and tensors can be freed.
+        """
+        logger.info("[%6.1f s] %s", self.elapsed(), name)
+        failed = False
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - the benchmark reports a failed stage and goes on
+            logger.error("%s failed: %s", name, exc)
+            self.data["errors"][name] = traceback.format_exc(limit=6)
+            failed = True
+        if failed:
+            on_failure()
+        self.save()
+
+    def record(self, name: str, result: dict[str, Any]) -> None:
+        self.data["modes"][name] = result
+        m = result["measured"]
+        logger.info(
+            "  %s: %.2f s end to end (%s), forwards %s, peak %s GB",
+            name,
+            m["seconds"],
+            ", ".join(f"{k} {v:.2f}" for k, v in m["stages"].items()),
+            m["forwards"],
+            None if m["peak_memory_gb"] is None else round(m["peak_memory_gb"], 1),
+        )
+
+    def finish(self) -> None:
+        """Ratios to the peer, measured and projected."""
+        modes = self.data["modes"]
+        peer = modes.get("peer")
+        for result in modes.values():
+            for key in ("measured", "projected_40_steps"):
+                ref = peer[key].get("seconds") if peer else None
+                value = result[key].get("seconds")
+                result[key]["speedup_vs_peer"] = ref / value if ref and value else None
+        self.data["status"] = "done"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The summary a person reads last: the measured runs, then the labelled 40-step projections."""
+    setup = report["setup"]
+    steps, peak = setup["steps"], report.get("matmul_peak", {}).get("tflops")
+    print(
+        f"\n{report['device']}  size {setup['size']}  frames {setup['frame_num']}  tokens {setup['tokens']}  "
+        f"matmul peak {_fmt(peak, '.0f')} TFLOP/s"
+    )
+    header = (
+        f"{'mode':<26}{f's ({steps} st)':>10}{'text':>7}{'high':>8}{'low':>8}{'decode':>8}{'s/st hi':>8}"
+        f"{'s/st lo':>8}{'fwd':>5}{'x peer':>7}{'proj40 s':>9}{'x peer':>7}{'peak GB':>8}{'setup s':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, r in report["modes"].items():
+        m, p = r["measured"], r["projected_40_steps"]
+        st = m["stages"]
+        setup_s = sum(v for k, v in r["setup_seconds"].items() if k != "warmup_s")
+        print(
+            f"{name:<26}{m['seconds']:>10.1f}{st['text_encoding']:>7.2f}{st['high_noise']:>8.2f}"
+            f"{st['low_noise']:>8.2f}{st['vae_decode']:>8.2f}{_fmt(m['seconds_per_step'][HIGH], '.2f'):>8}"
+            f"{_fmt(m['seconds_per_step'][LOW], '.2f'):>8}{sum(m['forwards'].values()):>5}"
+            f"{_fmt(m.get('speedup_vs_peer'), '.2f'):>7}{_fmt(p.get('seconds'), '.0f'):>9}"
+            f"{_fmt(p.get('speedup_vs_peer'), '.2f'):>7}{_fmt(m['peak_memory_gb'], '.1f'):>8}{setup_s:>8.1f}"
+        )
+    print(
+        f"s ({steps} st): MEASURED end to end (text + sampling + decode) after a warm-up; x peer: speed-up over "
+        "diffusers' WanPipeline in this run (>1 is faster); proj40: PROJECTION of the released 40-step run "
+        "(26 high + 14 low steps); setup s: rebuild + moves + placement + levers + compile, outside the timing"
+    )
+    for name, r in report["modes"].items():
+        if "skip_cost" in r:
+            c = r["skip_cost"]
+            print(
+                f"{name}: a skipped forward {c['skipped_forward_s']:.3f} s vs a full one {c['full_forward_s']:.3f} s "
+                f"({c['skipped_over_full']:.3f}x); skip fraction in the run {r['measured']['skip_fraction']:.2f}"
+            )
+    for name, r in report["modes"].items():
+        probe = r.get("loop_probe", {})
+        if "captured" in probe:
+            alone = ", ".join(
+                f"{k} {probe[k]['median_s']:.3f}" for k in ("captured", "random_latents", "random_inputs")
+            )
+            print(f"{name}: a high-noise forward in the loop {_fmt(probe['in_loop_s'], '.3f')} s, alone ({alone}) s")
+    for name, reason in report["skipped"].items():
+        print(f"skipped {name}: {reason}")
+    for name in report["errors"]:
+        print(f"FAILED {name} (traceback in the JSON)")
