@@ -64,7 +64,7 @@ class EndToEnd:
         )
         self.work = Workload(task, args.prompt, args.size, args.frame_num, args.seed, args.steps, args.warmup_steps)
         self.peer = PEERS[TASK]()
-        self.parts: RandomParts | None = None
+        self.components: RandomParts | None = None
         self.counter: ForwardCounter | None = None
         self.engine: Engine | None = None
         self.dirty = False  # the experts carry a lever (fp8, compile, cache hooks, streaming hooks)
@@ -111,7 +111,7 @@ class EndToEnd:
         """All parts on the device (the offload modes move them to the CPU before they start)."""
         start = now(self.device)
         a = self.args
-        self.parts = RandomParts.a14b(
+        self.components = RandomParts.a14b(
             tiny=a.tiny,
             layers=a.layers,
             device=self.device,
@@ -119,12 +119,12 @@ class EndToEnd:
             vae_dtype=getattr(torch, a.vae_dtype),
             init_std=a.init_std,
         )
-        self.counter = ForwardCounter(self.parts.experts, tuple(self.model_config["patch_size"]))
-        params = self.parts.params()
+        self.counter = ForwardCounter(self.components.experts, tuple(self.model_config["patch_size"]))
+        params = self.components.params()
         self.report.data["build"] = {
             "seconds": now(self.device) - start,
             "params": params,
-            "text_encoder_config": self.parts.text_config,
+            "text_encoder_config": self.components.text_config,
             "memory_gb_after_build": peak_memory_gb(self.device),
         }
         logger.info("built in %.1f s: %s parameters", self.report.data["build"]["seconds"], params)
@@ -135,11 +135,11 @@ class EndToEnd:
             return 0.0
         start = now(self.device)
         self.engine = self.counter = None
-        self.parts.experts = {}
+        self.components.experts = {}
         reset_compiled()
         free_memory(self.device)
-        self.parts.rebuild_experts()
-        self.counter = ForwardCounter(self.parts.experts, tuple(self.model_config["patch_size"]))
+        self.components.rebuild_experts()
+        self.counter = ForwardCounter(self.components.experts, tuple(self.model_config["patch_size"]))
         self.dirty = False
         return now(self.device) - start
 
@@ -151,8 +151,8 @@ class EndToEnd:
     # ------------------------------------------------------------------ runs
     def run_peer(self) -> dict[str, Any]:
         rebuild_s = self.fresh_experts()
-        self.parts.reset_shared()
-        m = run_peer(self.peer, self.parts, self.counter, self.work, self.device)
+        self.components.reset_shared()
+        m = run_peer(self.peer, self.components, self.counter, self.work, self.device)
         m.setup = {"rebuild_s": rebuild_s, **m.setup}
         record = self.summarise(m)
         self.probe_loop(record, None)
@@ -160,9 +160,9 @@ class EndToEnd:
 
     def run_ours(self, name: str, mode: Mode) -> dict[str, Any]:
         rebuild_s = self.fresh_experts()
-        self.parts.reset_shared()
+        self.components.reset_shared()
         self.dirty = True  # from here on a lever or a placement hook may be on the experts
-        self.engine, setup, info = build_ours(mode, self.parts, self.work, self.device)
+        self.engine, setup, info = build_ours(mode, self.components, self.work, self.device)
         self.dirty = changes_experts(self.engine)
         m = run_ours(self.engine, mode, self.work, self.counter, self.model_config, self.device)
         m.info, m.setup = info, {"rebuild_s": rebuild_s, **setup, **m.setup}
@@ -187,7 +187,7 @@ class EndToEnd:
         if not_probed:
             record["loop_probe"] = {"skipped": not_probed}
             return
-        expert, inputs = self.parts.experts[HIGH], self.counter.last_inputs[HIGH]
+        expert, inputs = self.components.experts[HIGH], self.counter.last_inputs[HIGH]
         probe = loop_probe(expert, inputs, self.args.loop_probe, self.device)
         record["loop_probe"] = {"in_loop_s": record["measured"]["steady_seconds_per_forward"][HIGH], **probe}
         logger.info(

@@ -43,15 +43,15 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from evaluation.adherence import check as adherence_check  # noqa: E402
+from evaluation.metrics import compare_videos  # noqa: E402
+from evaluation.motion import motion_scores, summarise_motion, video_amplitude  # noqa: E402
+from evaluation.tiny_world import held_out_prompts, sample_scene  # noqa: E402
 from wan.config import (  # noqa: E402
     HIGH,
     LOW,
     load_task_config,  # noqa: E402
 )
-from wan.eval.adherence import check as adherence_check  # noqa: E402
-from wan.eval.metrics import compare_videos  # noqa: E402
-from wan.eval.motion import motion_scores, summarise_motion, video_amplitude  # noqa: E402
-from wan.eval.tiny_world import held_out_prompts, sample_scene  # noqa: E402
 from wan.guidance import apply_cfg  # noqa: E402
 from wan.lora import (  # noqa: E402
     apply_loras,

@@ -43,15 +43,9 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from train_tiny import autocast, boundary_uniform, lr_factor, round_to_fp16, sigma_from_uniform  # noqa: E402
 
-try:  # the evaluation code's home (it moves out of the engine package)
-    from evaluation.adherence import check
-    from evaluation.metrics import psnr
-    from evaluation.tiny_world import TRAIN_FRAME_COUNTS, render_scenes, sample_scene
-except ImportError:  # the older layout
-    from wan.eval.adherence import check
-    from wan.eval.metrics import psnr
-    from wan.eval.tiny_world import TRAIN_FRAME_COUNTS, render_scenes, sample_scene
-
+from evaluation.adherence import check  # noqa: E402
+from evaluation.metrics import psnr  # noqa: E402
+from evaluation.tiny_world import TRAIN_FRAME_COUNTS, render_scenes, sample_scene  # noqa: E402
 from wan.config import HIGH, LOW, load_task_config  # noqa: E402
 from wan.frames import predict_x0  # noqa: E402
 from wan.guidance import guided_velocity  # noqa: E402

@@ -11,8 +11,8 @@ import pytest
 import torch
 from tiny_models import as_components, tiny_parts
 
+from evaluation.metrics import psnr
 from wan.config import HIGH, LOW, load_task_config
-from wan.eval.metrics import psnr
 from wan.lora import apply_loras, check_loras, lora_specs
 from wan.settings import GenerationSettings
 from wan.solvers import LIGHTNING

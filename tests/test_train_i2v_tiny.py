@@ -17,12 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import train_i2v_tiny  # noqa: E402
 
-try:
-    from evaluation.metrics import psnr
-    from evaluation.tiny_world import render_scenes, sample_scene
-except ImportError:
-    from wan.eval.metrics import psnr
-    from wan.eval.tiny_world import render_scenes, sample_scene
+from evaluation.metrics import psnr
+from evaluation.tiny_world import render_scenes, sample_scene
 
 CONFIG = load_task_config("i2v-tiny")
 

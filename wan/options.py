@@ -52,7 +52,7 @@ class EngineOptions:
     """Everything that decides how the pipeline is built; frozen, so every door builds the same engine."""
 
     config: TaskConfig
-    ckpt_dir: Path
+    ckpt_dir: Path | None  # None: parts given in memory (the benchmarks' random weights)
     device: str  # "cuda", "cuda:N" or "cpu", resolved
     placement: str  # auto | resident | resident_lean | offload | stream
     convert_model_dtype: bool

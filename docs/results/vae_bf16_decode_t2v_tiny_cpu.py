@@ -7,8 +7,8 @@ import json
 import sys
 
 from wan.config import load_task_config
-from wan.eval.metrics import compare_videos
-from wan.eval.tiny_world import held_out_prompts
+from evaluation.metrics import compare_videos
+from evaluation.tiny_world import held_out_prompts
 from wan.levers.vae_precision import cast_vae
 from wan.settings import GenerationSettings
 from wan.text2video import WanT2V
