@@ -35,7 +35,7 @@ from wan.config import DEFAULT_TASK, TaskConfig, available_tasks, load_task_conf
 from wan.errors import BAD_INPUT, ConfigError, DistributedRunError, NonFiniteLatentError, one_line
 from wan.levers import add_lever_flags
 from wan.options import with_defaults
-from wan.settings import GenerationSettings, settings_from_flags
+from wan.settings import GenerationSettings, require_image, settings_from_flags
 from wan.validation import check_flags
 
 logger = logging.getLogger("generate")
@@ -276,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
     flags, config = checked_flags(args)
     seed = flags["base_seed"] if flags["base_seed"] >= 0 else random.randint(0, 2**31 - 1)
     settings = settings_from_flags(flags, seed).resolved(config)
+    require_image(settings, config)
 
     from wan import distributed
     from wan.batch import write_outputs

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from tiny_models import LORA_LAYERS, lora_metadata, lora_tensors, random_lora
 
 import generate
+from wan import engine
 from wan.batch import sidecar_path
 from wan.config import HIGH, LOW, load_task_config
 from wan.errors import ConfigError
@@ -258,7 +259,7 @@ def test_cli_lora_high_lands_in_the_sidecar(cli, tiny_lora, tmp_path):
 
 
 def test_cli_missing_lora_is_exit_2_before_loading(cli, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
     assert generate.main([*cli, "--save_file", str(tmp_path / "a.mp4"), "--lora", "nope.safetensors:2"]) == 2
     err = capsys.readouterr().err
     assert err == (
@@ -282,8 +283,8 @@ def test_batch_groups_items_by_lora_and_resume_compares_them(cli, tiny_lora, tmp
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(lines) + "\n")
     args = [*cli[:-2], "--prompt_file", str(prompts), "--save_dir", str(tmp_path / "out")]
-    loads, original = [], generate.load_pipeline
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: (loads.append(1), original(*a))[1])
+    loads, original = [], engine.build_engine
+    monkeypatch.setattr(engine, "build_engine", lambda *a: (loads.append(1), original(*a))[1])
     assert generate.main(args) == 1  # the LoRA for block 7 fails its item only
     records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert [r["index"] for r in records if r["status"] == "done"] == [0, 2, 1, 3]
@@ -439,7 +440,7 @@ def test_cli_lora_dir_fuses_the_pair_and_the_sidecar_names_both(cli, parts, tmp_
 
 
 def test_cli_lora_for_another_model_is_exit_2_before_loading(cli, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
     wide = {"blocks.0.attn1.to_q": (torch.zeros(RANK, 5120), torch.zeros(5120, RANK))}  # an A14B-size layer
     path = write_lora(tmp_path / "a14b.safetensors", wide)
     assert generate.main([*cli, "--save_file", str(tmp_path / "a.mp4"), "--lora_high", str(path)]) == 2

@@ -77,8 +77,6 @@ class GenerationSettings:
 def check_settings(settings: GenerationSettings, config: TaskConfig) -> None:
     """Resolved settings: every field by its flag's rule, then what depends on several of them."""
     check_flags({SETTING_FLAGS.get(k, k): v for k, v in asdict(settings).items()}, config)
-    if config.kind == "i2v" and settings.image is None:
-        raise ConfigError(f"task {config.task} makes a video from an image; pass --image PATH")
     if config.kind == "t2v" and settings.image is not None:
         raise ConfigError(f"task {config.task} takes no image; drop --image or choose i2v-A14B or ti2v-5B")
     if settings.half_frame and config.boundary is None:
@@ -94,6 +92,13 @@ def check_settings(settings: GenerationSettings, config: TaskConfig) -> None:
             f"--frame_num {settings.frame_num} at {settings.size}: the decoded video alone needs "
             f"{needed / 2**30:.1f} GiB, more than this machine's {available / 2**30:.1f} GiB of memory"
         )
+
+
+def require_image(settings: GenerationSettings, config: TaskConfig) -> None:
+    """An image-to-video run from the command line needs its image (a library caller may pass the task's
+    conditioning itself, ``WanT2V.sample``)."""
+    if config.kind == "i2v" and settings.image is None:
+        raise ConfigError(f"task {config.task} makes a video from an image; pass --image PATH")
 
 
 def settings_from_flags(flags: Mapping[str, Any], seed: int) -> GenerationSettings:

@@ -6,9 +6,9 @@ Run from the repository root: PYTHONPATH=. python docs/results/vae_bf16_decode_t
 import json
 import sys
 
-from wan.config import load_task_config
 from evaluation.metrics import compare_videos
 from evaluation.tiny_world import held_out_prompts
+from wan.config import load_task_config
 from wan.levers.vae_precision import cast_vae
 from wan.settings import GenerationSettings
 from wan.text2video import WanT2V
