@@ -14,9 +14,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline
 from PIL import Image
-from tiny_models import tiny_parts
+from tiny_models import tiny_parts, tiny_transformer
 
 from wan.checkpoints import WanComponents
 from wan.config import HIGH, LOW, load_task_config
@@ -36,28 +36,6 @@ NEGATIVE = "ugly, static"
 SEED = 11
 STEPS = 6
 SHIFT = 5.0
-
-
-def transformer(seed: int, in_channels: int, out_channels: int) -> WanTransformer3DModel:
-    torch.manual_seed(seed)
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=48,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=64,
-    )
-    with torch.no_grad():
-        model.proj_out.weight.normal_(0, 0.2)
-    return model.eval()
 
 
 def wan22_vae(z_dim: int = 8) -> AutoencoderKLWan:
@@ -90,8 +68,8 @@ def i2v_pipe(base):
         text_encoder=base.text_encoder,
         vae=base.vae,
         scheduler=make_scheduler("unipc", SHIFT),
-        transformer=transformer(2, 36, 16),
-        transformer_2=transformer(3, 36, 16),
+        transformer=tiny_transformer(2, 36, 16),
+        transformer_2=tiny_transformer(3, 36, 16),
         boundary_ratio=0.9,
     )
 
@@ -103,7 +81,7 @@ def ti2v_parts(base):
         text_encoder=base.text_encoder,
         vae=wan22_vae(),
         scheduler=make_scheduler("unipc", SHIFT),
-        transformer=transformer(4, 8, 8),
+        transformer=tiny_transformer(4, 8, 8),
     )
 
 
