@@ -25,20 +25,14 @@ from safetensors.torch import save_file
 from tiny_models import CAPTIONS, lora_tensors, random_lora
 
 import generate
-import wan.batch
+import wan.outputs
 from wan import text2video
-from wan.batch import (
-    ITEM_FLAGS,
-    Manifest,
-    item_flags,
-    item_seed,
-    parse_item,
-    plan_jobs,
-    read_prompt_file,
-    sidecar_path,
-)
+from wan.batch.jobs import item_seed, plan_jobs
+from wan.batch.manifest import Manifest
+from wan.batch.prompt_file import ITEM_FLAGS, item_flags, parse_item, read_prompt_file
 from wan.config import ConfigError
 from wan.guidance import HIGH, LOW
+from wan.outputs import sidecar_path
 from wan.text2video import WanT2V
 from wan.video import read_video
 
@@ -404,7 +398,7 @@ def test_nan_and_out_of_memory_are_recorded_per_item(cli, tmp_path, monkeypatch)
 )
 def test_write_errors_keep_finished_items(cli, tmp_path, monkeypatch, capsys, code, exit_code, statuses):
     calls = []
-    original = wan.batch.save_video
+    original = wan.outputs.save_video
 
     def failing_second(video, path, fps):
         calls.append(path)
@@ -412,7 +406,7 @@ def test_write_errors_keep_finished_items(cli, tmp_path, monkeypatch, capsys, co
             raise OSError(code, os.strerror(code), str(path))
         return original(video, path, fps)
 
-    monkeypatch.setattr(wan.batch, "save_video", failing_second)
+    monkeypatch.setattr(wan.outputs, "save_video", failing_second)
     args = cli(CAPTIONS[:4])
     out = tmp_path / "out"
     assert generate.main(args) == exit_code
@@ -425,7 +419,7 @@ def test_write_errors_keep_finished_items(cli, tmp_path, monkeypatch, capsys, co
     assert_complete(Path(records[0]["output"]))
     assert not Path(records[1]["output"]).exists() and not temp_files(out)
 
-    monkeypatch.setattr(wan.batch, "save_video", original)
+    monkeypatch.setattr(wan.outputs, "save_video", original)
     assert generate.main(args) == 0
     finished = statuses.count("done")
     assert Counter(r["status"] for r in manifest(out)[len(records) :]) == {"skipped": finished, "done": 4 - finished}

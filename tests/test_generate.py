@@ -16,7 +16,7 @@ import pytest
 import generate
 import wan.video
 from wan import text2video
-from wan.batch import sidecar_path
+from wan.outputs import sidecar_path
 from wan.settings import GenerationSettings
 from wan.video import claim_output, read_video
 

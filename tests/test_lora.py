@@ -13,10 +13,10 @@ from safetensors.torch import save_file
 from tiny_models import LORA_LAYERS, lora_metadata, lora_tensors, random_lora
 
 import generate
-from wan.batch import sidecar_path
 from wan.config import ConfigError, load_task_config
 from wan.guidance import HIGH, LOW, plan_steps
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras, lora_record, lora_specs, parse_lora_arg
+from wan.outputs import sidecar_path
 from wan.settings import GenerationSettings
 from wan.solvers import make_scheduler
 from wan.text2video import WanT2V
