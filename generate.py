@@ -38,6 +38,7 @@ from wan.placement import PLACEMENTS
 from wan.validation import check_flags
 
 if TYPE_CHECKING:
+    from wan.batch import BatchSummary
     from wan.levers import Levers
     from wan.lora import LoraFile
     from wan.settings import GenerationSettings
@@ -272,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder: a batch's videos and manifest.jsonl (default: outputs/<prompt file name>), "
         "or where a single video goes without --save_file",
     )
+    batch.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run the batch on Ray workers (docs/RAY.md): local (start Ray on this machine), auto, HOST:PORT or "
+        "ray://HOST:10001 (join a cluster); the videos and manifest are written here, on the driver",
+    )
+    batch.add_argument(
+        "--ray_workers", type=int, default=None, help="Ray workers (default: one per GPU; CPU workers need it)"
+    )
+    batch.add_argument("--ray_gpus_per_worker", type=int, default=1, help="GPUs per Ray worker (1; docs/RAY.md)")
     return p
 
 
@@ -478,6 +490,8 @@ def run(args: argparse.Namespace) -> int:
     from wan.video import claim_output
 
     config = load_task_config(args.task)
+    if args.ray is not None:
+        raise ConfigError("--ray runs a batch: give --prompt_file (one prompt per line) and --save_dir")
     check_flags(vars(args), config)
     settings = settings_from_args(args, config)
     timeout_s = distributed.DEFAULT_TIMEOUT_S if args.dist_timeout_s is None else args.dist_timeout_s
@@ -543,6 +557,13 @@ def run_batch(args: argparse.Namespace) -> int:
     save_dir = check_writable_dir(Path(args.save_dir or Path("outputs") / prompt_file.stem), "--save_dir")
     manifest = Manifest(save_dir / MANIFEST_NAME)
     manifest.prepare()
+    if args.ray is not None:  # the workers resolve the device and load; the driver writes and records
+        from wan.batch.manifest import BatchRecorder
+        from wan.batch.ray import run_ray
+
+        jobs = plan_jobs(items, generation_flags(args), config, save_dir)
+        summary = run_ray(jobs, BatchRecorder(manifest, config), vars(args), prompt_file, progress=not args.quiet)
+        return report_batch(summary)
     ckpt_dir = resolve_ckpt_dir(args, config)
     rank, world_size, local_rank = torchrun_rank()
     jobs = shard(plan_jobs(items, generation_flags(args), config, save_dir), rank, world_size)
@@ -551,6 +572,11 @@ def run_batch(args: argparse.Namespace) -> int:
     runner = BatchRunner(jobs, config, manifest, context, progress=not args.quiet and rank == 0)
     runs = [j.settings for j in jobs if j.settings]
     summary = runner.run(lambda loras: load_pipeline(args, config, ckpt_dir, runs, loras)[0])
+    return report_batch(summary)
+
+
+def report_batch(summary: BatchSummary) -> int:
+    """Print the complete videos (and why the batch stopped, if it did); the batch's exit code."""
     for path in summary.outputs:
         print(path)
     if summary.stop_error:
