@@ -41,6 +41,8 @@ def cluster(tmp_path_factory):
     """One Ray head with 2 CPUs for the module (starting one takes seconds); stopped by its own process."""
     port = free_port()
     log = tmp_path_factory.mktemp("ray") / "ray.log"
+    env = pytest.MonkeyPatch()
+    env.setenv("RAY_AUTH_MODE", "disabled")  # a private test cluster: no token for drivers to find
     with open(log, "w") as handle:
         proc = subprocess.Popen(
             [
@@ -58,6 +60,7 @@ def cluster(tmp_path_factory):
     yield address
     proc.send_signal(signal.SIGTERM)  # --block: stops the processes it started
     proc.wait(timeout=60)
+    env.undo()
 
 
 @pytest.fixture
