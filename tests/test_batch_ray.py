@@ -61,6 +61,9 @@ def cluster(tmp_path_factory):
     proc.send_signal(signal.SIGTERM)  # --block: stops the processes it started
     proc.wait(timeout=60)
     env.undo()
+    record = Path("/tmp/ray/ray_current_cluster")  # where `ray start` notes the cluster a bare ray.init() joins
+    if record.is_file() and record.read_text().strip().endswith(f":{port}"):
+        record.unlink()
 
 
 @pytest.fixture

@@ -130,7 +130,8 @@ def connect(address: str, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
     try:
         if address == LOCAL:
-            ray.init(runtime_env=runtime_env, include_dashboard=False, logging_level=logging.WARNING)
+            # "local" starts a new instance even where a ``ray start`` cluster (live or stale) is on record
+            ray.init(address=LOCAL, runtime_env=runtime_env, include_dashboard=False, logging_level=logging.WARNING)
         else:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     except (ConnectionError, TimeoutError, ValueError) as exc:
@@ -189,7 +190,12 @@ class BatchWorker:
     """A Ray actor: one engine, built once per LoRA set, making one item per call."""
 
     def __init__(self, name: str, flags: dict[str, Any], runs: list[Any], log_level: int):
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
         logging.basicConfig(level=log_level, format="%(levelname)s %(message)s")
+        diffusers.utils.logging.disable_progress_bar()  # the driver's bar is the job's only one
+        transformers.utils.logging.disable_progress_bar()
         self.name = name
         self.flags = flags
         self.runs = runs
