@@ -200,3 +200,16 @@ def test_killed_driver_resumes_without_redoing_items(cli, cluster, tmp_path):
     assert_each_item_done_once(out, 5)
     again = [r for r in records(out) if r["time"] and r["index"] in first and r["status"] == "skipped"]
     assert {r["index"] for r in again} == first
+
+
+def test_two_drivers_on_one_folder_make_each_item_once(cli, cluster, tmp_path):
+    """Two Ray drivers (one worker each) on the same prompt file and folder: each item is made by one of them."""
+    out = tmp_path / "out"
+    lines = [f"{CAPTIONS[i % len(CAPTIONS)]} {i}" for i in range(6)]
+    args = cli(lines, "out", "--ray", cluster, "--ray_workers", "1")
+    procs = [start_driver(args) for _ in range(2)]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    assert_each_item_done_once(out, 6)
+    assert Counter((r["index"], r["status"]) for r in records(out)) == Counter(
+        {(i, status): 1 for i in range(6) for status in ("done", "skipped")}
+    )
