@@ -170,6 +170,16 @@ def test_ray_batch_makes_the_same_files_as_one_process(cli, cluster, tmp_path):
     assert all(r["worker"].startswith("worker-") and r["attempts"] == 1 and r["seconds"]["total"] > 0 for r in done)
 
 
+def test_a_checkpoint_a_worker_cannot_load_is_one_line_exit_2(cli, cluster, tmp_path, capsys):
+    """The driver does not load the model; a worker that cannot is reported as the single-video CLI would."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = cli(CAPTIONS[:1], "out", "--ray", cluster, "--ray_workers", "1", "--ckpt_dir", str(empty))
+    assert generate.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: Ray worker-0: ") and str(empty) in err
+
+
 def test_a_killed_worker_loses_no_item(cli, cluster, tmp_path):
     """SIGKILL one worker process mid-batch: its item goes to another worker; every item done exactly once."""
     out = tmp_path / "out"

@@ -64,19 +64,17 @@ def run_ray(
     prompt_file: Path,
     *,
     progress: bool = True,
-    cpus_per_worker: int | None = None,
 ) -> BatchSummary:
     """The batch on Ray (``flags``: generate.py's, with ``ray``, ``ray_workers``, ``ray_gpus_per_worker``).
 
     Joins or starts the cluster, sizes the workers to it, runs, and leaves the cluster as it was.
-    ``cpus_per_worker`` (benchmarks): CPU workers' threads, instead of the cluster's CPUs shared out.
     """
-    import ray
-
     check_ray_flags(flags["ray_workers"], flags["ray_gpus_per_worker"])
     connect(flags["ray"], quiet=not progress)
+    import ray
+
     try:
-        plan = plan_workers(flags["ray_workers"], flags.get("device"), cpus_per_worker)
+        plan = plan_workers(flags["ray_workers"], flags.get("device"))
         logger.info("Ray: %d workers (%d GPU, %d CPU each)", plan.count, plan.gpus, plan.cpus)
         jobs = [shipped(job) for job in jobs]
         return RayBatchRunner(jobs, recorder, worker_flags(flags), str(prompt_file), plan, progress=progress).run()
@@ -389,9 +387,8 @@ class RayBatchRunner:
         try:
             info = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
-            if isinstance(cause, (ConfigError, CheckpointError)):
-                raise ConfigError(f"Ray {worker.name}: {str(cause).strip().splitlines()[-1]}") from exc
+            if isinstance(exc.cause, (ConfigError, CheckpointError)):
+                raise ConfigError(f"Ray {worker.name}: {exc.cause}") from exc
             raise
         except ray.exceptions.RayActorError as exc:
             logger.warning("Ray %s died while loading (%s)", worker.name, one_line(exc))
@@ -412,7 +409,7 @@ class RayBatchRunner:
         except ray.exceptions.RayActorError as exc:
             return self._worker_died(flight, one_line(exc))
         except ray.exceptions.RayTaskError as exc:  # an error outside the item's own generation (encoding, loading)
-            out = {"error": one_line(exc.as_instanceof_cause())}
+            out = {"error": one_line(exc.cause if isinstance(exc.cause, BaseException) else exc)}
         self.idle.append(worker)
         self.bar.update()
         try:
