@@ -16,33 +16,31 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import re
 import secrets
 import signal
 import sys
 import tempfile
-import time
 import traceback
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from wan.config import DEFAULT_TASK, ConfigError, TaskConfig, available_tasks, load_task_config
+from wan.choices import PLACEMENTS
+from wan.config import DEFAULT_TASK, TaskConfig, available_tasks, load_task_config
+from wan.errors import BAD_INPUT, ConfigError, DistributedRunError, NonFiniteLatentError, one_line
 from wan.levers.presets import PRESETS
 from wan.levers.vae_precision import VAE_DTYPES
-from wan.placement import PLACEMENTS
+from wan.options import with_defaults
+from wan.settings import GenerationSettings, settings_from_flags
 from wan.validation import check_flags
 
 if TYPE_CHECKING:
     from wan.batch import BatchSummary
-    from wan.levers import Levers
-    from wan.lora import LoraFile
-    from wan.settings import GenerationSettings
-    from wan.text2video import WanT2V
 
 logger = logging.getLogger("generate")
 
@@ -287,63 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def generation_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The command line's generation flags by CLI name: the defaults of every batch item."""
+def generation_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The generation flags by CLI name: the defaults of every batch item."""
     from wan.batch import GENERATION_FLAGS
 
-    return {name: getattr(args, name) for name in GENERATION_FLAGS}
-
-
-def apply_preset_defaults(args: argparse.Namespace) -> None:
-    """Fill the generation flags a --preset sets where the user gave none; the rest take their defaults."""
-    from wan.levers.presets import preset_generation_defaults, preset_load_defaults
-
-    preset = {**preset_generation_defaults(args.preset), **preset_load_defaults(args.preset)}
-    for name, value in preset.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    for name, default in (
-        ("cfg_truncate_steps", 0),
-        ("cfg_truncate_high_noise_steps", 0),
-        ("convert_model_dtype", False),
-    ):
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-
-
-def resolve_levers(args: argparse.Namespace) -> Levers:
-    """The speed levers of this run (preset, explicit flags, what the device has); checked before loading."""
-    import torch
-
-    from wan.levers.presets import resolve_levers as resolve
-
-    cache = None if args.cache is None else ("" if args.cache.lower() == "none" else args.cache)
-    explicit = {
-        "compile": args.compile,
-        "fuse_projections": args.fuse_projections,
-        "fuse_norm_rope": args.fuse_norm_rope,
-        "fuse_gelu": args.fuse_gelu,
-        "fp8": args.fp8,
-        "cache": cache,
-        "attention_backend": args.attention_backend,
-        "vae_dtype": args.vae_dtype,
-    }
-    parallel = args.ulysses_size > 1 or args.cfg_parallel
-    levers, args.preset_notes = resolve(args.preset, explicit, torch.device(args.device), parallel)
-    return levers
-
-
-def settings_from_args(args: argparse.Namespace, config: TaskConfig) -> GenerationSettings:
-    """The generation settings the flags ask for, validated against the task."""
-    from wan.batch import settings_from_flags
-
-    seed = args.base_seed if args.base_seed >= 0 else random.randint(0, 2**31 - 1)
-    return settings_from_flags(generation_flags(args), seed).resolved(config)
+    return {name: flags.get(name) for name in GENERATION_FLAGS}
 
 
 def default_save_file(config: TaskConfig, settings: GenerationSettings, save_dir: str | None) -> Path:
     """A name no other run picks: the time to the microsecond plus a random suffix, never an existing file
-    (and the run claims it, ``wan.video.claim_output``)."""
+    (and the run claims it, ``wan.paths.claim_output``)."""
     slug = re.sub(r"[^A-Za-z0-9]+", "_", settings.prompt)[:50].strip("_") or "video"
     while True:
         stamp = f"{datetime.now():%Y%m%d_%H%M%S_%f}_{secrets.token_hex(3)}"
@@ -352,128 +303,24 @@ def default_save_file(config: TaskConfig, settings: GenerationSettings, save_dir
             return path
 
 
-def resolve_ckpt_dir(args: argparse.Namespace, config: TaskConfig) -> Path:
-    """The checkpoint folder, checked to exist before anything is loaded or logged."""
-    if args.ckpt_dir:
-        path = Path(args.ckpt_dir)
-    else:
-        path = config.ckpt_dir()
-        if path is None:
-            raise ConfigError(f"task {config.task} needs --ckpt_dir (the folder with its checkpoint)")
-    if not path.is_dir():
-        raise ConfigError(f"checkpoint folder {path} does not exist; pass --ckpt_dir")
-    return path
-
-
-def check_single_process(args: argparse.Namespace) -> None:
+def check_single_process(flags: Mapping[str, Any]) -> None:
     """Batch mode spreads whole items over the ranks; sharding one video is for single-video runs."""
-    if args.ulysses_size > 1 or args.cfg_parallel or args.dit_fsdp or args.t5_fsdp:
+    from wan.options import parallel_options
+
+    if parallel_options(flags).shards_one_video:
         raise ConfigError(
             "--ulysses_size/--cfg_parallel/--dit_fsdp/--t5_fsdp are for one video; a --prompt_file batch under "
             "torchrun gives each GPU whole items instead"
         )
 
 
-def torchrun_rank() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) in a plain process."""
-    env = os.environ
-    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(args: argparse.Namespace, local_rank: int = 0) -> None:
-    """Fill --device and --placement; under torchrun each process takes the GPU of its local rank."""
-    import torch
-
-    if torch.cuda.is_available() and local_rank:
-        torch.cuda.set_device(local_rank)  # "cuda" then means this rank's GPU
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.placement = placement_choice(args)
-    args.levers = resolve_levers(args)
-
-
-def placement_choice(args: argparse.Namespace) -> str:
-    """--placement, or what the official --offload_model means when only it is given; auto by default."""
-    official = None if args.offload_model is None else ("offload" if args.offload_model else "resident")
-    if args.placement is not None and official is not None and args.placement != official:
-        raise ConfigError(
-            f"--offload_model {args.offload_model} means --placement {official}, not {args.placement}; pass one of them"
-        )
-    return args.placement or official or "auto"
-
-
-def load_pipeline(
-    args: argparse.Namespace,
-    config: TaskConfig,
-    ckpt_dir: Path,
-    runs: list[GenerationSettings],
-    loras: list[LoraFile] | None = None,
-) -> tuple[WanT2V, dict[str, float]]:
-    """The model, ready: loaded, placed for the largest of ``runs`` (unless under torchrun), LoRAs fused,
-    then the speed levers (after the fuse: float8 and compilation must see the final weights).
-
-    Returns it with the seconds of loading and of fusing.
-    """
-    from wan.levers import apply_levers
-    from wan.lora import apply_loras
-    from wan.placement import Placement, apply_placement, choose_placement
-    from wan.text2video import WanT2V
-
-    logger.info("loading %s from %s on %s", config.task, ckpt_dir, args.device)
-    start = time.perf_counter()
-    pipe = WanT2V.from_pretrained(
-        config,
-        ckpt_dir,
-        device=args.device,
-        convert_model_dtype=args.convert_model_dtype,
-        placement=Placement(reason="loaded on the CPU"),
-        t5_cpu=args.t5_cpu,
-    )
-    if torchrun_rank()[1] == 1:
-        apply_placement(pipe, choose_placement(pipe, args.placement, **largest_run(config, runs)))
-    timings = {"load": time.perf_counter() - start}
-    if loras:
-        start = time.perf_counter()
-        apply_loras(pipe, loras)  # before parallelize: FSDP and Ulysses then see plain fused weights
-        timings["lora_fuse"] = time.perf_counter() - start
-    apply_levers(pipe, args.levers)
-    return pipe, timings
-
-
-def largest_run(config: TaskConfig, runs: list[GenerationSettings]) -> dict[str, int]:
-    """Token count and video shape of the run that needs the most memory, for the placement estimate."""
-    from wan.distributed import token_counts
-
-    def shape(s: GenerationSettings) -> dict[str, int]:
-        width, height = config.parse_size(s.size)
-        return {"tokens": token_counts(config, s)[0], "frames": s.frame_num, "height": height, "width": width}
-
-    empty = {"tokens": 0, "frames": 1, "height": 0, "width": 0}
-    return max((shape(s) for s in runs), key=lambda d: d["tokens"], default=empty)
-
-
-def sidecar_context(
-    args: argparse.Namespace, config: TaskConfig, ckpt_dir: Path, loras: list[LoraFile] | None = None
-) -> dict[str, Any]:
-    """What the sidecar records besides the video's own settings and timings."""
-    from wan.guidance import HIGH, LOW
-    from wan.levers.cache import cache_settings
-    from wan.lora import lora_record
-
-    return {
-        "task": config.task,
-        "ckpt_dir": str(ckpt_dir),
-        "loras": lora_record(loras or []),
-        "options": {
-            "convert_model_dtype": args.convert_model_dtype,
-            "placement": args.placement,
-            "preset": args.preset,
-            "levers": args.levers.as_dict(),
-            "cache_settings": cache_settings(args.levers.cache, ckpt_dir, (HIGH, LOW)) if args.levers.cache else None,
-            "preset_notes": args.preset_notes,
-            "t5_cpu": args.t5_cpu,
-            "device": args.device,
-        },
-    }
+def checked_flags(args: argparse.Namespace) -> tuple[dict[str, Any], TaskConfig]:
+    """The command line with --preset's defaults filled in, every flag checked against the task: torch-free,
+    so bad input fails in milliseconds."""
+    flags = with_defaults(vars(args))
+    config = load_task_config(flags["task"])
+    check_flags(flags, config)
+    return flags, config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -483,56 +330,44 @@ def run(args: argparse.Namespace) -> int:
     and samples; rank 0 decodes and writes. A failed rank aborts its process groups; the others' collectives
     end within ``--dist_timeout_s``.
     """
-    from wan import distributed
-    from wan.batch import write_outputs
-    from wan.levers.cache import counting_computed
-    from wan.lora import check_loras, lora_specs
-    from wan.video import claim_output
-
-    config = load_task_config(args.task)
     if args.ray is not None:
         raise ConfigError("--ray runs a batch: give --prompt_file (one prompt per line) and --save_dir")
-    check_flags(vars(args), config)
-    settings = settings_from_args(args, config)
-    timeout_s = distributed.DEFAULT_TIMEOUT_S if args.dist_timeout_s is None else args.dist_timeout_s
-    ctx = distributed.init_distributed(args.device, timeout_s=timeout_s)
+    flags, config = checked_flags(args)
+    seed = flags["base_seed"] if flags["base_seed"] >= 0 else random.randint(0, 2**31 - 1)
+    settings = settings_from_flags(flags, seed).resolved(config)
+    save_file = Path(args.save_file) if args.save_file else default_save_file(config, settings, args.save_dir)
+
+    from wan import distributed
+    from wan.batch import write_outputs
+    from wan.engine import build_engine
+    from wan.options import parallel_options, resolve_options
+    from wan.paths import claim_output
+    from wan.plan import build_plan
+
+    parallel = parallel_options(flags)
+    ctx = distributed.init_distributed(flags.get("device"), timeout_s=parallel.dist_timeout_s)
     with ExitStack() as stack:
         stack.enter_context(distributed.session(ctx))
+        settings.seed = distributed.broadcast_seed(settings.seed, ctx)
+        plan = build_plan(settings, config)
         distributed.validate(
             ctx,
-            ulysses_size=args.ulysses_size,
-            cfg_parallel=args.cfg_parallel,
-            dit_fsdp=args.dit_fsdp,
-            t5_fsdp=args.t5_fsdp,
-            t5_cpu=args.t5_cpu,
-            tokens=distributed.token_counts(config, settings),
+            ulysses_size=parallel.ulysses_size,
+            cfg_parallel=parallel.cfg_parallel,
+            dit_fsdp=parallel.dit_fsdp,
+            t5_fsdp=parallel.t5_fsdp,
+            t5_cpu=bool(flags.get("t5_cpu")),
+            tokens=plan.sequence_lengths,
         )
-        settings.seed = distributed.broadcast_seed(settings.seed, ctx)
-        save_file = Path(args.save_file) if args.save_file else default_save_file(config, settings, args.save_dir)
-        ckpt_dir = resolve_ckpt_dir(args, config)
-        loras = check_loras(lora_specs(vars(args)))
-        resolve_device(args, ctx.local_rank)
+        options = resolve_options(flags, local_rank=ctx.local_rank)
         if distributed.is_main(ctx) and not stack.enter_context(claim_output(save_file)):
             raise ConfigError(f"--save_file {save_file}: another run is writing it now; choose another name")
-        pipe, load_timings = load_pipeline(args, config, ckpt_dir, [settings], loras)
-        distributed.parallelize(
-            pipe,
-            ctx,
-            ulysses_size=args.ulysses_size,
-            cfg_parallel=args.cfg_parallel,
-            dit_fsdp=args.dit_fsdp,
-            t5_fsdp=args.t5_fsdp,
-            settings=settings,
-        )
-        with counting_computed(pipe) as computed:
-            result = distributed.generate(pipe, settings, ctx, progress=not args.quiet)
-        if distributed.is_main(ctx):
-            result.timings = {**load_timings, **result.timings}
-            context = sidecar_context(args, config, ckpt_dir, loras)
-            if computed:
-                context["computed_forwards"] = computed  # what the step cache ran of result.forwards
-            write_outputs(result, save_file, config.fps, context)
-            logger.info("saved %s (seed %d) in %.1f s", save_file, settings.seed, sum(result.timings.values()))
+        engine = build_engine(options, [plan], ctx)
+        result = engine.generate(plan, progress=not args.quiet)
+        if engine.is_main:
+            result.timings = {**engine.load_timings, **result.timings}
+            write_outputs(result, save_file, config.fps, engine.sidecar_context())
+            logger.info("saved %s (seed %d) in %.1f s", save_file, plan.settings.seed, sum(result.timings.values()))
             print(save_file)
     return 0
 
@@ -543,15 +378,18 @@ def run_batch(args: argparse.Namespace) -> int:
     Batch-level input errors (no prompt file, unwritable --save_dir, bad flags) raise ``ConfigError``
     before the model loads; under torchrun each rank takes every world_size-th item.
     """
-    from wan.batch import MANIFEST_NAME, BatchRunner, Manifest, check_writable_dir, plan_jobs, read_prompt_file, shard
-
-    config = load_task_config(args.task)
     if args.prompt is not None:
         raise ConfigError("--prompt and --prompt_file exclude each other; put every prompt in the file")
     if args.save_file is not None:
         raise ConfigError("--save_file names one video; with --prompt_file use --save_dir (and save_file per item)")
-    check_flags(vars(args), config)  # once, before any item: a bad flag is one line, not one per item
-    check_single_process(args)
+    flags, config = checked_flags(args)  # once, before any item: a bad flag is one line, not one per item
+    check_single_process(flags)
+
+    from wan.batch import MANIFEST_NAME, BatchRunner, Manifest, check_writable_dir, plan_jobs, read_prompt_file, shard
+    from wan.engine import build_engine, sidecar_context
+    from wan.options import resolve_options, torchrun_rank
+    from wan.plan import build_plan
+
     prompt_file = Path(args.prompt_file)
     items = read_prompt_file(prompt_file)
     save_dir = check_writable_dir(Path(args.save_dir or Path("outputs") / prompt_file.stem), "--save_dir")
@@ -561,17 +399,18 @@ def run_batch(args: argparse.Namespace) -> int:
         from wan.batch.manifest import BatchRecorder
         from wan.batch.ray import run_ray
 
-        jobs = plan_jobs(items, generation_flags(args), config, save_dir)
-        summary = run_ray(jobs, BatchRecorder(manifest, config), vars(args), prompt_file, progress=not args.quiet)
-        return report_batch(summary)
-    ckpt_dir = resolve_ckpt_dir(args, config)
+        jobs = plan_jobs(items, generation_flags(flags), config, save_dir)
+        return report_batch(run_ray(jobs, BatchRecorder(manifest, config), flags, prompt_file, progress=not args.quiet))
     rank, world_size, local_rank = torchrun_rank()
-    jobs = shard(plan_jobs(items, generation_flags(args), config, save_dir), rank, world_size)
-    resolve_device(args, local_rank)
-    context = {**sidecar_context(args, config, ckpt_dir), "prompt_file": str(prompt_file)}
+    options = resolve_options(flags, local_rank=local_rank)
+    jobs = shard(plan_jobs(items, generation_flags(flags), config, save_dir), rank, world_size)
+    context = {**sidecar_context(options), "prompt_file": str(prompt_file)}
     runner = BatchRunner(jobs, config, manifest, context, progress=not args.quiet and rank == 0)
-    runs = [j.settings for j in jobs if j.settings]
-    summary = runner.run(lambda loras: load_pipeline(args, config, ckpt_dir, runs, loras)[0])
+    runs = []
+    for job in jobs:
+        with suppress(ConfigError):  # an item whose schedule is refused fails alone, in the runner
+            runs.append(build_plan(job.settings, config)) if job.settings else None
+    summary = runner.run(lambda loras: build_engine(replace(options, loras=tuple(loras)), runs).pipe)
     return report_batch(summary)
 
 
@@ -597,6 +436,12 @@ def silence_library_progress() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error (a failed run, not an internal error); torch is not imported to ask."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
 def write_trace() -> Path:
     """The current exception's full trace, in a file the one-line error can point to."""
     with tempfile.NamedTemporaryFile("w", prefix="wan-generate-", suffix=".log", delete=False) as handle:
@@ -606,7 +451,6 @@ def write_trace() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    apply_preset_defaults(args)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.quiet:
         silence_library_progress()
@@ -621,22 +465,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_reporting_errors(args: argparse.Namespace) -> int:
     """The run's exit code; every error becomes one line on stderr (a traceback only with --debug)."""
-    import torch
-
-    from wan.batch import one_line
-    from wan.checkpoints import CheckpointError
-    from wan.distributed import DistributedRunError
-    from wan.text2video import NonFiniteLatentError
-
     try:
         return run_batch(args) if args.prompt_file is not None else run(args)
-    except (ConfigError, CheckpointError) as exc:  # bad input
+    except BAD_INPUT as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (NonFiniteLatentError, torch.cuda.OutOfMemoryError, OSError, DistributedRunError) as exc:  # a failed run
-        print(f"error: {one_line(exc) if isinstance(exc, torch.cuda.OutOfMemoryError) else exc}", file=sys.stderr)
+    except (NonFiniteLatentError, OSError, DistributedRunError) as exc:  # a failed run
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
+        if out_of_memory(exc):
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            return 1
         if args.debug:
             raise
         trace = write_trace()

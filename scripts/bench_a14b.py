@@ -59,15 +59,16 @@ from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, Wa
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel  # noqa: E402
 
 from wan.checkpoints import WanComponents  # noqa: E402
-from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
+from wan.config import HIGH, LOW, TaskConfig, load_task_config  # noqa: E402  # noqa: E402
+from wan.errors import ConfigError  # noqa: E402
 from wan.frames import latent_frame_count  # noqa: E402
-from wan.guidance import HIGH, LOW, StepPlan, plan_steps, route  # noqa: E402
 from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
 from wan.levers.attention import FLASH_4, SAGE  # noqa: E402
 from wan.levers.cache import counting_computed  # noqa: E402
 from wan.levers.compile import compile_seconds, reset_compiled  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
 from wan.placement import Placement, apply_placement, choose_placement  # noqa: E402
+from wan.plan import StepPlan, plan_steps, route  # noqa: E402
 from wan.settings import GenerationSettings  # noqa: E402
 from wan.solvers import make_scheduler  # noqa: E402
 from wan.text2video import GenerationResult, WanT2V  # noqa: E402
@@ -594,7 +595,7 @@ class Bench:
         self.reset_vae()
         for expert in self.experts.values():
             expert.reset_attention_backend()
-        for module in self.parts():
+        for module in self.components():
             module.to(self.device)
         pipeline = WanPipeline(
             tokenizer=self.tokenizer,
@@ -701,7 +702,7 @@ class Bench:
             expert.reset_attention_backend()
         start = now(self.device)
         if mode.placement in ("offload", "stream"):  # a real load leaves the weights in CPU memory
-            for module in self.parts():
+            for module in self.components():
                 module.to("cpu")
         else:  # built on the device; the placement decides where the text encoder waits
             for module in (self.vae, *self.experts.values()):

@@ -34,9 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_a14b import A14B_CONFIG, TINY_OVERRIDES, build_expert, now, peak_memory_gb, text_embeddings  # noqa: E402
 
 from wan.checkpoints import WanComponents  # noqa: E402
-from wan.config import load_task_config  # noqa: E402
+from wan.config import (  # noqa: E402
+    HIGH,
+    LOW,
+    load_task_config,  # noqa: E402
+)
 from wan.frames import latent_frame_count  # noqa: E402
-from wan.guidance import HIGH, LOW  # noqa: E402
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras  # noqa: E402
 from wan.placement import ModelOffload  # noqa: E402
 from wan.text2video import WanT2V  # noqa: E402

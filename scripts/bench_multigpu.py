@@ -66,7 +66,11 @@ from bench_a14b import (  # noqa: E402
 from wan import distributed  # noqa: E402
 from wan.cfg_parallel import use_parallel_config  # noqa: E402
 from wan.checkpoints import WanComponents  # noqa: E402
-from wan.config import load_task_config  # noqa: E402
+from wan.config import (  # noqa: E402
+    HIGH,
+    LOW,
+    load_task_config,  # noqa: E402
+)
 from wan.distributed import (  # noqa: E402
     DistContext,
     _mesh,
@@ -77,8 +81,9 @@ from wan.distributed import (  # noqa: E402
     validate,
 )
 from wan.frames import half_frame_count, latent_frame_count  # noqa: E402
-from wan.guidance import HIGH, LOW, StepPlan  # noqa: E402
-from wan.text2video import WanT2V, guided_velocity  # noqa: E402
+from wan.guidance import guided_velocity  # noqa: E402
+from wan.plan import StepPlan  # noqa: E402
+from wan.text2video import WanT2V  # noqa: E402
 
 logger = logging.getLogger("bench_multigpu")
 

@@ -26,7 +26,6 @@ from wan.batch.jobs import plan_jobs  # noqa: E402
 from wan.batch.manifest import MANIFEST_NAME, BatchRecorder, Manifest  # noqa: E402
 from wan.batch.prompt_file import read_prompt_file  # noqa: E402
 from wan.batch.ray import RayBatchRunner, connect, plan_workers, worker_flags  # noqa: E402
-from wan.config import load_task_config  # noqa: E402
 
 PROMPTS = [
     "a red square moving left",
@@ -54,12 +53,11 @@ class TimedRunner(RayBatchRunner):
         self.items.append((flight.start, time.perf_counter(), flight.worker.name))
 
 
-def measure(workers: int, known: argparse.Namespace, args: argparse.Namespace, config, folder: Path) -> dict:
+def measure(workers: int, known: argparse.Namespace, flags: dict, config, folder: Path) -> dict:
     prompts = folder / "prompts.txt"
     count = workers * known.items_per_worker
-    flags = vars(args)
     prompts.write_text("\n".join(f"{PROMPTS[i % len(PROMPTS)]} {i}" for i in range(count)) + "\n")
-    jobs = plan_jobs(read_prompt_file(prompts), generate.generation_flags(args), config, folder)
+    jobs = plan_jobs(read_prompt_file(prompts), generate.generation_flags(flags), config, folder)
     manifest = Manifest(folder / MANIFEST_NAME)
     plan = plan_workers(workers, flags.get("device"), known.threads)
     runner = TimedRunner(jobs, BatchRecorder(manifest, config), worker_flags(flags), str(prompts), plan, progress=False)
@@ -90,25 +88,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     known, rest = parser.parse_known_args()
     args = generate.build_parser().parse_args(["--frame_num", "5", "--sample_steps", "4", "--base_seed", "0", *rest])
-    generate.apply_preset_defaults(args)
     logging.basicConfig(level=logging.WARNING)
     generate.silence_library_progress()
-    config = load_task_config(args.task)
+    flags, config = generate.checked_flags(args)
     connect(known.ray, quiet=True)
     load_before = os.getloadavg()[0]
     runs = []
     for workers in known.workers:
         with tempfile.TemporaryDirectory(prefix="bench-ray-") as folder:
-            runs.append(measure(workers, known, args, config, Path(folder)))
+            runs.append(measure(workers, known, flags, config, Path(folder)))
     one = runs[0]["videos_per_minute"] / runs[0]["workers"]
     for run in runs:
         run["scaling"] = round(run["videos_per_minute"] / (one * run["workers"]), 3)  # 1.0 = W x one worker's
     result = {
         "command": " ".join(["python", "scripts/bench_ray.py", *sys.argv[1:]]),
         "task": config.task,
-        "frame_num": args.frame_num,
-        "sample_steps": args.sample_steps,
-        "size": args.size or config.default_size,
+        "frame_num": flags["frame_num"],
+        "sample_steps": flags["sample_steps"],
+        "size": flags["size"] or config.default_size,
         "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "cpus": os.cpu_count(),
         "runs": runs,

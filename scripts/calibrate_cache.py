@@ -27,9 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wan.config import ConfigError, load_task_config  # noqa: E402
+from wan.config import (  # noqa: E402
+    HIGH,
+    LOW,
+    load_task_config,  # noqa: E402
+)
+from wan.errors import ConfigError  # noqa: E402
 from wan.eval.metrics import compare_videos  # noqa: E402
-from wan.guidance import HIGH, LOW  # noqa: E402
 from wan.levers.cache import (  # noqa: E402
     CALIBRATION_FILE,
     DEFAULT_SEA_RUN,

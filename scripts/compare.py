@@ -39,12 +39,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wan.checkpoints import CheckpointError  # noqa: E402
-from wan.config import ConfigError, TaskConfig, load_task_config  # noqa: E402
+from wan.choices import (  # noqa: E402
+    COMPLETIONS,  # noqa: E402
+    PLAIN_HALF_FRAME_STEPS,
+    POSITIONS,
+)
+from wan.config import TaskConfig, load_task_config  # noqa: E402
+from wan.errors import (
+    CheckpointError,  # noqa: E402
+    ConfigError,  # noqa: E402
+)
 from wan.eval.metrics import compare_videos  # noqa: E402
 from wan.eval.motion import summarise_motion  # noqa: E402
-from wan.frames import COMPLETIONS  # noqa: E402
-from wan.half_frame import PLAIN_STEPS, POSITIONS  # noqa: E402
 from wan.levers import Levers, apply_levers, parse_levers  # noqa: E402
 from wan.levers.cache import counting_computed  # noqa: E402
 from wan.levers.presets import preset_generation_defaults, resolve_levers  # noqa: E402
@@ -56,7 +62,7 @@ logger = logging.getLogger("compare")
 
 PSNR_CAP = 100.0  # identical videos have infinite PSNR; JSON and means get this instead
 CFG_TRUNCATION = {"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3}
-PLAIN = {"half_frame": True, "half_frame_steps": PLAIN_STEPS}
+PLAIN = {"half_frame": True, "half_frame_steps": PLAIN_HALF_FRAME_STEPS}
 MODES: dict[str, dict] = {
     "baseline": {},
     "half_default": {"half_frame": True},

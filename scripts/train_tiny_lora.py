@@ -36,9 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_tiny, when imp
 
 from train_tiny import NUM_TRAIN_TIMESTEPS, boundary_uniform, sigma_from_uniform  # noqa: E402
 
-from wan.config import load_task_config  # noqa: E402
+from wan.config import (  # noqa: E402
+    HIGH,
+    LOW,
+    load_task_config,  # noqa: E402
+)
 from wan.eval.tiny_world import BACKGROUND, held_out_prompts, render_scenes, sample_scene  # noqa: E402
-from wan.guidance import HIGH, LOW  # noqa: E402
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras  # noqa: E402
 from wan.settings import GenerationSettings  # noqa: E402
 from wan.text2video import WanT2V  # noqa: E402
@@ -69,7 +72,7 @@ def add_shared_lora(high: torch.nn.Module, low: torch.nn.Module, rank: int) -> l
 @torch.no_grad()
 def encode_clips(pipe: WanT2V, count: int, frames: int, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """Normalised latents [N, C, T, h, w] of blue-background train clips, and their captions."""
-    vae = pipe.parts.vae
+    vae = pipe.components.vae
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     rng = random.Random(seed)

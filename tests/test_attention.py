@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import as_components
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.levers import Levers, apply_levers
 from wan.levers import attention as attention_lever
 from wan.settings import GenerationSettings

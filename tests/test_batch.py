@@ -24,9 +24,9 @@ from tiny_models import CAPTIONS
 
 import generate
 import wan.outputs
-from wan import text2video
+from wan import engine, guidance
 from wan.batch.manifest import Manifest
-from wan.guidance import LOW
+from wan.config import LOW
 from wan.outputs import sidecar_path
 from wan.text2video import WanT2V
 from wan.video import read_video
@@ -235,7 +235,7 @@ def test_clip_mp4_and_clip_png_keep_their_own_sidecars(cli, tmp_path, monkeypatc
     assert generate.main(args) == 0
     assert json.loads((out / "clip.mp4.json").read_text())["save_file"] == str(out / "clip.mp4")
     assert json.loads((out / "clip.png.json").read_text())["save_file"] == str(out / "clip.png")
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("both are complete: nothing to make"))
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("both are complete: nothing to make"))
     assert generate.main(args) == 0
     assert [r["status"] for r in manifest(out)] == ["done", "done", "skipped", "skipped"]
 
@@ -243,7 +243,7 @@ def test_clip_mp4_and_clip_png_keep_their_own_sidecars(cli, tmp_path, monkeypatc
 # ----------------------------------------------------------------------------------- failures in the loop
 def test_nan_and_out_of_memory_are_recorded_per_item(cli, tmp_path, monkeypatch):
     """NaN from the low-noise expert on 48*32 items, out of memory on 9-frame items; the rest complete."""
-    original = text2video.call_expert
+    original = guidance.call_expert
 
     def faulty(expert, branch, hidden, timestep, context, plan):
         if hidden.shape[2] == 3:
@@ -251,7 +251,7 @@ def test_nan_and_out_of_memory_are_recorded_per_item(cli, tmp_path, monkeypatch)
         out = original(expert, branch, hidden, timestep, context, plan)
         return out * float("nan") if hidden.shape[-1] == 48 // 8 and plan.expert == LOW else out
 
-    monkeypatch.setattr(text2video, "call_expert", faulty)
+    monkeypatch.setattr(guidance, "call_expert", faulty)
     lines = [
         '{"prompt": "a red square moving left", "size": "48*32"}',
         '{"prompt": "a red square moving left", "frame_num": 9}',
@@ -315,7 +315,7 @@ def test_write_errors_keep_finished_items(cli, tmp_path, monkeypatch, capsys, co
     ],
 )
 def test_batch_input_errors_exit_2_before_loading(cli, tmp_path, monkeypatch, capsys, change, message):
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
     args = cli(CAPTIONS[:2])
     prompts = tmp_path / "prompts.txt"
     if change == "missing_prompt_file":

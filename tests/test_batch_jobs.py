@@ -11,7 +11,7 @@ from tiny_models import lora_tensors, random_lora
 import generate
 from wan.batch.jobs import item_seed, plan_jobs
 from wan.batch.prompt_file import ITEM_FLAGS, parse_item
-from wan.guidance import HIGH, LOW
+from wan.config import HIGH, LOW
 
 
 def test_huge_base_seed_gives_valid_item_seeds():
@@ -50,7 +50,7 @@ def test_items_take_every_generation_flag(tmp_path, test_config, parts):
         "save_file": "sub/a.png",
     }
     assert set(item) - {"seed"} == set(ITEM_FLAGS) - {"base_seed"}
-    defaults = generate.generation_flags(generate.build_parser().parse_args([]))
+    defaults = generate.generation_flags(vars(generate.build_parser().parse_args([])))
     (job,) = plan_jobs([parse_item(0, 1, json.dumps(item))], defaults, test_config, tmp_path)
     assert job.error is None and job.output == tmp_path / "sub" / "a.png"
     assert [(f.spec.scale, f.spec.experts) for f in job.loras] == [(0.5, (HIGH, LOW)), (1.0, (HIGH,)), (1.0, (HIGH,))]
@@ -75,7 +75,7 @@ def test_items_take_every_generation_flag(tmp_path, test_config, parts):
 
 
 def test_two_items_cannot_share_an_output(tmp_path, test_config):
-    defaults = generate.generation_flags(generate.build_parser().parse_args([]))
+    defaults = generate.generation_flags(vars(generate.build_parser().parse_args([])))
     items = [parse_item(i, i + 1, '{"prompt": "x", "save_file": "a.mp4"}') for i in range(2)]
     first, second = plan_jobs(items, defaults, test_config, tmp_path)
     assert first.error is None and "is already item 0's output" in second.error

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wan.batch.prompt_file import item_flags, read_prompt_file
-from wan.config import ConfigError
+from wan.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import UMT5Config
 
-from wan.guidance import HIGH, LOW, plan_steps
+from wan.config import HIGH, LOW
 from wan.levers.presets import PRESETS
+from wan.plan import plan_steps
 from wan.solvers import make_scheduler
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_a14b.py"

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import calibrate_cache  # noqa: E402
 
-from wan.config import ConfigError  # noqa: E402
+from wan.errors import ConfigError  # noqa: E402
 from wan.levers.cache import CALIBRATION_FILE, CacheSpec, cache_settings, expert_settings, read_calibration  # noqa: E402
 
 

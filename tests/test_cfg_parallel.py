@@ -20,19 +20,17 @@ from tiny_models import TinyParts, tiny_parts
 from torch.distributed import distributed_c10d as c10d
 
 from wan.cfg_parallel import CfgParallelVelocity
-from wan.config import ConfigError
+from wan.config import HIGH, LOW
 from wan.distributed import (
     DEFAULT_TIMEOUT_S,
     DistContext,
-    DistributedRunError,
     broadcast_seed,
-    generate,
     init_distributed,
     parallelize,
     session,
     validate,
 )
-from wan.guidance import HIGH, LOW
+from wan.errors import ConfigError, DistributedRunError
 from wan.settings import GenerationSettings
 
 RUNS = {
@@ -60,7 +58,7 @@ def _worker(rank: int, world: int, port: int, config, parts: TinyParts, out_path
     results = {}
     with session(ctx):
         pipe = make_pipe(config, parts)
-        parallelize(pipe, ctx, cfg_parallel=True, settings=run_settings("half"))
+        parallelize(pipe, ctx, cfg_parallel=True, plan=pipe.plan(run_settings("half")))
         velocity = pipe.velocity
         context = pipe.encode_text([PROMPT, config.negative_prompt])
         for name in RUNS:
@@ -69,8 +67,8 @@ def _worker(rank: int, world: int, port: int, config, parts: TinyParts, out_path
         results["configs"] = (velocity.group_config, velocity.world_config)
         results["cfg_rank"] = velocity.cfg_rank
         pipe = make_pipe(config, parts)
-        parallelize(pipe, ctx, cfg_parallel=True, dit_fsdp=True, t5_fsdp=True, settings=run_settings("half"))
-        result = generate(pipe, run_settings("half_truncated"), ctx, progress=False)
+        parallelize(pipe, ctx, cfg_parallel=True, dit_fsdp=True, t5_fsdp=True, plan=pipe.plan(run_settings("half")))
+        result = pipe.generate(run_settings("half_truncated"), progress=False, decode=ctx.rank == 0)
         results["fsdp_latents"], results["fsdp_video"] = result.latents, result.video
         results["timeouts"] = {
             group._get_backend(torch.device("cpu")).options._timeout.total_seconds() for group in c10d._world.pg_map
@@ -94,7 +92,7 @@ def test_cfg_parallel_matches_one_process(test_config, tmp_path):
     pipe = make_pipe(test_config, parts)
     context = pipe.encode_text([PROMPT, test_config.negative_prompt])
     expected = {name: pipe.sample(run_settings(name), context[:1], context[1:], progress=False) for name in RUNS}
-    single = generate(pipe, run_settings("half_truncated"), DistContext(), progress=False)
+    single = pipe.generate(run_settings("half_truncated"), progress=False)
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]
 
     assert [r["cfg_rank"] for r in ranks] == [0, 1]  # one rank per branch

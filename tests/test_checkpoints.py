@@ -16,7 +16,6 @@ from tiny_models import save_diffusers_layout, save_official_layout, tiny_parts_
 from transformers import UMT5EncoderModel
 
 from wan.checkpoints import (
-    CheckpointError,
     detect_layout,
     load_components,
     transformer_config_from_wan,
@@ -24,6 +23,7 @@ from wan.checkpoints import (
     umt5_hf_to_wan,
     umt5_wan_to_hf,
 )
+from wan.errors import CheckpointError
 
 PARTS = ("text_encoder", "vae", "high_noise_model", "low_noise_model")
 PROMPT = "a red square moving left and a blue circle moving right"

@@ -16,17 +16,17 @@ import torch
 import torch.multiprocessing as mp
 from tiny_models import TinyParts, as_components, tiny_parts
 
-from wan.config import ConfigError, load_task_config
+from wan.config import load_task_config
 from wan.distributed import (
     DistContext,
     broadcast_seed,
-    generate,
     init_distributed,
     is_main,
     parallelize,
-    token_counts,
     validate,
 )
+from wan.errors import ConfigError
+from wan.plan import build_plan
 from wan.settings import GenerationSettings
 from wan.text2video import WanT2V
 
@@ -66,7 +66,7 @@ def test_single_process_without_torchrun(monkeypatch):
 def test_parallelize_is_a_no_op_on_one_process(test_config):
     pipe = make_pipe(test_config)
     before = {k: v.clone() for k, v in pipe.experts["high_noise"].state_dict().items()}
-    parallelize(pipe, DistContext(), settings=settings(half_frame=True))
+    parallelize(pipe, DistContext(), plan=pipe.plan(settings(half_frame=True)))
     assert pipe.experts["high_noise"]._parallel_config is None
     after = pipe.experts["high_noise"].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -102,10 +102,10 @@ def test_parallelize_checks_heads_and_tokens(test_config):
     with pytest.raises(ConfigError, match="attention heads"):
         parallelize(pipe, two_ranks(4), ulysses_size=4)
     odd = dataclasses.replace(test_config, sizes=("48*16",))  # 3 latent frames x 3 = 9 tokens
+    odd_pipe = make_pipe(odd)
+    plan = odd_pipe.plan(dataclasses.replace(settings(), size="48*16"))
     with pytest.raises(ConfigError, match="sequence length 9"):
-        parallelize(
-            make_pipe(odd), two_ranks(2), ulysses_size=2, settings=dataclasses.replace(settings(), size="48*16")
-        )
+        parallelize(odd_pipe, two_ranks(2), ulysses_size=2, plan=plan)
 
 
 @pytest.mark.parametrize("flags", [{"ulysses_size": 2}, {"cfg_parallel": True}, {"dit_fsdp": True}])
@@ -120,13 +120,17 @@ def test_step_caching_is_refused_where_ranks_share_a_forward(test_config, flags)
     parallelize(pipe, DistContext())  # one process: caching stays a single-GPU lever
 
 
-def test_token_counts_of_a14b():
+def test_sequence_lengths_of_a14b_divide_by_the_ulysses_sizes():
     """The design's claim: 480p/720p at 81 frames and their half-frame lengths divide by 2, 4 and 8."""
     config = load_task_config("t2v-A14B")
-    assert token_counts(config, GenerationSettings(prompt="x", size="832*480")) == (32760,)
-    assert token_counts(config, GenerationSettings(prompt="x", size="832*480", half_frame=True)) == (32760, 17160)
+
+    def lengths(**kw) -> tuple[int, ...]:
+        return build_plan(GenerationSettings(prompt="x", **kw), config).sequence_lengths
+
+    assert lengths(size="832*480") == (32760,)
+    assert lengths(size="832*480", half_frame=True) == (32760, 17160)
     for size in config.sizes:
-        counts = token_counts(config, GenerationSettings(prompt="x", size=size, half_frame=True))
+        counts = lengths(size=size, half_frame=True)
         for ulysses in (2, 4, 8):
             validate(two_ranks(8), ulysses_size=ulysses, num_heads=40, tokens=counts)
 
@@ -150,14 +154,14 @@ def _worker(rank: int, world: int, port: int, config, parts: TinyParts, out_path
     results = {"seed": broadcast_seed(100 + rank, ctx)}
     try:
         pipe = make_pipe(config, parts)
-        parallelize(pipe, ctx, ulysses_size=2, settings=settings(half_frame=True))
+        parallelize(pipe, ctx, ulysses_size=2, plan=pipe.plan(settings(half_frame=True)))
         context = pipe.encode_text([PROMPT, config.negative_prompt])
         for half in (False, True):
             sampled = pipe.sample(settings(half), context[:1], context[1:], progress=False)
             results[f"ulysses_half{half}"] = sampled.latents
         pipe = make_pipe(config, parts)
-        parallelize(pipe, ctx, ulysses_size=2, dit_fsdp=True, t5_fsdp=True, settings=settings(half_frame=True))
-        result = generate(pipe, settings(half_frame=True), ctx, progress=False)
+        parallelize(pipe, ctx, ulysses_size=2, dit_fsdp=True, t5_fsdp=True, plan=pipe.plan(settings(half_frame=True)))
+        result = pipe.generate(settings(half_frame=True), progress=False, decode=ctx.rank == 0)
         results["fsdp_latents"], results["fsdp_video"] = result.latents, result.video
         torch.save(results, f"{out_path}.{rank}")
     finally:
@@ -171,7 +175,7 @@ def test_two_cpu_ranks_match_one_process(test_config, tmp_path):
     pipe = make_pipe(test_config, parts)
     context = pipe.encode_text([PROMPT, test_config.negative_prompt])
     expected = {half: pipe.sample(settings(half), context[:1], context[1:], progress=False) for half in (False, True)}
-    single = generate(pipe, settings(half_frame=True), DistContext(), progress=False)
+    single = pipe.generate(settings(half_frame=True), progress=False)
     torch.testing.assert_close(single.latents, expected[True].latents, rtol=0, atol=0)
     assert {"text_encoding", "high_noise", "low_noise", "completion", "vae_decode"} <= single.timings.keys()
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]

@@ -5,7 +5,7 @@ import torch
 from tiny_models import tiny_parts
 
 import generate
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.levers import Levers, apply_levers, parse_levers
 from wan.levers.fp8 import fp8_layer_names, quantize_experts_fp8
 from wan.levers.presets import HARDWARE_CHECKS, resolve_levers

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.frames import (
     complete_frames,
     complete_interpolate,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from diffusers.models.activations import GELU
 from test_fusion import forward
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.levers import gelu_epilogue
 from wan.levers.presets import HARDWARE_CHECKS, resolve_levers
 

@@ -15,10 +15,11 @@ import pytest
 
 import generate
 import wan.video
-from wan import text2video
+from wan import engine, guidance
 from wan.outputs import sidecar_path
+from wan.paths import claim_output
 from wan.settings import GenerationSettings
-from wan.video import claim_output, read_video
+from wan.video import read_video
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a red square moving left"
@@ -88,8 +89,8 @@ def test_png_grid_with_a_task_file_and_its_own_checkpoint(common, ckpt, task_fil
 
 
 def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
-    original = text2video.call_expert
-    monkeypatch.setattr(text2video, "call_expert", lambda *args: original(*args) * float("nan"))
+    original = guidance.call_expert
+    monkeypatch.setattr(guidance, "call_expert", lambda *args: original(*args) * float("nan"))
     assert generate.main([*base, "--save_file", str(tmp_path / "a.mp4")]) == 1
     err = capsys.readouterr().err
     assert err == "error: NaN/Inf in the latent at step 0 (high_noise expert); try another seed or dtype\n"
@@ -118,7 +119,7 @@ def test_nan_is_one_line_with_its_step(base, tmp_path, monkeypatch, capsys):
     ],
 )
 def test_bad_input_is_exit_2_one_line_no_output(common, base, tmp_path, monkeypatch, capsys, flags, message):
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "FILE").write_text("")
     args = [*common, "--save_file", "out.mp4"] if flags is None else [*base, "--save_file", "out.mp4", *flags]
@@ -180,7 +181,7 @@ def test_default_names_are_unique_and_claimed(base, tmp_path, capsys, monkeypatc
     settings = GenerationSettings(prompt=PROMPT, size="128*128")
     names = {generate.default_save_file(config, settings, str(tmp_path)) for _ in range(100)}
     assert len(names) == 100  # same prompt, same second
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
     video = tmp_path / "a.mp4"
     with claim_output(video):  # another run is writing a.mp4
         assert generate.main([*base, "--save_file", str(video)]) == 2

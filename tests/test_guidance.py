@@ -1,81 +1,8 @@
-import pytest
+"""wan.guidance: classifier-free guidance's combination of the two passes."""
+
 import torch
 
-from wan.config import ConfigError
-from wan.guidance import HIGH, LOW, apply_cfg, plan_steps, route
-from wan.solvers import make_scheduler
-
-
-def a14b_timesteps(steps: int = 40, shift: float = 12.0) -> list[float]:
-    scheduler = make_scheduler("unipc", shift)
-    scheduler.set_timesteps(steps)
-    return scheduler.timesteps.tolist()
-
-
-def plan(**kw):
-    return plan_steps(a14b_timesteps(), boundary=0.875, guide_scale_high=4.0, guide_scale_low=3.0, **kw)
-
-
-def test_router_boundary():
-    assert route(875, 0.875) == HIGH
-    assert route(874.9, 0.875) == LOW
-    assert route(999, 0.875) == HIGH
-
-
-def test_released_schedule_splits_26_high_14_low():
-    plans = plan()
-    experts = [p.expert for p in plans]
-    assert experts == [HIGH] * 26 + [LOW] * 14
-    assert {p.guide_scale for p in plans if p.expert == HIGH} == {4.0}
-    assert {p.guide_scale for p in plans if p.expert == LOW} == {3.0}
-    assert sum(p.forwards for p in plans) == 80
-
-
-def test_every_plan_knows_its_sigma_and_the_step_count():
-    """Cache hooks read them from the cache context (SeaCache's filter needs the exact sigma)."""
-    scheduler = make_scheduler("unipc", 12.0)
-    scheduler.set_timesteps(40)
-    sigmas = scheduler.sigmas.tolist()
-    plans = plan(sigmas=sigmas)
-    assert [p.steps for p in plans] == [40] * 40 and [p.sigma for p in plans] == sigmas[:-1]
-    assert all(abs(p.sigma - s) < 2e-3 for p, s in zip(plan(), sigmas, strict=False))  # timestep / 1000 without
-
-
-def test_cfg_truncation_marks_exactly_the_chosen_steps():
-    plans = plan(cfg_truncate_steps=5, cfg_truncate_high_noise_steps=3)
-    cond_only = [p.index for p in plans if not p.use_cfg]
-    assert cond_only == [23, 24, 25, 35, 36, 37, 38, 39]
-    assert sum(p.forwards for p in plans) == 80 - 8
-
-
-def test_overlapping_truncations_count_once():
-    plans = plan_steps(
-        [999, 990, 900, 500],
-        boundary=0.875,
-        guide_scale_high=4,
-        guide_scale_low=3,
-        cfg_truncate_steps=2,
-        cfg_truncate_high_noise_steps=1,
-    )
-    assert [p.use_cfg for p in plans] == [True, True, False, False]
-
-
-def test_guide_scale_one_means_cond_only():
-    plans = plan_steps([999, 500], boundary=0.875, guide_scale_high=1.0, guide_scale_low=3.0)
-    assert [p.use_cfg for p in plans] == [False, True]
-
-
-@pytest.mark.parametrize(
-    ("kw", "message"),
-    [
-        ({"cfg_truncate_steps": 41}, "exceeds the 40 sampling steps"),
-        ({"cfg_truncate_high_noise_steps": 27}, "exceeds the 26 high-noise steps"),
-        ({"cfg_truncate_steps": -1}, ">= 0"),
-    ],
-)
-def test_bad_truncation_is_refused(kw, message):
-    with pytest.raises(ConfigError, match=message):
-        plan(**kw)
+from wan.guidance import apply_cfg
 
 
 def test_apply_cfg_formula():

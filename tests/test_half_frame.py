@@ -2,12 +2,11 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-from wan.config import ConfigError
-from wan.guidance import HIGH, LOW
+from wan.config import HIGH, LOW
+from wan.errors import ConfigError
 from wan.half_frame import (
     HalfFramePlan,
     Window,
-    default_steps,
     dit_tokens,
     downsample_renoise,
     frame_counts,
@@ -47,12 +46,6 @@ def test_frame_counts_half_inside_the_window_only():
 def test_frame_counts_refuse_low_noise_or_no_switch(window, experts):
     with pytest.raises(ConfigError):
         frame_counts(window, experts, 9)
-
-
-def test_default_steps_scale_with_the_step_count():
-    assert default_steps(40) == "0:2"
-    assert default_steps(80) == "0:4"
-    assert default_steps(3) == "0:1"
 
 
 def test_tokens_of_the_released_schedule():

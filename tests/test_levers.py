@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_models import as_components
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.levers import Levers, apply_levers, attention
 from wan.levers.cache import (
     CALIBRATION_FILE,

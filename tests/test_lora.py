@@ -13,10 +13,12 @@ from safetensors.torch import save_file
 from tiny_models import LORA_LAYERS, lora_metadata, lora_tensors, random_lora
 
 import generate
-from wan.config import ConfigError, load_task_config
-from wan.guidance import HIGH, LOW, plan_steps
+from wan import engine
+from wan.config import HIGH, LOW, load_task_config
+from wan.errors import ConfigError
 from wan.lora import BOTH, LoraSpec, apply_loras, check_loras, lora_record, lora_specs, parse_lora_arg
 from wan.outputs import sidecar_path
+from wan.plan import plan_steps
 from wan.settings import GenerationSettings
 from wan.solvers import make_scheduler
 from wan.text2video import WanT2V
@@ -248,7 +250,7 @@ def test_cli_lora_high_lands_in_the_sidecar(cli, tiny_lora, tmp_path):
 
 
 def test_cli_missing_lora_is_exit_2_before_loading(cli, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
     assert generate.main([*cli, "--save_file", str(tmp_path / "a.mp4"), "--lora", "nope.safetensors:2"]) == 2
     err = capsys.readouterr().err
     assert err == (
@@ -272,8 +274,8 @@ def test_batch_groups_items_by_lora_and_resume_compares_them(cli, tiny_lora, tmp
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(lines) + "\n")
     args = [*cli[:-2], "--prompt_file", str(prompts), "--save_dir", str(tmp_path / "out")]
-    loads, original = [], generate.load_pipeline
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: (loads.append(1), original(*a))[1])
+    loads, original = [], engine.build_engine
+    monkeypatch.setattr(engine, "build_engine", lambda *a: (loads.append(1), original(*a))[1])
     assert generate.main(args) == 1  # the LoRA for block 7 fails its item only
     records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert [r["index"] for r in records if r["status"] == "done"] == [0, 2, 1, 3]

@@ -7,7 +7,7 @@ import torch
 from tiny_models import as_components
 
 from wan import placement
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.placement import BlockStream, ModelOffload, Placement, Resident, apply_placement, choose_placement
 from wan.settings import GenerationSettings
 from wan.text2video import WanT2V
@@ -90,8 +90,8 @@ def test_offload_estimate_is_the_largest_part_with_its_working_set(test_config, 
     dim = config.num_attention_heads * config.attention_head_dim
     working = placement.dit_activation_bytes(64, dim, config.ffn_dim)
     expert = placement.module_bytes(pipe.experts["high_noise"]) + working
-    decode = placement.module_bytes(pipe.parts.vae) + placement.vae_decode_bytes(9, 32, 32, tiled=False)
-    text = placement.module_bytes(pipe.parts.text_encoder) * 1.1
+    decode = placement.module_bytes(pipe.components.vae) + placement.vae_decode_bytes(9, 32, 32, tiled=False)
+    text = placement.module_bytes(pipe.components.text_encoder) * 1.1
     assert placement.offload_peak_bytes(pipe, 64, 9, 32, 32) == int(max(expert, decode, text))
     assert placement.offload_peak_bytes(pipe, 64, 9, 32, 32) < placement.resident_peak_bytes(
         pipe, 64, 9, 32, 32, with_text_encoder=False

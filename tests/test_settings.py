@@ -1,11 +1,10 @@
 """wan.settings: a video's settings filled from the task config, then checked as a whole."""
 
-import dataclasses
 
 import pytest
 
-from wan.config import ConfigError
-from wan.half_frame import default_steps
+from wan.choices import PLAIN_HALF_FRAME_STEPS
+from wan.errors import ConfigError
 from wan.settings import GenerationSettings, check_settings
 
 
@@ -16,14 +15,8 @@ def test_unset_fields_come_from_the_task_config(test_config):
     assert (s.sample_steps, s.sample_shift) == (c.sample_steps, c.sample_shift)
     assert (s.guide_scale_high, s.guide_scale_low) == (c.guide_scale_high, c.guide_scale_low)
     assert s.negative_prompt == c.negative_prompt
-    assert s.half_frame_steps == default_steps(c.sample_steps)
+    assert s.half_frame_steps == PLAIN_HALF_FRAME_STEPS
     assert GenerationSettings(prompt="x", size="48*32").resolved(test_config).size == "48*32"  # given values stay
-
-
-def test_a_half_frame_plan_without_low_noise_steps_is_refused(test_config):
-    config = dataclasses.replace(test_config, boundary=0.0)  # every step goes to the high-noise expert
-    with pytest.raises(ConfigError, match="half-frame generation needs low-noise steps"):
-        GenerationSettings(prompt="x", half_frame=True).resolved(config)
 
 
 def test_a_video_larger_than_memory_is_refused(test_config, monkeypatch):

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from wan.config import load_task_config
+from wan.config import HIGH, LOW, load_task_config
 from wan.frames import latent_frame_count
-from wan.guidance import HIGH, LOW
 from wan.settings import GenerationSettings
 from wan.text2video import WanT2V
 
@@ -19,7 +18,7 @@ def pipe():
 
 def test_shipped_checkpoint_is_the_default_and_loads(pipe):
     assert CONFIG.task == load_task_config().task
-    assert pipe.parts.layout == "diffusers"
+    assert pipe.components.layout == "diffusers"
     assert all(e.dtype == torch.float32 for e in pipe.experts.values())  # fp16 on disk, fp32 on the CPU
 
 

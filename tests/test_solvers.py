@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from wan.config import ConfigError
+from wan.choices import SOLVERS
+from wan.errors import ConfigError
 from wan.frames import complete_repeat
-from wan.solvers import SOLVERS, complete_history, make_scheduler, restart_history, step_sigmas
+from wan.solvers import complete_history, make_scheduler, restart_history, step_sigmas
 
 
 @pytest.mark.parametrize("solver", SOLVERS)

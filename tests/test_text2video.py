@@ -4,10 +4,10 @@ import pytest
 import torch
 from tiny_models import CAPTIONS, as_components, wan_pipeline
 
-from wan.config import ConfigError
-from wan.guidance import HIGH, LOW
+from wan.config import HIGH, LOW
+from wan.errors import ConfigError, NonFiniteLatentError
 from wan.settings import GenerationSettings
-from wan.text2video import NonFiniteLatentError, WanT2V
+from wan.text2video import WanT2V
 
 PROMPT = "a red square moving left"
 
@@ -97,7 +97,7 @@ def test_half_frame_window_runs_full_half_full(pipe, positions):
 
 def test_stride2_positions_change_the_video_and_default_window_is_recorded(pipe):
     plain = run(pipe, half_frame=True)
-    assert plain.settings.half_frame_steps == "0:1"  # 0:2 of 40 steps, scaled to the test's 12
+    assert plain.settings.half_frame_steps == "0:"  # the flag alone: every high-noise step at half frames
     strided = run(pipe, half_frame=True, half_frame_positions="stride2")
     assert not torch.equal(plain.video, strided.video)
 
@@ -167,8 +167,8 @@ def test_bad_settings_are_refused(pipe, kw, message):
 
 def test_size_not_divisible_by_patch_is_refused(parts, test_config, pipe):
     """The checkpoint's patch size counts, even where the task config says another."""
-    odd = WanT2V(dataclasses.replace(test_config, sizes=("40*32",), patch_size=(1, 1, 1)), pipe.parts)
-    with pytest.raises(ConfigError, match="multiple of 16 in width"):
+    odd = WanT2V(dataclasses.replace(test_config, sizes=("40*32",), patch_size=(1, 1, 1)), pipe.components)
+    with pytest.raises(ConfigError, match="multiples of 16 wide"):
         run(odd, size="40*32")
 
 

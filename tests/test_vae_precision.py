@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_models import as_components
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.levers import Levers, apply_levers, parse_levers
 from wan.levers.presets import resolve_levers
 from wan.text2video import WanT2V
@@ -29,7 +29,7 @@ def test_a_bfloat16_decode_stays_close_and_float32_is_unchanged(test_config, par
     assert torch.equal(same.decode(latents), reference)
     bf16 = pipe(test_config, parts)
     apply_levers(bf16, Levers(vae_dtype="bfloat16"))
-    assert bf16.parts.vae.dtype == torch.bfloat16
+    assert bf16.components.vae.dtype == torch.bfloat16
     video = bf16.decode(latents)
     assert video.dtype == torch.float32 and video.shape == reference.shape
     assert 0 < (video - reference).abs().max() < 0.1  # rounded differently, not another picture

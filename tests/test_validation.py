@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import generate
+from wan import engine
 from wan.batch.jobs import plan_jobs
 from wan.batch.prompt_file import parse_item
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.settings import GenerationSettings
 from wan.validation import RULES, SEED_MAX, check_flags, max_frame_num
 
@@ -83,7 +84,7 @@ BATCH: list[tuple[list[str], str]] = [
 @pytest.fixture
 def cli(task_file, ckpt, tmp_path, monkeypatch):
     """A valid command line in an empty folder (plus FILE and DIR.mp4 to misuse); the model must not load."""
-    monkeypatch.setattr(generate, "load_pipeline", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answers on a GPU machine
     monkeypatch.chdir(tmp_path)
     (tmp_path / "FILE").write_text("")
@@ -137,7 +138,7 @@ def test_internal_error_is_one_line_with_the_trace_file(cli, tmp_path, capsys, m
     def broken(*args):
         raise TypeError("boom")
 
-    monkeypatch.setattr(generate, "load_pipeline", broken)
+    monkeypatch.setattr(engine, "build_engine", broken)
     assert main([*cli, "--save_file", "a.mp4"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: internal error (TypeError: boom); full trace in ") and err.count("\n") == 1
@@ -183,7 +184,7 @@ ITEMS: list[tuple[str, str]] = [
 
 @pytest.mark.parametrize(("line", "fragment"), ITEMS, ids=[line for line, _ in ITEMS])
 def test_hostile_item_fails_alone_naming_the_flag(line, fragment, tmp_path):
-    defaults = generate.generation_flags(generate.build_parser().parse_args([]))
+    defaults = generate.generation_flags(vars(generate.build_parser().parse_args([])))
     items = [parse_item(0, 1, line), parse_item(1, 2, "a cat")]
     bad, good = plan_jobs(items, defaults, generate.load_task_config("t2v-tiny"), tmp_path)
     assert bad.error is not None and fragment in bad.error, bad.error
@@ -191,7 +192,7 @@ def test_hostile_item_fails_alone_naming_the_flag(line, fragment, tmp_path):
 
 
 def test_names_that_differ_only_in_case_are_one_output(tmp_path):
-    defaults = generate.generation_flags(generate.build_parser().parse_args([]))
+    defaults = generate.generation_flags(vars(generate.build_parser().parse_args([])))
     items = [
         parse_item(i, i + 1, json.dumps({"prompt": "x", "save_file": name}))
         for i, name in enumerate(["a.mp4", "A.MP4"])

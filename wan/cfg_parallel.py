@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from wan.guidance import StepPlan, apply_cfg
-from wan.text2video import call_expert
+from wan.guidance import apply_cfg, call_expert
+from wan.plan import StepPlan
 
 COND, UNCOND = 0, 1
 """CFG-group index of the conditional and the unconditional pass (the group's coordinate on the "cfg" mesh dim)."""

@@ -37,6 +37,8 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
 
+from wan.errors import CheckpointError
+
 logger = logging.getLogger(__name__)
 
 OFFICIAL_EXPERTS = ("high_noise_model", "low_noise_model")
@@ -49,14 +51,6 @@ WEIGHTS_STEM = "diffusion_pytorch_model"  # official experts and diffusers model
 TEXT_ENCODER_STEM = "model"  # transformers models
 DEFAULT_TEXT_DIM = 4096  # umT5-xxl d_model; official expert configs do not record it
 UMT5_MAX_DISTANCE = 128  # fixed in Wan's T5; not stored in the .pth
-
-
-class CheckpointError(ValueError):
-    """One-line, user-facing: names the file/tensor that is wrong and what to do (CLI exits 2)."""
-
-    def __init__(self, message: str):
-        # Library errors are embedded in our messages; keep the whole thing on one line.
-        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)).strip())
 
 
 @dataclass

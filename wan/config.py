@@ -10,13 +10,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from wan.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_TASK = "t2v-tiny"
-
-
-class ConfigError(ValueError):
-    """Bad user input about the task, size or sampling settings (one-line message, exit code 2)."""
+HIGH = "high_noise"
+LOW = "low_noise"
+"""The two experts' names in checkpoints, plans, timings and sidecars (a dense model has only HIGH)."""
 
 
 @dataclass(frozen=True)

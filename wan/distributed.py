@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,26 +26,19 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from wan.config import ConfigError, TaskConfig
-from wan.frames import half_frame_count, latent_frame_count
-from wan.guidance import HIGH
+from wan.config import HIGH
+from wan.errors import ConfigError, DistributedRunError
+from wan.options import DEFAULT_DIST_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from wan.placement import Placement
-from wan.settings import GenerationSettings
-from wan.text2video import GenerationResult, WanT2V
+from wan.plan import RunPlan
+from wan.text2video import WanT2V
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 300.0
-"""Longest wait of any collective after init: bounds load-time skew between ranks, not the VAE decode
-(the other ranks do not wait for rank 0's decode)."""
 JOIN_TIMEOUT_S = 600.0
 """How long ``init_process_group`` waits for every rank to join (startup skew is not a hang)."""
 FSDP_PREFETCH_BLOCKS = 1
 """Blocks whose FSDP all-gather is issued ahead, while the current block computes."""
-
-
-class DistributedRunError(RuntimeError):
-    """A collective failed or timed out on this rank: another rank failed or hung. One line, names the rank."""
 
 
 @dataclass(frozen=True)
@@ -158,20 +150,6 @@ def broadcast_seed(seed: int, ctx: DistContext) -> int:
     return int(value.item())
 
 
-def token_counts(config: TaskConfig, settings: GenerationSettings) -> tuple[int, ...]:
-    """Sequence lengths the experts will see in this run: full frames, plus half frames with half-frame generation."""
-    s = settings.resolved(config)
-    width, height = config.parse_size(s.size)
-    per_frame = (height // config.vae_stride[1] // config.patch_size[1]) * (
-        width // config.vae_stride[2] // config.patch_size[2]
-    )
-    frames = latent_frame_count(s.frame_num, config.vae_stride[0])
-    counts = [frames * per_frame]
-    if s.half_frame:
-        counts.append(half_frame_count(frames) * per_frame)
-    return tuple(counts)
-
-
 def validate(
     ctx: DistContext,
     *,
@@ -220,14 +198,14 @@ def parallelize(
     cfg_parallel: bool = False,
     dit_fsdp: bool = False,
     t5_fsdp: bool = False,
-    settings: GenerationSettings | None = None,
+    plan: RunPlan | None = None,
 ) -> None:
     """Apply Ulysses sequence parallel, CFG parallel and FSDP2 to a loaded pipeline, in place, on every rank.
 
     The parts may still be on the CPU (load with ``placement=Placement()`` so no rank holds both full
     experts on its GPU): FSDP moves each rank's shards to its device, and the unsharded parts are
     moved here. The placement becomes "in place", since sharded modules must stay where FSDP put them.
-    ``settings`` (optional) also checks that ``ulysses_size`` divides every sequence length of that run.
+    ``plan`` (optional) also checks that ``ulysses_size`` divides every sequence length of that run.
     ``cfg_parallel`` replaces ``pipe.velocity`` (``wan.cfg_parallel``); the loop itself is unchanged.
     """
     validate(
@@ -238,7 +216,7 @@ def parallelize(
         t5_fsdp=t5_fsdp,
         t5_cpu=pipe.t5_cpu,
         num_heads=pipe.experts[HIGH].config.num_attention_heads,
-        tokens=token_counts(pipe.config, settings) if settings is not None else (),
+        tokens=plan.sequence_lengths if plan is not None else (),
     )
     if any(expert.is_cache_enabled for expert in pipe.experts.values()) and (
         ulysses_size > 1 or cfg_parallel or dit_fsdp
@@ -264,15 +242,15 @@ def parallelize(
             _shard(expert, expert.blocks, fsdp_mesh, reshard_root=False)
         else:
             expert.to(ctx.device)
-    encoder = pipe.parts.text_encoder
+    encoder = pipe.components.text_encoder
     if encoder is not None:
         if t5_fsdp:
             # umT5's root holds its 256k-token embedding (2 GB in bf16): resharded after the one encode.
             _shard(encoder, encoder.encoder.block, fsdp_mesh, reshard_root=True)
         else:
             encoder.to(pipe.text_device)
-    if pipe.parts.vae is not None:
-        pipe.parts.vae.to(ctx.device)
+    if pipe.components.vae is not None:
+        pipe.components.vae.to(ctx.device)
     _apply_timeout(ctx)
     logger.info(
         "rank %d/%d: ulysses %d, cfg_parallel %s, dit_fsdp %s, t5_fsdp %s",
@@ -283,28 +261,6 @@ def parallelize(
         dit_fsdp,
         t5_fsdp,
     )
-
-
-def generate(
-    pipe: WanT2V, settings: GenerationSettings, ctx: DistContext, *, progress: bool = True
-) -> GenerationResult:
-    """Text -> video on every rank; the collectives need all ranks for text encoding and sampling.
-
-    Rank 0 alone decodes: its result holds the video, the others' an empty tensor. The others do not
-    wait for the decode (no barrier after it), so the collectives' timeout need not cover it.
-    """
-    s = settings.resolved(pipe.config)
-    start = _now(ctx.device)
-    context = pipe.encode_text([s.prompt, s.negative_prompt])
-    text_seconds = _now(ctx.device) - start
-    result = pipe.sample(s, context[:1], context[1:], progress=progress and is_main(ctx))
-    timings = {"text_encoding": text_seconds, **result.timings}
-    if is_main(ctx):
-        start = _now(ctx.device)
-        result.video = pipe.decode(result.latents.to(ctx.device)).cpu()
-        timings["vae_decode"] = _now(ctx.device) - start
-    result.timings = timings
-    return result
 
 
 def _enable_cfg_parallel(pipe: WanT2V, ctx: DistContext, ulysses_size: int) -> None:
@@ -421,8 +377,3 @@ def _apply_timeout(ctx: DistContext) -> None:
         if group is not None and not c10d._rank_not_in_group(group):
             c10d._set_pg_timeout(timeout, group)
 
-
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

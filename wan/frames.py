@@ -14,18 +14,9 @@ import math
 
 import torch
 
-from wan.config import ConfigError
+from wan.choices import COMPLETIONS
+from wan.errors import ConfigError
 
-COMPLETIONS = ("repeat", "interpolate", "renoise", "renoise_fresh")
-"""How the half-frame latent becomes a full one at the end of the half-frame window.
-
-- ``repeat``: F1,F1,F2,F2,... (the seed's method), on the noisy latent.
-- ``interpolate``: linear interpolation in time on the noisy latent.
-- ``renoise``: take x0 = x_t - sigma * v from the last half-frame step, interpolate x0 in time,
-  and re-noise at the next step's sigma with the full-frame noise drawn from the seed at the start,
-  so the full-frame steps see i.i.d. noise (as in training) and the baseline's own noise.
-- ``renoise_fresh``: as ``renoise`` but with freshly drawn noise.
-"""
 X0_COMPLETIONS = ("renoise", "renoise_fresh")
 
 

@@ -27,21 +27,14 @@ from dataclasses import dataclass
 
 import torch
 
-from wan.config import ConfigError
+from wan.choices import POSITIONS
+from wan.config import HIGH
+from wan.errors import ConfigError
 from wan.frames import X0_COMPLETIONS, complete_frames, half_frame_count, half_frame_indices, renoise
-from wan.guidance import HIGH
 from wan.solvers import complete_history, restart_history
 
 logger = logging.getLogger(__name__)
 
-PLAIN_STEPS = "0:"
-"""The seed's window: half frames from the first step to the expert switch."""
-DEFAULT_STEPS = "0:2"
-"""What ``--enable_half_frame_generation`` alone runs at the released 40 steps (chosen from the
-curve in docs/QUALITY.md); other step counts scale it (``default_steps``)."""
-RELEASED_STEPS = 40
-POSITIONS = ("contiguous", "stride2")
-"""Temporal RoPE positions of the half frames: 0, 1, 2, ... (the model's own) or 0, 2, 4, ..."""
 
 
 @dataclass(frozen=True)
@@ -61,15 +54,6 @@ class Window:
         if end is not None and end <= start:
             raise ConfigError(f"--half_frame_steps {text!r} is empty: END must be greater than START")
         return cls(start, end)
-
-
-def default_steps(sample_steps: int) -> str:
-    """``DEFAULT_STEPS`` scaled from 40 steps to ``sample_steps`` (at least one half-frame step)."""
-    window = Window.parse(DEFAULT_STEPS)
-    start = round(window.start * sample_steps / RELEASED_STEPS)
-    if window.end is None:
-        return f"{start}:"
-    return f"{start}:{max(start + 1, round(window.end * sample_steps / RELEASED_STEPS))}"
 
 
 def in_window(window: Window, experts: Sequence[str]) -> list[bool]:

@@ -28,8 +28,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from wan.config import ConfigError
-from wan.guidance import HIGH, LOW
+from wan.config import HIGH, LOW
+from wan.errors import ConfigError
 
 if TYPE_CHECKING:
     from diffusers import WanTransformer3DModel

@@ -21,10 +21,12 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from wan.config import ConfigError, TaskConfig
+from wan.config import TaskConfig
+from wan.errors import ConfigError
 from wan.lora import LoraFile, lora_record
+from wan.paths import TEMP_NAME, claim_output
 from wan.settings import GenerationSettings
-from wan.video import TEMP_NAME, atomic_path, claim_output, frame_grid, read_video, save_json, save_video
+from wan.video import atomic_path, frame_grid, read_video, save_json, save_video
 
 if TYPE_CHECKING:
     from wan.text2video import GenerationResult
@@ -57,6 +59,7 @@ def sidecar(result: GenerationResult, video_path: Path, context: Mapping[str, An
         "steps": {"high_noise": result.high_noise_steps, "low_noise": result.low_noise_steps},
         "forwards": result.forwards,
         "tokens": result.tokens,
+        **({"computed_forwards": result.computed_forwards} if result.computed_forwards else {}),
         "seconds": {k: round(v, 4) for k, v in result.timings.items()},
     }
 

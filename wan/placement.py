@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wan.config import ConfigError
+from wan.choices import PLACEMENTS
+from wan.config import HIGH
+from wan.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +93,14 @@ class Resident(Placement):
     vae_tiling: bool = False  # decode in tiles: ~24 GB less at 720p, for a few seconds more
 
     def setup(self, pipe) -> None:
-        for module in (*pipe.experts.values(), pipe.parts.vae):
+        for module in (*pipe.experts.values(), pipe.components.vae):
             _to(module, pipe.device)
-        if self.vae_tiling and pipe.parts.vae is not None:
-            pipe.parts.vae.enable_tiling()
+        if self.vae_tiling and pipe.components.vae is not None:
+            pipe.components.vae.enable_tiling()
         text_home = pipe.text_device if self.keep_text_encoder else torch.device("cpu")
-        _to(pipe.parts.text_encoder, text_home)
+        _to(pipe.components.text_encoder, text_home)
         if not self.keep_text_encoder:
-            _pin(pipe.parts.text_encoder, pipe.device)
+            _pin(pipe.components.text_encoder, pipe.device)
 
     @contextmanager
     def using(self, module: torch.nn.Module, device: torch.device) -> Iterator[None]:
@@ -120,7 +122,7 @@ class ModelOffload(Placement):
     _visiting: dict[str, dict] = field(default_factory=dict, repr=False)
 
     def setup(self, pipe) -> None:
-        for module in (*pipe.experts.values(), pipe.parts.vae, pipe.parts.text_encoder):
+        for module in (*pipe.experts.values(), pipe.components.vae, pipe.components.text_encoder):
             _to(module, torch.device("cpu"))
             _pin(module, pipe.device)
 
@@ -163,11 +165,11 @@ class BlockStream(Placement):
                 record_stream=True,
                 non_blocking=True,
             )
-        _to(pipe.parts.text_encoder, torch.device("cpu"))
-        _pin(pipe.parts.text_encoder, pipe.device)
-        if pipe.parts.vae is not None:
-            pipe.parts.vae.to(pipe.device)
-            pipe.parts.vae.enable_tiling()
+        _to(pipe.components.text_encoder, torch.device("cpu"))
+        _pin(pipe.components.text_encoder, pipe.device)
+        if pipe.components.vae is not None:
+            pipe.components.vae.to(pipe.device)
+            pipe.components.vae.enable_tiling()
 
     @contextmanager
     def using(self, module: torch.nn.Module, device: torch.device) -> Iterator[None]:
@@ -175,12 +177,9 @@ class BlockStream(Placement):
             yield
 
 
-PLACEMENTS = ("auto", "resident", "resident_lean", "offload", "stream")
-
-
 def forward_bytes(pipe, tokens: int) -> int:
     """Working memory of one forward of this pipeline's experts over ``tokens``."""
-    config = pipe.experts["high_noise"].config
+    config = pipe.experts[HIGH].config
     return dit_activation_bytes(tokens, config.num_attention_heads * config.attention_head_dim, config.ffn_dim)
 
 
@@ -192,8 +191,8 @@ def resident_peak_bytes(
     The stages take turns: text encoding, one expert forward, the VAE decode. ``with_text_encoder``:
     the encoder stays on the device throughout; otherwise it visits only to encode.
     """
-    text = module_bytes(pipe.parts.text_encoder)
-    weights = sum(module_bytes(e) for e in pipe.experts.values()) + module_bytes(pipe.parts.vae)
+    text = module_bytes(pipe.components.text_encoder)
+    weights = sum(module_bytes(e) for e in pipe.experts.values()) + module_bytes(pipe.components.vae)
     stages = (
         text * 1.1 if not with_text_encoder else text * 0.1,
         forward_bytes(pipe, tokens),
@@ -205,9 +204,9 @@ def resident_peak_bytes(
 def offload_peak_bytes(pipe, tokens: int, frames: int, height: int, width: int) -> int:
     """Estimated device peak of whole-model offload: one part at a time, the largest with its working set."""
     stages = (
-        module_bytes(pipe.parts.text_encoder) * 1.1,
+        module_bytes(pipe.components.text_encoder) * 1.1,
         max(module_bytes(e) for e in pipe.experts.values()) + forward_bytes(pipe, tokens),
-        module_bytes(pipe.parts.vae) + vae_decode_bytes(frames, height, width, tiled=False),
+        module_bytes(pipe.components.vae) + vae_decode_bytes(frames, height, width, tiled=False),
     )
     return int(max(stages))
 
@@ -252,7 +251,7 @@ def apply_placement(pipe, placement: Placement) -> None:
 
 
 def _on_device(pipe, device: torch.device) -> Iterable[torch.nn.Module]:
-    parts = (*pipe.experts.values(), pipe.parts.vae, pipe.parts.text_encoder)
+    parts = (*pipe.experts.values(), pipe.components.vae, pipe.components.text_encoder)
     return [m for m in parts if m is not None and _device_of(m) == device]
 
 

@@ -1,25 +1,28 @@
 """GenerationSettings: everything that decides one video, filled from the task config and checked as a whole.
 
 Each setting's own check is its flag's rule in ``wan.validation``; what needs several settings at once
-(memory for the decoded video, a half-frame plan that has low-noise steps to complete its frames) is
-checked here, on the resolved values the sidecar records.
+(memory for the decoded video) is checked here, on the resolved values the sidecar records. What
+depends on the schedule (a half-frame window that has low-noise steps to complete its frames) is
+checked where the schedule is made, in ``wan.plan``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from wan.config import ConfigError, TaskConfig
-from wan.guidance import HIGH, plan_steps
-from wan.half_frame import default_steps
-from wan.solvers import make_scheduler
+from wan.choices import PLAIN_HALF_FRAME_STEPS
+from wan.config import TaskConfig
+from wan.errors import ConfigError
 from wan.validation import check_flags
 
 DEFAULT_COMPLETION = "renoise"
 """Completion used when none is named (chosen from the table in docs/QUALITY.md)."""
-IMPROVED_COMPLETION = "renoise"
-"""What ``--enable_improved_frame_completion`` selects."""
+IMPROVED_COMPLETION = DEFAULT_COMPLETION
+"""What the seed's ``--enable_improved_frame_completion`` selects: the best completion measured, which is
+already the default, so the flag is an accepted alias that overrides ``--frame_completion``."""
 
 SETTING_FLAGS = {
     "seed": "base_seed",
@@ -65,7 +68,7 @@ class GenerationSettings:
         s.guide_scale_high = config.guide_scale_high if s.guide_scale_high is None else s.guide_scale_high
         s.guide_scale_low = config.guide_scale_low if s.guide_scale_low is None else s.guide_scale_low
         if s.half_frame:
-            s.half_frame_steps = s.half_frame_steps or default_steps(s.sample_steps)
+            s.half_frame_steps = s.half_frame_steps or PLAIN_HALF_FRAME_STEPS
         check_settings(s, config)
         return s
 
@@ -81,19 +84,30 @@ def check_settings(settings: GenerationSettings, config: TaskConfig) -> None:
             f"--frame_num {settings.frame_num} at {settings.size}: the decoded video alone needs "
             f"{needed / 2**30:.1f} GiB, more than this machine's {available / 2**30:.1f} GiB of memory"
         )
-    scheduler = make_scheduler(settings.sample_solver, settings.sample_shift, config.num_train_timesteps)
-    scheduler.set_timesteps(settings.sample_steps)
-    plans = plan_steps(
-        scheduler.timesteps.tolist(),
-        boundary=config.boundary,
-        guide_scale_high=settings.guide_scale_high,
-        guide_scale_low=settings.guide_scale_low,
-        num_train_timesteps=config.num_train_timesteps,
-        cfg_truncate_steps=settings.cfg_truncate_steps,
-        cfg_truncate_high_noise_steps=settings.cfg_truncate_high_noise_steps,
+
+
+def settings_from_flags(flags: Mapping[str, Any], seed: int) -> GenerationSettings:
+    """Generation settings from CLI-named flags (the command line's, or a batch item's over them); unresolved."""
+    if flags.get("enable_improved_frame_completion"):
+        completion = IMPROVED_COMPLETION
+    else:
+        completion = flags.get("frame_completion") or DEFAULT_COMPLETION
+    guide = flags.get("sample_guide_scale")
+    return GenerationSettings(
+        prompt=flags.get("prompt") or "",
+        negative_prompt=flags.get("negative_prompt"),
+        size=flags.get("size"),
+        frame_num=flags.get("frame_num"),
+        seed=seed,
+        sample_solver=flags.get("sample_solver"),
+        sample_steps=flags.get("sample_steps"),
+        sample_shift=flags.get("sample_shift"),
+        guide_scale_high=guide,
+        guide_scale_low=guide,
+        half_frame=bool(flags.get("enable_half_frame_generation")),
+        half_frame_steps=flags.get("half_frame_steps"),
+        half_frame_positions=flags.get("half_frame_positions") or "contiguous",
+        frame_completion=completion,
+        cfg_truncate_steps=flags.get("cfg_truncate_steps") or 0,
+        cfg_truncate_high_noise_steps=flags.get("cfg_truncate_high_noise_steps") or 0,
     )
-    if settings.half_frame and all(p.expert == HIGH for p in plans):
-        raise ConfigError(
-            "half-frame generation needs low-noise steps to complete the frames; no step is below "
-            "the boundary with these --sample_steps/--sample_shift"
-        )

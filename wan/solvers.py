@@ -14,9 +14,8 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from wan.config import ConfigError
-
-SOLVERS = ("unipc", "dpm++", "euler")
+from wan.choices import SOLVERS
+from wan.errors import ConfigError
 
 
 def make_scheduler(solver: str, shift: float, num_train_timesteps: int = 1000) -> SchedulerMixin:

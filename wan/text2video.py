@@ -1,15 +1,17 @@
 """WanT2V: Wan2.2 text-to-video with two experts, half-frame generation and CFG truncation.
 
-The loop in ``WanT2V.sample`` is the product: each step is routed to the high-noise or the
-low-noise expert by its timestep (``wan.guidance``); with half-frame generation a window of
-high-noise steps runs on half the latent frames, and the loop calls ``wan.half_frame.transition``
-wherever the plan's frame count changes. The experts are diffusers ``WanTransformer3DModel``s,
-which derive sequence length and the RoPE grid from each input's shape, so a transition needs no
-model state to change: only the latent and the solver history.
+The loop in ``WanT2V.sample`` is the product. It follows a ``wan.plan.RunPlan`` made once before
+anything loads: each step names its expert (the timestep router), its guidance and its latent frame
+count; with half-frame generation the high-noise steps run on half the latent frames, and the loop
+calls ``wan.half_frame.transition`` wherever the plan's frame count changes. What a task adds to
+each step (an image's latent and mask) comes from a ``wan.conditioning`` object. The experts are
+diffusers ``WanTransformer3DModel``s, which derive sequence length and the RoPE grid from each input's
+shape, so a transition needs no model state to change: only the latent and the solver history.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,25 +23,19 @@ import torch
 from tqdm.auto import tqdm
 
 from wan.checkpoints import WanComponents, load_components
-from wan.config import ConfigError, TaskConfig
-from wan.frames import latent_frame_count, predict_x0
-from wan.guidance import HIGH, LOW, StepPlan, apply_cfg, plan_steps
-from wan.half_frame import HalfFramePlan, transition
+from wan.conditioning import Conditioning, TextOnly
+from wan.config import HIGH, LOW, TaskConfig
+from wan.errors import ConfigError, NonFiniteLatentError
+from wan.frames import predict_x0
+from wan.guidance import guided_velocity
+from wan.half_frame import transition
 from wan.placement import Placement, Resident, apply_placement
+from wan.plan import RunPlan, StepPlan, build_plan
 from wan.prompt import clean_prompt
 from wan.settings import GenerationSettings
-from wan.solvers import make_scheduler, step_sigmas
+from wan.solvers import make_scheduler
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLatentError(RuntimeError):
-    """NaN or Inf appeared in the latent; names the step and the expert that produced it."""
-
-    def __init__(self, step: int, expert: str):
-        super().__init__(f"NaN/Inf in the latent at step {step} ({expert} expert); try another seed or dtype")
-        self.step = step
-        self.expert = expert
 
 
 @dataclass
@@ -49,6 +45,7 @@ class GenerationResult:
     settings: GenerationSettings
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     forwards: dict[str, int] = field(default_factory=dict)  # DiT forwards per expert
+    computed_forwards: dict[str, int] = field(default_factory=dict)  # of those, what a step cache computed
     tokens: dict[str, int] = field(default_factory=dict)  # tokens processed per expert, summed over forwards
     high_noise_steps: int = 0
     low_noise_steps: int = 0
@@ -77,39 +74,6 @@ def encode_prompts(tokenizer, text_encoder, texts: list[str], text_len: int) -> 
 VelocityFn = Callable[..., torch.Tensor]
 
 
-def call_expert(
-    expert, branch: str, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, plan: StepPlan
-) -> torch.Tensor:
-    """One DiT forward inside diffusers' cache context, so caching hooks keep cond and uncond apart.
-
-    The context is also keyed by the frame count: a cache must not mix half-frame and full-frame states.
-    """
-    with expert.cache_context(
-        f"{branch}_{latents.shape[2]}",
-        step_index=plan.index,
-        timestep=plan.timestep,
-        sigma=plan.sigma,
-        num_inference_steps=plan.steps,
-    ):
-        return expert(hidden_states=latents, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
-
-
-def guided_velocity(
-    expert,
-    latents: torch.Tensor,
-    timestep: torch.Tensor,
-    plan: StepPlan,
-    cond_context: torch.Tensor,
-    uncond_context: torch.Tensor,
-) -> torch.Tensor:
-    """A step's velocity: the conditional pass and, on CFG steps, the unconditional one combined."""
-    velocity = call_expert(expert, "cond", latents, timestep, cond_context, plan)
-    if plan.use_cfg:
-        uncond = call_expert(expert, "uncond", latents, timestep, uncond_context, plan)
-        velocity = apply_cfg(velocity.float(), uncond.float(), plan.guide_scale).to(velocity.dtype)
-    return velocity
-
-
 class WanT2V:
     """Loaded Wan2.2 T2V model: text encoder, VAE and the two experts, plus the sampling loop."""
 
@@ -123,7 +87,7 @@ class WanT2V:
         t5_cpu: bool = False,
     ):
         self.config = config
-        self.parts = components
+        self.components = components
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -133,9 +97,9 @@ class WanT2V:
             if module is not None:
                 module.eval().requires_grad_(False)
         self.text_device = torch.device("cpu") if t5_cpu else self.device
-        self._check_parts()
+        self._check_components()
         self.velocity: VelocityFn = guided_velocity
-        """One step's model output; a lever (CFG parallel) may replace it."""
+        """One step's model output; a strategy (CFG parallel) may replace it."""
         self.ckpt_dir: Path | None = None  # where the weights came from (per-checkpoint calibrations live there)
         self.placement: Placement = Placement()
         apply_placement(self, placement or Resident(keep_text_encoder=True))
@@ -166,24 +130,24 @@ class WanT2V:
         pipe.ckpt_dir = Path(ckpt_dir)
         return pipe
 
-    def _check_parts(self) -> None:
+    def _check_components(self) -> None:
         """Refuse expert pairs that cannot share a latent or a text embedding."""
         high, low = (e.config for e in self.experts.values())
         for key in ("in_channels", "out_channels", "patch_size", "text_dim"):
             if tuple(_as_tuple(high[key])) != tuple(_as_tuple(low[key])):
                 raise ConfigError(f"the experts disagree on {key}: {high[key]} vs {low[key]}; check the checkpoint")
-        if self.parts.text_encoder is None or self.parts.vae is None:
+        if self.components.text_encoder is None or self.components.vae is None:
             return  # sample() alone, on given embeddings (benchmarks)
-        text_dim = self.parts.text_encoder.config.d_model
+        text_dim = self.components.text_encoder.config.d_model
         if high["text_dim"] != text_dim:
             raise ConfigError(
                 f"the experts expect text_dim {high['text_dim']} but the text encoder gives {text_dim}; "
                 "check the checkpoint's text_encoder"
             )
-        if high["in_channels"] != self.parts.vae.config.z_dim:
+        if high["in_channels"] != self.components.vae.config.z_dim:
             raise ConfigError(
                 f"the experts take {high['in_channels']} latent channels but the VAE has z_dim "
-                f"{self.parts.vae.config.z_dim}; check the checkpoint's VAE"
+                f"{self.components.vae.config.z_dim}; check the checkpoint's VAE"
             )
 
     # ----------------------------------------------------------------------------------- text
@@ -193,13 +157,14 @@ class WanT2V:
         texts = [clean_prompt(t) for t in texts]
         for text in texts:
             self._warn_if_cut(text)
-        with self.placement.using(self.parts.text_encoder, self.text_device):
-            hidden = encode_prompts(self.parts.tokenizer, self.parts.text_encoder, texts, self.config.text_len)
+        parts = self.components
+        with self.placement.using(parts.text_encoder, self.text_device):
+            hidden = encode_prompts(parts.tokenizer, parts.text_encoder, texts, self.config.text_len)
         return hidden.to(self.device)
 
     def _warn_if_cut(self, text: str) -> None:
         """The text encoder reads ``text_len`` tokens; say so when a prompt is longer, rather than cut it silently."""
-        count = len(self.parts.tokenizer(text, add_special_tokens=True).input_ids)
+        count = len(self.components.tokenizer(text, add_special_tokens=True).input_ids)
         if count > self.config.text_len:
             logger.warning(
                 "prompt %r is %d tokens, longer than the text encoder's window of %d: it is cut to the first %d",
@@ -210,50 +175,58 @@ class WanT2V:
             )
 
     # ----------------------------------------------------------------------------------- sampling
+    def plan(self, settings: GenerationSettings | RunPlan) -> RunPlan:
+        """The run plan of ``settings`` under this task and the checkpoint's patch size (``wan.plan``); a plan
+        made for them passes through as it is."""
+        patch = tuple(_as_tuple(self.experts[HIGH].config.patch_size))
+        if isinstance(settings, RunPlan):
+            if settings.geometry.patch_size == patch:
+                return settings
+            settings = settings.settings
+        return build_plan(settings, dataclasses.replace(self.config, patch_size=patch))
+
     @torch.no_grad()
     def generate(
         self,
-        settings: GenerationSettings,
+        settings: GenerationSettings | RunPlan,
         *,
+        conditioning: Conditioning | None = None,
         progress: bool = True,
         on_step: Callable[[StepPlan, torch.Tensor], None] | None = None,
+        decode: bool = True,
     ) -> GenerationResult:
-        """Text -> video. ``on_step(plan, latents)`` is called after every step (tests, batch tools)."""
-        s = settings.resolved(self.config)
+        """Text -> video. ``on_step(step, latents)`` is called after every step (progress, tests);
+        ``decode`` False leaves the video empty (the ranks of a multi-GPU run other than the first)."""
+        plan = self.plan(settings)
         timings: dict[str, float] = {}
         with self._stage(timings, "text_encoding"):
-            context = self.encode_text([s.prompt, s.negative_prompt])
-        result = self.sample(s, context[:1], context[1:], progress=progress, on_step=on_step)
-        with self._stage(timings, "vae_decode"):
-            result.video = self.decode(result.latents.to(self.device)).cpu()
+            context = self.encode_text([plan.settings.prompt, plan.settings.negative_prompt])
+        result = self.sample(
+            plan, context[:1], context[1:], conditioning=conditioning, progress=progress, on_step=on_step
+        )
+        if decode:
+            with self._stage(timings, "vae_decode"):
+                result.video = self.decode(result.latents.to(self.device)).cpu()
         result.timings = {**timings, **result.timings}
         return result
 
     @torch.no_grad()
     def sample(
         self,
-        settings: GenerationSettings,
+        settings: GenerationSettings | RunPlan,
         cond_context: torch.Tensor,
         uncond_context: torch.Tensor,
         *,
+        conditioning: Conditioning | None = None,
         progress: bool = True,
         on_step: Callable[[StepPlan, torch.Tensor], None] | None = None,
     ) -> GenerationResult:
         """The denoising loop on given text embeddings [1, text_len, dim]; returns latents, no video."""
-        s = settings.resolved(self.config)
+        plan = self.plan(settings)
         for expert in self.experts.values():  # step caches (wan.levers.cache) start empty for every video
             expert._reset_stateful_cache()
-        timings: dict[str, float] = {}
-        width, height = self.config.parse_size(s.size)
-        stride_t, stride_h, stride_w = self.config.vae_stride
-        patch = _as_tuple(self.experts[HIGH].config.patch_size)
-        if height % (stride_h * patch[1]) or width % (stride_w * patch[2]):
-            raise ConfigError(
-                f"size {s.size} must be a multiple of {stride_w * patch[2]} in width and "
-                f"{stride_h * patch[1]} in height"
-            )
-        full_frames = latent_frame_count(s.frame_num, stride_t)
-        tokens_per_frame = (height // stride_h // patch[1]) * (width // stride_w // patch[2])
+        s, shape = plan.settings, plan.geometry
+        condition = conditioning or TextOnly()
         transformer_dtype = self.experts[HIGH].dtype
         cond_ctx = cond_context.to(self.device, transformer_dtype)
         uncond_ctx = uncond_context.to(self.device, transformer_dtype)
@@ -261,69 +234,49 @@ class WanT2V:
         # All noise comes from the seed up front at full frame count; a half-frame latent is its frames
         # 0, 2, 4, ... so the x0 transitions can re-noise with the baseline's own noise.
         generator = torch.Generator(device="cpu").manual_seed(s.seed)
-        shape = (1, self.experts[HIGH].config.in_channels, full_frames, height // stride_h, width // stride_w)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-
+        channels = self.experts[HIGH].config.out_channels
+        noise_shape = (1, channels, shape.frames, shape.height, shape.width)
+        noise = torch.randn(noise_shape, generator=generator, dtype=torch.float32).to(self.device)
         scheduler = make_scheduler(s.sample_solver, s.sample_shift, self.config.num_train_timesteps)
         scheduler.set_timesteps(s.sample_steps, device=self.device)
         scheduler.set_begin_index(0)
-        sigmas = step_sigmas(scheduler)
-        plans = plan_steps(
-            scheduler.timesteps.tolist(),
-            boundary=self.config.boundary,
-            guide_scale_high=s.guide_scale_high,
-            guide_scale_low=s.guide_scale_low,
-            num_train_timesteps=self.config.num_train_timesteps,
-            cfg_truncate_steps=s.cfg_truncate_steps,
-            cfg_truncate_high_noise_steps=s.cfg_truncate_high_noise_steps,
-            sigmas=sigmas,
-        )
-        frames_plan = HalfFramePlan.build(
-            s.half_frame_steps if s.half_frame else None,
-            [p.expert for p in plans],
-            full_frames,
-            s.frame_completion,
-            s.half_frame_positions,
-        )
 
-        forwards = {HIGH: 0, LOW: 0}
-        tokens = {HIGH: 0, LOW: 0}
         seconds = {HIGH: 0.0, LOW: 0.0, "completion": 0.0}
         latents, x0_estimate = noise, None
-        bar = tqdm(plans, desc="denoising", unit="step", disable=not progress, dynamic_ncols=True)
-        for plan in bar:
-            frames = frames_plan.frames(plan.index)
+        bar = tqdm(plan.steps, desc="denoising", unit="step", disable=not progress, dynamic_ncols=True)
+        for step in bar:
+            frames = plan.step_frames(step.index)
             if frames != latents.shape[2]:
                 start = self._now()
                 latents = transition(
-                    frames_plan,
+                    plan.frames,
                     latents,
                     frames,
                     x0=x0_estimate,
-                    sigma=sigmas[plan.index],
+                    sigma=plan.sigmas[step.index],
                     noise=noise,
                     scheduler=scheduler,
                     generator=generator,
                 )
+                condition = condition.at_frames(frames)
                 seconds["completion"] += self._now() - start
             start = self._now()
-            expert = self.placement.expert(self, plan.expert)
-            bar.set_postfix(expert=plan.expert, frames=frames, tokens=frames * tokens_per_frame, cfg=plan.use_cfg)
-            model_input = latents.to(transformer_dtype)
-            timestep = torch.full((1,), plan.timestep, device=self.device)
-            with frames_plan.positions_for(expert, plan.index):
-                velocity = self.velocity(expert, model_input, timestep, plan, cond_ctx, uncond_ctx)
-            forwards[plan.expert] += plan.forwards
-            tokens[plan.expert] += plan.forwards * frames * tokens_per_frame
-            x0_estimate = predict_x0(latents, velocity.float(), sigmas[plan.index])
-            latents = scheduler.step(velocity, scheduler.timesteps[plan.index], latents, return_dict=False)[0]
+            expert = self.placement.expert(self, step.expert)
+            bar.set_postfix(expert=step.expert, frames=frames, tokens=plan.step_tokens(step.index), cfg=step.use_cfg)
+            model_input = condition.model_input(latents).to(transformer_dtype)
+            timestep = condition.timestep(step.timestep, latents)
+            with plan.frames.positions_for(expert, step.index):
+                velocity = self.velocity(expert, model_input, timestep, step, cond_ctx, uncond_ctx)
+            x0_estimate = predict_x0(latents, velocity.float(), plan.sigmas[step.index])
+            latents = scheduler.step(velocity, scheduler.timesteps[step.index], latents, return_dict=False)[0]
+            latents = condition.after_step(latents)
             if not torch.isfinite(latents).all():
-                raise NonFiniteLatentError(plan.index, plan.expert)
-            seconds[plan.expert] += self._now() - start
+                raise NonFiniteLatentError(step.index, step.expert)
+            seconds[step.expert] += self._now() - start
             if on_step is not None:
-                on_step(plan, latents)
+                on_step(step, latents)
         bar.close()
-        timings["high_noise"], timings["low_noise"] = seconds[HIGH], seconds[LOW]
+        timings = {"high_noise": seconds[HIGH], "low_noise": seconds[LOW]}
         if s.half_frame:
             timings["completion"] = seconds["completion"]
 
@@ -332,16 +285,16 @@ class WanT2V:
             latents=latents.float().cpu(),
             settings=s,
             timings=timings,
-            forwards=forwards,
-            tokens=tokens,
-            high_noise_steps=sum(p.expert == HIGH for p in plans),
-            low_noise_steps=sum(p.expert == LOW for p in plans),
+            forwards=plan.forwards(),
+            tokens=plan.tokens(),
+            high_noise_steps=plan.expert_steps(HIGH),
+            low_noise_steps=plan.expert_steps(LOW),
         )
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latent -> video [3, F, H, W] in [-1, 1]; undoes the VAE's per-channel latent normalisation."""
-        vae = self.parts.vae
+        vae = self.components.vae
         with self.placement.using(vae, self.device):
             z = latents.to(self.device, torch.float32)  # denormalised in float32 whatever the VAE's dtype
             mean = torch.tensor(vae.config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)

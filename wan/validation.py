@@ -15,12 +15,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from wan.config import ConfigError, TaskConfig
-from wan.frames import COMPLETIONS
-from wan.half_frame import POSITIONS
+from wan.choices import COMPLETIONS, POSITIONS, SOLVERS
+from wan.config import TaskConfig
+from wan.errors import ConfigError
+from wan.paths import VIDEO_SUFFIXES, writable_target_problem
 from wan.prompt import clean_prompt
-from wan.solvers import SOLVERS
-from wan.video import VIDEO_SUFFIXES, writable_target_problem
 
 SEED_MAX = 2**32 - 1
 """Seeds are 32-bit, as in the official release, so every recorded seed can be passed back as --base_seed."""

@@ -13,10 +13,10 @@ without losing finished work or leaving broken files. The parts:
 What ``generate.py`` uses is importable from here.
 """
 
-from wan.batch.jobs import Job, plan_jobs, settings_from_flags, shard
+from wan.batch.jobs import Job, plan_jobs, shard
 from wan.batch.manifest import MANIFEST_NAME, BatchSummary, Manifest
 from wan.batch.prompt_file import GENERATION_FLAGS, read_prompt_file
-from wan.batch.runner import BatchRunner, one_line
+from wan.batch.runner import BatchRunner
 from wan.outputs import check_writable_dir, sidecar_path, write_outputs
 
 __all__ = [
@@ -27,10 +27,8 @@ __all__ = [
     "Job",
     "Manifest",
     "check_writable_dir",
-    "one_line",
     "plan_jobs",
     "read_prompt_file",
-    "settings_from_flags",
     "shard",
     "sidecar_path",
     "write_outputs",

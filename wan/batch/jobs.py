@@ -15,38 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from wan.batch.prompt_file import BatchItem
-from wan.config import ConfigError, TaskConfig
+from wan.config import TaskConfig
+from wan.errors import ConfigError
 from wan.lora import LoraFile, check_loras, lora_specs
-from wan.settings import DEFAULT_COMPLETION, IMPROVED_COMPLETION, GenerationSettings
+from wan.paths import check_output_path
+from wan.settings import GenerationSettings, settings_from_flags
 from wan.validation import SEED_MAX
-from wan.video import check_output_path
-
-
-def settings_from_flags(flags: Mapping[str, Any], seed: int) -> GenerationSettings:
-    """Generation settings from CLI-named flags (the command line's, or an item's over them); unresolved."""
-    if flags["enable_improved_frame_completion"]:
-        completion = IMPROVED_COMPLETION
-    else:
-        completion = flags["frame_completion"] or DEFAULT_COMPLETION
-    guide = flags["sample_guide_scale"]
-    return GenerationSettings(
-        prompt=flags["prompt"] or "",
-        negative_prompt=flags["negative_prompt"],
-        size=flags["size"],
-        frame_num=flags["frame_num"],
-        seed=seed,
-        sample_solver=flags["sample_solver"],
-        sample_steps=flags["sample_steps"],
-        sample_shift=flags["sample_shift"],
-        guide_scale_high=guide,
-        guide_scale_low=guide,
-        half_frame=flags["enable_half_frame_generation"],
-        half_frame_steps=flags["half_frame_steps"],
-        half_frame_positions=flags["half_frame_positions"],
-        frame_completion=completion,
-        cfg_truncate_steps=flags["cfg_truncate_steps"] or 0,
-        cfg_truncate_high_noise_steps=flags["cfg_truncate_high_noise_steps"] or 0,
-    )
 
 
 def item_seed(index: int, prompt: str, base_seed: int) -> int:

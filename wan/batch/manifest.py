@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from wan.batch.jobs import Job
-from wan.config import ConfigError, TaskConfig
+from wan.config import TaskConfig
+from wan.errors import ConfigError
 from wan.lora import lora_record
 from wan.outputs import output_is_complete
 

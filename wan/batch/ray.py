@@ -28,7 +28,7 @@ import socket
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -39,8 +39,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wan.batch.jobs import Job, by_lora_set
 from wan.batch.manifest import BatchRecorder, BatchStopped, BatchSummary
-from wan.batch.runner import attempt, claimed, item_context, one_line, run_jobs
-from wan.config import ConfigError
+from wan.batch.runner import attempt, claimed, item_context, run_jobs
+from wan.errors import BAD_INPUT, ConfigError, one_line
 from wan.lora import LoraFile
 from wan.outputs import encode_video, sidecar, write_encoded
 
@@ -209,11 +209,16 @@ class BatchWorker:
         """Build the engine with ``loras`` fused; a ``ConfigError`` (no checkpoint on this node) is raised."""
         from wan.engine import build_engine
         from wan.options import resolve_options
+        from wan.plan import build_plan
 
         start = time.perf_counter()
         options = replace(resolve_options(self.flags), loras=tuple(loras))
+        runs = []
+        for settings in self.runs:
+            with suppress(ConfigError):  # an item whose schedule is refused fails alone, when it runs
+                runs.append(build_plan(settings, options.config))
         self.engine, self.engine_loras = None, None
-        self.engine = build_engine(options, self.runs)
+        self.engine = build_engine(options, runs)
         self.engine_loras = Job(0, 0, "", loras=list(loras)).lora_set
         return {
             "name": self.name,
@@ -382,12 +387,10 @@ class RayBatchRunner:
         """A worker's model is loaded: it takes items. A bad checkpoint or flag there ends the batch (one line)."""
         import ray
 
-        from wan.checkpoints import CheckpointError
-
         try:
             info = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, (ConfigError, CheckpointError)):
+            if isinstance(exc.cause, BAD_INPUT):
                 raise ConfigError(f"Ray {worker.name}: {exc.cause}") from exc
             raise
         except ray.exceptions.RayActorError as exc:

@@ -22,19 +22,15 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wan.batch.jobs import Job, by_lora_set
 from wan.batch.manifest import BatchRecorder, BatchStopped, BatchSummary, Manifest
-from wan.config import ConfigError, TaskConfig
+from wan.config import TaskConfig
+from wan.errors import ConfigError, NonFiniteLatentError, one_line
 from wan.levers.cache import counting_computed
 from wan.lora import LoraFile, lora_record
 from wan.outputs import output_is_complete, remove_orphan_temp_files, write_outputs
-from wan.text2video import GenerationResult, NonFiniteLatentError, WanT2V
-from wan.video import claim_output, temp_files
+from wan.paths import claim_output, temp_files
+from wan.text2video import GenerationResult, WanT2V
 
 logger = logging.getLogger(__name__)
-
-
-def one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 @dataclass

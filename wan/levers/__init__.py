@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, fields
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.levers.attention import set_attention_backend
 from wan.levers.cache import enable_cache, parse_cache_spec
 from wan.levers.compile import compile_experts

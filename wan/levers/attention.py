@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ from pathlib import Path
 
 import torch
 
-from wan.config import ConfigError
-from wan.guidance import HIGH, LOW
+from wan.config import HIGH, LOW
+from wan.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

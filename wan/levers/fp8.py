@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

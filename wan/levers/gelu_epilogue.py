@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.activations import GELU
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

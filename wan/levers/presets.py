@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 from wan.levers import Levers, check_lever_values, check_levers
 from wan.levers.attention import default_attention_backend, local_kernel_problem
 from wan.levers.fp8 import fp8_available

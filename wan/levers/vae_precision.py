@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from wan.config import ConfigError
+from wan.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def cast_vae(pipe, name: str) -> None:
     """
     check_vae_dtype(name)
     dtype = getattr(torch, name)
-    for tensor in (*pipe.parts.vae.parameters(), *pipe.parts.vae.buffers()):
+    for tensor in (*pipe.components.vae.parameters(), *pipe.components.vae.buffers()):
         if tensor.is_floating_point() and tensor.dtype != dtype:
             cast = tensor.data.to(dtype)
             tensor.data = cast.pin_memory() if tensor.data.is_pinned() else cast
