@@ -25,7 +25,8 @@ import generate  # noqa: E402
 from wan.batch.jobs import plan_jobs  # noqa: E402
 from wan.batch.manifest import MANIFEST_NAME, BatchRecorder, Manifest  # noqa: E402
 from wan.batch.prompt_file import read_prompt_file  # noqa: E402
-from wan.batch.ray import RayBatchRunner, connect, plan_workers, worker_flags  # noqa: E402
+from wan.batch.ray import RayBatchRunner  # noqa: E402
+from wan.batch.ray_cluster import connect, plan_workers, worker_flags  # noqa: E402
 
 PROMPTS = [
     "a red square moving left",

@@ -98,19 +98,20 @@ def assert_each_item_done_once(out: Path, count: int) -> list[dict]:
     return done
 
 
-def worker_pids(address: str, driver_pid: int, count: int) -> list[int]:
-    """The process ids of a driver's Ray workers, asked of each actor while it makes an item."""
+def worker_pids(address: str, driver_pid: int, count: int) -> dict[str, int]:
+    """A driver's Ray workers by name (``worker-N``) -> process id, asked of each actor (answered mid-item)."""
     ray.init(address=address, logging_level="WARNING")
     try:
+        prefix = f"{WORKER_PREFIX}{driver_pid}-"
         deadline = time.monotonic() + 120
         while True:
-            names = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(WORKER_PREFIX)]
-            names = [a for a in names if a["name"].startswith(f"{WORKER_PREFIX}{driver_pid}-")]
-            if len(names) >= count or time.monotonic() > deadline:
+            named = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+            if len(named) >= count or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        actors = [ray.get_actor(a["name"], namespace=a["namespace"]) for a in names]
-        return ray.get([a.pid.options(concurrency_group="control").remote() for a in actors], timeout=60)
+        actors = {a["name"].removeprefix(prefix): ray.get_actor(a["name"], namespace=a["namespace"]) for a in named}
+        pids = ray.get([a.pid.options(concurrency_group="control").remote() for a in actors.values()], timeout=120)
+        return {f"worker-{n}": pid for n, pid in zip(actors, pids, strict=True)}
     finally:
         ray.shutdown()
 
@@ -183,13 +184,14 @@ def test_a_checkpoint_a_worker_cannot_load_is_one_line_exit_2(cli, cluster, tmp_
 def test_a_killed_worker_loses_no_item(cli, cluster, tmp_path):
     """SIGKILL one worker process mid-batch: its item goes to another worker; every item done exactly once."""
     out = tmp_path / "out"
-    lines = [f"{CAPTIONS[i % len(CAPTIONS)]} {i}" for i in range(6)]
-    proc = start_driver(cli(lines, "out", "--ray", cluster, "--ray_workers", "2"))
-    wait_for_done(proc, out, 1)
+    lines = [f"{CAPTIONS[i % len(CAPTIONS)]} {i}" for i in range(8)]
+    proc = start_driver(cli(lines, "out", "--ray", cluster, "--ray_workers", "2", "--sample_steps", "12"))
     pids = worker_pids(cluster, proc.pid, 2)
-    os.kill(pids[0], signal.SIGKILL)
+    wait_for_done(proc, out, 1)
+    first = next(r for r in records(out) if r["status"] == "done")
+    os.kill(pids[first["worker"]], signal.SIGKILL)  # it made an item, so it is loaded and on its next one
     assert proc.wait(timeout=600) == 0
-    done = assert_each_item_done_once(out, 6)
+    done = assert_each_item_done_once(out, 8)
     assert max(r["attempts"] for r in done) == 2  # the killed worker's item was made on its second try
     assert not [r for r in records(out) if r["status"] != "done"]
 

@@ -6,8 +6,8 @@ without losing finished work or leaving broken files. The parts:
 - ``prompt_file``: reading a prompt file into items, each with its own flags or its error;
 - ``jobs``: items resolved against the command line (settings, seeds, outputs), torchrun shards;
 - ``manifest``: the JSONL record of every attempt and the bookkeeping every runner shares;
-- ``runner``: one process, one loaded model; ``ray``: Ray actors over a cluster (imported only
-  with ``--ray``);
+- ``runner``: one process, one loaded model; ``ray``: Ray actors over a cluster, with
+  ``ray_cluster`` joining it (both imported only with ``--ray``);
 - outputs themselves (names, sidecars, atomic writes, completeness) are ``wan.outputs``.
 
 What ``generate.py`` uses is importable from here.
