@@ -67,6 +67,8 @@ def measure(workers: int, known: argparse.Namespace, flags: dict, config, folder
     assert summary.done == count, f"{summary.failed} items failed; see {manifest.path}"
     warm = [(s, e, w) for s, e, w in runner.items if s >= runner.all_ready]
     window = max(e for _, e, _ in warm) - runner.all_ready
+    per_item = sum(w.busy_s for w in runner.workers) / count
+    rate = 60 * len(warm) / window
     return {
         "workers": workers,
         "gpus_per_worker": plan.gpus,
@@ -74,9 +76,13 @@ def measure(workers: int, known: argparse.Namespace, flags: dict, config, folder
         "items": count,
         "items_timed": len(warm),
         "seconds_timed": round(window, 3),
-        "videos_per_minute": round(60 * len(warm) / window, 3),
+        "videos_per_minute": round(rate, 3),
         "seconds_to_all_loaded": round(runner.all_ready - start, 3),
         "per_worker": {w.name: w.made for w in runner.workers},
+        # each item's own generating time inside its worker: if it grows with W, the workers share cores
+        "worker_seconds_per_item": round(per_item, 3),
+        # the job's rate over what the workers' own item times allow: what the driver and Ray cost
+        "busy_fraction": round(rate / (workers * 60 / per_item), 3),
     }
 
 
