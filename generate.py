@@ -30,11 +30,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from wan.choices import PLACEMENTS
+from wan.choices import COMPLETIONS, PLACEMENTS, POSITIONS, SOLVERS
 from wan.config import DEFAULT_TASK, TaskConfig, available_tasks, load_task_config
 from wan.errors import BAD_INPUT, ConfigError, DistributedRunError, NonFiniteLatentError, one_line
-from wan.levers.presets import PRESETS
-from wan.levers.vae_precision import VAE_DTYPES
+from wan.levers import add_lever_flags
 from wan.options import with_defaults
 from wan.settings import GenerationSettings, settings_from_flags
 from wan.validation import check_flags
@@ -110,8 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--dit_fsdp", action="store_true", help="shard the experts with FSDP")
     official.add_argument("--save_file", default=None, help="output .mp4 (or .png frame grid)")
     official.add_argument("--prompt", default=None, help="the text prompt")
+    official.add_argument(
+        "--image",
+        default=None,
+        help="the first frame of an image-to-video task (i2v-A14B: required; ti2v-5B: optional); its aspect ratio "
+        "sets the video's shape, --size its area",
+    )
     official.add_argument("--base_seed", type=int, default=-1, help="seed; -1 draws one")
-    official.add_argument("--sample_solver", default=None, choices=["unipc", "dpm++", "euler"])
+    official.add_argument("--sample_solver", default=None, choices=list(SOLVERS))
     official.add_argument("--sample_steps", type=int, default=None)
     official.add_argument("--sample_shift", type=float, default=None)
     official.add_argument(
@@ -132,32 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument(
         "--enable_half_frame_generation",
         action="store_true",
-        help="a window of high-noise steps on ceil(T/2) latent frames (--half_frame_steps; default: the measured "
-        "best trade in docs/QUALITY.md)",
+        help="every high-noise step on ceil(T/2) latent frames, completed to the full count at the expert switch "
+        "(A14B tasks; narrower windows: --half_frame_steps; docs/HALF_FRAME.md)",
     )
     ours.add_argument(
         "--half_frame_steps",
         default=None,
         metavar="START:END",
-        help="steps START..END-1 (0-based, within the high-noise phase) run at half frames; START: runs to the "
-        "expert switch ('0:' with --frame_completion repeat is the seed's plain method)",
+        help="only steps START..END-1 (0-based, within the high-noise phase) run at half frames, a measured "
+        "trade-off of speed for fidelity; START: runs to the expert switch (default with the flag: 0:)",
     )
     ours.add_argument(
         "--half_frame_positions",
         default="contiguous",
-        choices=["contiguous", "stride2"],
+        choices=list(POSITIONS),
         help="temporal RoPE positions of the half frames: 0,1,2,... (default) or 0,2,4,...",
     )
     ours.add_argument(
         "--frame_completion",
         default=None,
-        choices=["repeat", "interpolate", "renoise", "renoise_fresh"],
-        help="how the half-frame latent is completed back to full frames (default: renoise)",
+        choices=list(COMPLETIONS),
+        help="how the half-frame latent is completed back to full frames (default: renoise; repeat is the "
+        "source documents' F1,F1,F2,F2,...)",
     )
     ours.add_argument(
         "--enable_improved_frame_completion",
         action="store_true",
-        help="use the measured-best completion (renoise) instead of --frame_completion",
+        help="the source documents' flag, accepted as an alias: selects the best measured completion, renoise, "
+        "which is already the default (it overrides --frame_completion)",
     )
     ours.add_argument(
         "--cfg_truncate_steps", type=int, default=None, help="last N steps run the conditional pass only (default 0)"
@@ -200,66 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--debug", action="store_true", help="an internal error prints its full trace")
 
     speed = p.add_argument_group("speed levers (docs/PERFORMANCE.md); explicit flags win over --preset")
-    speed.add_argument(
-        "--preset",
-        default=None,
-        choices=list(PRESETS),
-        help="exact: the fastest levers that keep the video (compile, fused projections, fused q/k norm + RoPE, "
-        "GELU epilogue); fast: the fastest whose quality holds on t2v-tiny (compile, fused projections, SeaCache "
-        "step cache, CFG truncation 5/3, bfloat16 VAE decode)",
-    )
-    speed.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=None, help="regional torch.compile of the blocks"
-    )
-    speed.add_argument(
-        "--fuse_projections",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="one GEMM for each attention's q/k/v (self) and k/v (cross) projections",
-    )
-    speed.add_argument(
-        "--fuse_norm_rope",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="self-attention's q/k RMS norm and RoPE in one Triton kernel (a GPU; elsewhere the same math unfused)",
-    )
-    speed.add_argument(
-        "--fuse_gelu",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the feed-forward GELU in its GEMM's cuBLASLt epilogue (a GPU; elsewhere the same math unfused)",
-    )
-    speed.add_argument(
-        "--fp8",
-        nargs="?",
-        const="all",
-        default=None,
-        metavar="SCOPE",
-        help="float8 linear layers in the experts (torchao, row-wise scales; GPUs of compute capability 8.9+): "
-        "all (the default scope) or ffn (the feed-forward layers only)",
-    )
-    speed.add_argument("--no-fp8", dest="fp8", action="store_const", const="", help="no float8, even in a preset")
-    speed.add_argument(
-        "--cache",
-        default=None,
-        help="step caching: sea[:THRESHOLD[:RUN]], fbc[:THRESHOLD] or taylorseer[:INTERVAL[:ORDER]], a knob (and "
-        "sea's run) per expert as HIGH+LOW (taylorseer:3+4:2), or none; without a knob, the checkpoint's calibration "
-        "(scripts/calibrate_cache.py) or the default",
-    )
-    speed.add_argument(
-        "--vae_dtype",
-        default=None,
-        help=f"the VAE's precision for the decode: {' or '.join(VAE_DTYPES)} (the released float32 by default; "
-        "--preset fast: bfloat16)",
-    )
-    speed.add_argument(
-        "--attention_backend",
-        default=None,
-        help="a diffusers attention backend (e.g. _native_cudnn) or flash_4; default: flash_4 where flash-attn-4 "
-        "is installed on a Hopper or newer GPU (one GPU), else PyTorch's SDPA",
-    )
+    add_lever_flags(speed)
 
-    batch = p.add_argument_group("batch (see README 'Batch generation')")
+    batch = p.add_argument_group("batch (docs/BATCH.md)")
     batch.add_argument(
         "--prompt_file",
         default=None,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run generate.py --prompt_file over several prompt files and modes, one resumable folder each.
-# Re-running the same command resumes: finished videos are verified and skipped (see README).
+# Re-running the same command resumes: finished videos are verified and skipped (see docs/BATCH.md).
 set -euo pipefail
 
 usage() {

@@ -36,7 +36,7 @@ from bench_a14b import A14B_CONFIG, now  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wan.levers.attention import FlashTile, flash_4_available, flash_4_hopper, flash_attention_4  # noqa: E402
+from wan.levers.attention import FlashTile, flash_4_hopper, flash_4_problem, flash_attention_4  # noqa: E402
 
 logger = logging.getLogger("bench_attention")
 
@@ -62,7 +62,7 @@ def installed(module: str) -> bool:
 def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Kernel ``name`` on (batch, tokens, heads, dim) tensors, the output in that layout."""
     if name.startswith("flash_4"):
-        if why := flash_4_available(q.device):
+        if why := flash_4_problem(q.device):
             raise RuntimeError(why)
         if name == "flash_4":
             return flash_attention_4(q, k, v)

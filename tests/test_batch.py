@@ -77,7 +77,8 @@ def test_killed_batch_resumes_with_every_item_done_once(cli, tmp_path):
     proc = subprocess.Popen([sys.executable, "generate.py", *args], cwd=REPO, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 300  # generous: CI machines may be busy
     while proc.poll() is None and time.monotonic() < deadline:
-        done = (out / "manifest.jsonl").read_text().count('"status": "done"') if out.exists() else 0
+        record = out / "manifest.jsonl"  # the folder is made a moment before the manifest
+        done = record.read_text().count('"status": "done"') if record.exists() else 0
         if done >= 2:
             break
         time.sleep(0.02)

@@ -1,27 +1,27 @@
-"""wan.checkpoints: both layouts load to the same weights; key mappings; dtypes; one-line errors."""
+"""wan.checkpoints: both layouts of each model load to the same weights; dtypes; one-line errors for broken files."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
-from tiny_models import save_diffusers_layout, save_official_layout, tiny_parts_official
+from tiny_models import (
+    save_diffusers_layout,
+    save_official_layout,
+    tiny_i2v_parts,
+    tiny_parts_official,
+    tiny_ti2v_parts,
+)
 from transformers import UMT5EncoderModel
 
 from wan.checkpoints import (
     detect_layout,
     load_components,
-    transformer_config_from_wan,
-    umt5_config_from_state_dict,
-    umt5_hf_to_wan,
-    umt5_wan_to_hf,
 )
 from wan.errors import CheckpointError
 
@@ -143,87 +143,72 @@ def test_unsharded_official_expert(tiny, roots, tmp_path):
     assert_same_state(load_components(root).high_noise_model, tiny.high_noise_model)
 
 
-# ---------------------------------------------------------------------------------------------- umT5 mapping
+# ---------------------------------------------------------------------------------------------- Wan2.2 family
+
+WAN22 = {"i2v": tiny_i2v_parts, "ti2v": tiny_ti2v_parts}
 
 
-def wan_t5_reference(sd: dict, ids: torch.Tensor, max_dist: int = 128, eps: float = 1e-6) -> torch.Tensor:
-    """Wan's T5 encoder, written from its definition, on Wan key names (no padding)."""
-    num_buckets, heads = sd["blocks.0.pos_embedding.embedding.weight"].shape
-    layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    length = ids.shape[1]
-    rel = torch.arange(length)[None, :] - torch.arange(length)[:, None]  # key - query
-    half = num_buckets // 2
-    exact = half // 2
-    far = exact + (torch.log(rel.abs().clamp(min=1).float() / exact) / math.log(max_dist / exact) * (half - exact))
-    buckets = (rel > 0).long() * half + torch.where(rel.abs() < exact, rel.abs(), far.long().clamp(max=half - 1))
-
-    def rms(x, w):
-        return w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-
-    x = sd["token_embedding.weight"][ids]
-    for i in range(layers):
-        p = f"blocks.{i}."
-        h = rms(x, sd[p + "norm1.weight"])
-        q, k, v = (
-            (h @ sd[p + f"attn.{n}.weight"].T).unflatten(-1, (heads, -1)).transpose(1, 2) for n in ("q", "k", "v")
-        )
-        bias = sd[p + "pos_embedding.embedding.weight"][buckets].permute(2, 0, 1)[None]
-        attn = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1)  # T5: no 1/sqrt(d) scaling
-        x = x + (attn @ v).transpose(1, 2).flatten(2) @ sd[p + "attn.o.weight"].T
-        h = rms(x, sd[p + "norm2.weight"])
-        gated = F.gelu(h @ sd[p + "ffn.gate.0.weight"].T, approximate="tanh")
-        x = x + (gated * (h @ sd[p + "ffn.fc1.weight"].T)) @ sd[p + "ffn.fc2.weight"].T
-    return rms(x, sd["norm.weight"])
+@pytest.fixture(scope="module", params=sorted(WAN22))
+def wan22(request, tmp_path_factory):
+    """(parts, {layout: root}, {layout: loaded}) of a tiny I2V-A14B-like or TI2V-5B-like checkpoint."""
+    parts = WAN22[request.param](seed=0)
+    base = tmp_path_factory.mktemp(request.param)
+    roots = {
+        "official": save_official_layout(parts, base / "official", shards=2),
+        "diffusers": save_diffusers_layout(parts, base / "diffusers"),
+    }
+    return parts, roots, {layout: load_components(root) for layout, root in roots.items()}
 
 
-def test_umt5_mapping_round_trip(tiny):
-    hf = tiny.text_encoder.state_dict()
-    wan = umt5_hf_to_wan(hf)
-    assert "token_embedding.weight" in wan and "blocks.1.ffn.gate.0.weight" in wan
-    back = umt5_wan_to_hf(wan)
-    assert back.keys() == hf.keys()  # every HF key covered, the tied embedding included
-    assert all(back[k] is hf[k] or torch.equal(back[k], hf[k]) for k in hf)
-    again = umt5_hf_to_wan(back)
-    assert again.keys() == wan.keys() and all(again[k] is wan[k] for k in wan)
-    with pytest.raises(KeyError):
-        umt5_wan_to_hf({"blocks.0.attn.qkv.weight": torch.zeros(1)})
+def test_wan22_layouts_on_disk(wan22):
+    parts, roots, _ = wan22
+    official, diffusers = roots["official"], roots["diffusers"]
+    if parts.low_noise_model is None:  # TI2V-5B: one model at the root, the Wan2.2 VAE
+        assert (official / "config.json").is_file() and (official / "Wan2.2_VAE.pth").is_file()
+        assert not (official / "high_noise_model").exists() and not (diffusers / "transformer_2").exists()
+        assert json.loads((official / "config.json").read_text())["model_type"] == "ti2v"
+    else:  # I2V-A14B: two experts taking 36 channels, the Wan2.1 VAE
+        assert (official / "low_noise_model" / "config.json").is_file() and (official / "Wan2.1_VAE.pth").is_file()
+        config = json.loads((official / "high_noise_model" / "config.json").read_text())
+        assert (config["model_type"], config["in_dim"], config["out_dim"]) == ("i2v", 36, 16)
+        assert json.loads((diffusers / "model_index.json").read_text())["_class_name"] == "WanImageToVideoPipeline"
 
 
-def test_umt5_mapping_matches_wan_semantics(tiny):
-    wan = umt5_hf_to_wan(tiny.text_encoder.state_dict())
-    ids = tiny.tokenizer([PROMPT], return_tensors="pt").input_ids
-    assert ids.shape[1] > 8  # long enough to reach the logarithmic buckets
+def test_wan22_layouts_load_identical_weights(wan22):
+    parts, _, loaded = wan22
+    official, diffusers = loaded["official"], loaded["diffusers"]
+    assert (official.layout, diffusers.layout) == ("official", "diffusers")
+    for name in PARTS:
+        reference = getattr(parts, name)
+        if reference is None:
+            assert getattr(official, name) is None and getattr(diffusers, name) is None
+            continue
+        assert_same_state(getattr(official, name), reference)
+        assert_same_state(getattr(diffusers, name), reference)
+    assert len(official.experts) == len(diffusers.experts) == (1 if parts.low_noise_model is None else 2)
+    public = {k: v for k, v in parts.vae.config.items() if not k.startswith("_")}
+    for components in (official, diffusers):
+        assert {k: components.vae.config[k] for k in public} == public  # latents_mean/std included
+
+
+def test_wan22_layouts_give_identical_outputs(wan22):
+    parts, _, loaded = wan22
+    official, diffusers = loaded["official"], loaded["diffusers"]
+    config = parts.high_noise_model.config
+    torch.manual_seed(0)
+    latent, text, t = torch.randn(1, config.in_channels, 2, 4, 4), torch.randn(1, 5, 32), torch.tensor([700.0])
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
     with torch.no_grad():
-        expected = wan_t5_reference(wan, ids)
-        got = tiny.text_encoder(ids).last_hidden_state
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_configs_at_a14b_size():
-    official = {
-        "_class_name": "WanModel", "dim": 5120, "eps": 1e-06, "ffn_dim": 13824, "freq_dim": 256, "in_dim": 16,
-        "model_type": "t2v", "num_heads": 40, "num_layers": 40, "out_dim": 16, "text_len": 512,
-    }  # fmt: skip
-    config = transformer_config_from_wan(official)
-    assert config["num_attention_heads"] == 40 and config["attention_head_dim"] == 128 and config["text_dim"] == 4096
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        expert = WanTransformer3DModel(**config)
-    assert round(sum(p.numel() for p in expert.parameters()) / 1e9, 2) == 14.29
-    meta = {"token_embedding.weight": torch.empty(256384, 4096, device="meta"), "norm.weight": torch.empty(4096)}
-    for i in range(24):
-        p = f"blocks.{i}."
-        meta[p + "pos_embedding.embedding.weight"] = torch.empty(32, 64, device="meta")
-        meta[p + "attn.q.weight"] = torch.empty(4096, 4096, device="meta")
-        meta[p + "ffn.fc1.weight"] = torch.empty(10240, 4096, device="meta")
-    t5 = umt5_config_from_state_dict(meta)
-    assert (t5.vocab_size, t5.d_model, t5.num_layers, t5.num_heads, t5.d_kv, t5.d_ff) == (
-        256384, 4096, 24, 64, 64, 10240,
-    )  # fmt: skip
-    assert (t5.relative_attention_num_buckets, t5.relative_attention_max_distance) == (32, 128)
-    with pytest.raises(ValueError, match="t2v"):
-        transformer_config_from_wan({**official, "model_type": "i2v"})
+        references = [m for m in (parts.high_noise_model, parts.low_noise_model) if m is not None]
+        for a, b, reference in zip(official.experts, diffusers.experts, references, strict=True):
+            out = reference(latent, t, text, return_dict=False)[0]  # the same weights, never on disk
+            assert torch.equal(a(latent, t, text, return_dict=False)[0], out)
+            assert torch.equal(b(latent, t, text, return_dict=False)[0], out)
+        z = official.vae.encode(video).latent_dist.mode()
+        assert z.shape[1] == parts.vae.config.z_dim
+        assert torch.equal(z, diffusers.vae.encode(video).latent_dist.mode())
+        assert torch.equal(z, parts.vae.encode(video).latent_dist.mode())
+        assert torch.equal(official.vae.decode(z).sample, diffusers.vae.decode(z).sample)
 
 
 # ---------------------------------------------------------------------------------------------- dtypes

@@ -6,9 +6,9 @@ from tiny_models import tiny_parts
 
 import generate
 from wan.errors import ConfigError
-from wan.levers import Levers, apply_levers, parse_levers
+from wan.levers import Levers, apply_levers, fp8, parse_levers
 from wan.levers.fp8 import fp8_layer_names, quantize_experts_fp8
-from wan.levers.presets import HARDWARE_CHECKS, resolve_levers
+from wan.levers.presets import resolve_levers
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_quantising_off_a_float8_gpu_is_one_line():
 
 
 def test_float8_with_a_cache_under_compile_is_refused_before_loading(monkeypatch):
-    monkeypatch.setitem(HARDWARE_CHECKS, "fp8", lambda device: None)  # as on a Hopper GPU
+    monkeypatch.setattr(fp8, "fp8_problem", lambda device: None)  # as on a Hopper GPU
     message = "--fp8 with --cache and --compile: .*; add --no-compile or --cache none"
     with pytest.raises(ConfigError, match=message):
         resolve_levers("fast", {"fp8": "ffn", "compile": True}, torch.device("cpu"))  # fast's cache, compile asked

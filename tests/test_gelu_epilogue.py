@@ -10,7 +10,7 @@ from test_fusion import forward
 
 from wan.errors import ConfigError
 from wan.levers import gelu_epilogue
-from wan.levers.presets import HARDWARE_CHECKS, resolve_levers
+from wan.levers.presets import resolve_levers
 
 CPU = torch.device("cpu")
 
@@ -59,7 +59,7 @@ def test_the_check_wants_the_tanh_form(monkeypatch):
 
 
 def test_a_gpu_without_the_tanh_epilogue_loses_the_lever(monkeypatch):
-    monkeypatch.setitem(HARDWARE_CHECKS, "fuse_gelu", lambda device: "not the tanh form")
+    monkeypatch.setattr(gelu_epilogue, "gelu_epilogue_problem", lambda device: "not the tanh form")
     levers, notes = resolve_levers("exact", {}, CPU)
     assert not levers.fuse_gelu and "preset exact: fuse_gelu left out (not the tanh form)" in notes
     with pytest.raises(ConfigError, match="^--fuse_gelu: not the tanh form; run without --fuse_gelu$"):

@@ -10,7 +10,7 @@ import torch
 from tiny_models import as_components
 
 from wan.errors import ConfigError
-from wan.levers import Levers, apply_levers, attention
+from wan.levers import REGISTRY, Levers, apply_levers, attention
 from wan.levers.cache import (
     CALIBRATION_FILE,
     EXPERTS,
@@ -205,7 +205,8 @@ def test_presets_leave_out_what_the_cpu_lacks_but_explicit_flags_fail():
     assert resolve_levers(None, {}, CPU) == (Levers(), [])
     exact, notes = resolve_levers("exact", {}, CPU)
     assert exact.fuse_projections and not (exact.compile or exact.fuse_norm_rope or exact.fuse_gelu)
-    assert [n.split(" left out")[0] for n in notes] == [f"preset exact: {n}" for n in PRESETS["exact"].gpu_only]
+    gpu_only = [lever.name for lever in REGISTRY if lever.gpu_only and getattr(PRESETS["exact"].levers, lever.name)]
+    assert [n.split(" left out")[0] for n in notes] == [f"preset exact: {n}" for n in gpu_only]
     assert resolve_levers(None, {"fuse_norm_rope": True, "fuse_gelu": True}, CPU)[0].fuse_gelu  # the math runs anywhere
     assert preset_generation_defaults("fast")["cfg_truncate_steps"] == 5 and preset_generation_defaults(None) == {}
     with pytest.raises(ConfigError, match="unknown --preset"):
@@ -220,7 +221,7 @@ def test_flash_4_is_the_default_attention_only_where_it_runs(monkeypatch):
     def on_hopper(device, parallel=False):
         return "no context-parallel path" if parallel else None
 
-    monkeypatch.setattr(attention, "flash_4_available", on_hopper)
+    monkeypatch.setattr(attention, "flash_4_problem", on_hopper)
     assert resolve_levers(None, {}, CPU)[0].attention_backend == "flash_4"
     assert resolve_levers("exact", {}, CPU)[0].attention_backend == "flash_4"
     assert resolve_levers("exact", {"attention_backend": "native"}, CPU)[0].attention_backend == "native"
@@ -235,7 +236,7 @@ def test_fast_takes_sage_where_it_runs_and_says_why_not_elsewhere(monkeypatch):
     def sage_here(device, parallel=False):
         return "one GPU only" if parallel else None
 
-    monkeypatch.setattr(attention, "sage_available", sage_here)
+    monkeypatch.setattr(attention, "sage_problem", sage_here)
     levers, notes = resolve_levers("fast", {}, CPU)
     assert levers == dataclasses.replace(PRESETS["fast"].levers, attention_backend="sage", compile=False)
     assert notes == ["preset fast: compile left out on cpu (it pays off on a GPU only)"]
@@ -243,7 +244,7 @@ def test_fast_takes_sage_where_it_runs_and_says_why_not_elsewhere(monkeypatch):
     assert resolve_levers("fast", {"attention_backend": "native"}, CPU)[0].attention_backend == "native"
     levers, notes = resolve_levers("fast", {}, CPU, parallel=True)
     assert levers.attention_backend is None and "preset fast: attention sage left out (one GPU only)" in notes
-    monkeypatch.setattr(attention, "sage_available", lambda device, parallel=False: "it needs an NVIDIA GPU")
+    monkeypatch.setattr(attention, "sage_problem", lambda device, parallel=False: "it needs an NVIDIA GPU")
     levers, notes = resolve_levers("fast", {}, CPU)
     assert levers.attention_backend is None and "preset fast: attention sage left out (it needs an NVIDIA GPU)" in notes
 

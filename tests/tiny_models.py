@@ -1,4 +1,9 @@
-"""Builders for tiny random Wan2.2 checkpoints (same classes as A14B, toy sizes) used by the tests."""
+"""Builders for tiny random Wan2.2 checkpoints (the released models' classes at toy sizes) used by the tests.
+
+``tiny_parts`` is T2V-A14B-like (two experts, 16 channels, Wan2.1 VAE), ``tiny_i2v_parts`` I2V-A14B-like
+(two experts taking 36 channels: noise + mask + image latent), ``tiny_ti2v_parts`` TI2V-5B-like (one dense
+model, 48 channels, a Wan2.2 VAE). Each saves in both layouts: ``save_diffusers_layout``, ``save_official_layout``.
+"""
 
 from __future__ import annotations
 
@@ -30,17 +35,17 @@ class TinyParts:
     text_encoder: UMT5EncoderModel
     vae: AutoencoderKLWan
     high_noise_model: WanTransformer3DModel
-    low_noise_model: WanTransformer3DModel
+    low_noise_model: WanTransformer3DModel | None  # None: a one-model (TI2V-5B-like) checkpoint
 
 
-def tiny_transformer(seed: int) -> WanTransformer3DModel:
+def tiny_transformer(seed: int, in_channels: int = 16, out_channels: int = 16) -> WanTransformer3DModel:
     torch.manual_seed(seed)
     model = WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
+        in_channels=in_channels,
+        out_channels=out_channels,
         text_dim=TEXT_DIM,
         freq_dim=32,
         ffn_dim=48,
@@ -78,6 +83,47 @@ def tiny_parts(seed: int = 0) -> TinyParts:
     return TinyParts(tokenizer, text_encoder, vae, tiny_transformer(seed + 2), tiny_transformer(seed + 3))
 
 
+def tiny_i2v_parts(seed: int = 0) -> TinyParts:
+    """I2V-A14B-like: two experts taking 16 noise + 4 mask + 16 image-latent channels, the Wan2.1 VAE (official T5)."""
+    parts = tiny_parts_official(seed)
+    parts.high_noise_model = tiny_transformer(seed + 2, in_channels=36)
+    parts.low_noise_model = tiny_transformer(seed + 3, in_channels=36)
+    return parts
+
+
+def tiny_wan22_vae(seed: int) -> AutoencoderKLWan:
+    """The Wan2.2 VAE at toy width: 48 latent channels, RGB patchified 2x2, 4x16x16 compression, released stats."""
+    from wan.checkpoints.keymaps import WAN22_VAE_LATENTS_MEAN, WAN22_VAE_LATENTS_STD
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=8,
+        decoder_base_dim=12,
+        z_dim=48,
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_temporal=4,
+        scale_factor_spatial=16,
+        latents_mean=list(WAN22_VAE_LATENTS_MEAN),
+        latents_std=list(WAN22_VAE_LATENTS_STD),
+    ).eval()
+
+
+def tiny_ti2v_parts(seed: int = 0) -> TinyParts:
+    """TI2V-5B-like: one dense model on 48 latent channels and a Wan2.2 VAE (official T5)."""
+    parts = tiny_parts_official(seed)
+    parts.vae = tiny_wan22_vae(seed + 1)
+    parts.high_noise_model = tiny_transformer(seed + 2, in_channels=48, out_channels=48)
+    parts.low_noise_model = None
+    return parts
+
+
+def _scheduler(flow_shift: float) -> UniPCMultistepScheduler:
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
+
+
 def wan_pipeline(parts: TinyParts, boundary_ratio: float = 0.875):
     """diffusers' own ``WanPipeline`` on ``parts`` with the released A14B scheduler (UniPC, flow, shift 12)."""
     from diffusers import WanPipeline
@@ -86,16 +132,54 @@ def wan_pipeline(parts: TinyParts, boundary_ratio: float = 0.875):
         tokenizer=parts.tokenizer,
         text_encoder=parts.text_encoder,
         vae=parts.vae,
-        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0),
+        scheduler=_scheduler(12.0),
         transformer=parts.high_noise_model,
         transformer_2=parts.low_noise_model,
         boundary_ratio=boundary_ratio,
     )
 
 
+def i2v_pipeline(parts: TinyParts, boundary_ratio: float = 0.9, flow_shift: float = 5.0):
+    """diffusers' ``WanImageToVideoPipeline`` on I2V parts as Wan2.2 ships it: two experts, no CLIP image encoder."""
+    from diffusers import WanImageToVideoPipeline
+
+    return WanImageToVideoPipeline(
+        tokenizer=parts.tokenizer,
+        text_encoder=parts.text_encoder,
+        vae=parts.vae,
+        scheduler=_scheduler(flow_shift),
+        transformer=parts.high_noise_model,
+        transformer_2=parts.low_noise_model,
+        boundary_ratio=boundary_ratio,
+    )
+
+
+def ti2v_pipeline(parts: TinyParts, flow_shift: float = 5.0):
+    """diffusers' ``WanPipeline`` on TI2V parts as TI2V-5B ships it: one model, per-token timesteps."""
+    from diffusers import WanPipeline
+
+    return WanPipeline(
+        tokenizer=parts.tokenizer,
+        text_encoder=parts.text_encoder,
+        vae=parts.vae,
+        scheduler=_scheduler(flow_shift),
+        transformer=parts.high_noise_model,
+        transformer_2=None,
+        expand_timesteps=True,
+    )
+
+
 def save_diffusers_layout(parts: TinyParts, root: Path, boundary_ratio: float = 0.875) -> Path:
-    """Write ``parts`` as a diffusers ``WanPipeline`` folder (model_index.json and one folder a part)."""
-    pipe = wan_pipeline(parts, boundary_ratio)
+    """Write ``parts`` as the diffusers pipeline of their kind saves them (model_index.json and one folder a part).
+
+    ``boundary_ratio`` is the T2V pipeline's; the I2V one is saved with the released 0.9.
+    """
+    if parts.low_noise_model is None:
+        pipe = ti2v_pipeline(parts)
+    elif parts.high_noise_model.config.in_channels != parts.high_noise_model.config.out_channels:
+        pipe = i2v_pipeline(parts)
+    else:
+        pipe = wan_pipeline(parts, boundary_ratio)
     pipe.save_pretrained(root)
     return root
 
@@ -116,9 +200,13 @@ def tiny_parts_official(seed: int = 0) -> TinyParts:
     return parts
 
 
-def _official_expert_config(model: WanTransformer3DModel) -> dict:
+def _official_expert_config(model: WanTransformer3DModel, one_model: bool) -> dict:
     """An official ``WanModel`` config.json for ``model`` (no text_dim: the release does not record it)."""
     cfg = model.config
+    if one_model:
+        model_type = "ti2v"
+    else:
+        model_type = "t2v" if cfg.in_channels == cfg.out_channels else "i2v"
     return {
         "_class_name": "WanModel",
         "_diffusers_version": "0.33.0",
@@ -127,7 +215,7 @@ def _official_expert_config(model: WanTransformer3DModel) -> dict:
         "ffn_dim": cfg.ffn_dim,
         "freq_dim": cfg.freq_dim,
         "in_dim": cfg.in_channels,
-        "model_type": "t2v",
+        "model_type": model_type,
         "num_heads": cfg.num_attention_heads,
         "num_layers": cfg.num_layers,
         "out_dim": cfg.out_channels,
@@ -157,28 +245,51 @@ def _save_sharded(tensors: dict[str, torch.Tensor], folder: Path, shards: int) -
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def save_official_layout(parts: TinyParts, root: Path, shards: int = 2, t5_dtype: torch.dtype | None = None) -> Path:
-    """Write ``parts`` in the layout of the official Wan2.2-T2V-A14B release (Wan key names).
+def umt5_hf_to_wan(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ``UMT5EncoderModel`` state dict under Wan's T5 names, as the official file stores it (the tied copy once)."""
+    from wan.checkpoints.keymaps import (
+        UMT5_TIED_KEY,
+        umt5_hf_key_to_wan,
+    )
 
-    ``t5_dtype`` casts the T5 file (the release stores bf16); None keeps the encoder's dtype so the
-    two layouts hold bit-identical weights.
+    return {umt5_hf_key_to_wan(k): v for k, v in state_dict.items() if k != UMT5_TIED_KEY}
+
+
+def save_official_layout(parts: TinyParts, root: Path, shards: int = 2, t5_dtype: torch.dtype | None = None) -> Path:
+    """Write ``parts`` in the layout of the official Wan2.2 release of their kind (Wan key names).
+
+    Two experts go to high_noise_model/ and low_noise_model/, a single model to the root (as TI2V-5B);
+    the VAE is Wan2.2_VAE.pth when it has 48 latent channels, else Wan2.1_VAE.pth. ``t5_dtype`` casts
+    the T5 file (the release stores bf16); None keeps the encoder's dtype so the two layouts hold
+    bit-identical weights.
     """
-    from wan.checkpoints import diffusers_to_wan_transformer_key, diffusers_to_wan_vae_key, umt5_hf_to_wan
+    from wan.checkpoints import diffusers_to_wan_transformer_key, diffusers_to_wan_vae_key
 
     if parts.text_encoder.config.relative_attention_max_distance != 128:
         warnings.warn("the official T5 format implies relative_attention_max_distance 128", stacklevel=2)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    for name, model in (("high_noise_model", parts.high_noise_model), ("low_noise_model", parts.low_noise_model)):
+    if parts.low_noise_model is None:
+        experts = [(".", parts.high_noise_model)]
+    else:
+        experts = [("high_noise_model", parts.high_noise_model), ("low_noise_model", parts.low_noise_model)]
+    for name, model in experts:
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {
             diffusers_to_wan_transformer_key(k): v.detach().clone().contiguous() for k, v in model.state_dict().items()
         }
         _save_sharded(tensors, folder, shards)
-        (folder / "config.json").write_text(json.dumps(_official_expert_config(model), indent=2))
-    vae = {diffusers_to_wan_vae_key(k): v.detach().clone() for k, v in parts.vae.state_dict().items()}
-    torch.save(vae, root / "Wan2.1_VAE.pth")
+        config = _official_expert_config(model, one_model=len(experts) == 1)
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+    vae_config = parts.vae.config
+    vae = {
+        diffusers_to_wan_vae_key(k, residual=vae_config.is_residual, num_res_blocks=vae_config.num_res_blocks): (
+            v.detach().clone()
+        )
+        for k, v in parts.vae.state_dict().items()
+    }
+    torch.save(vae, root / ("Wan2.2_VAE.pth" if vae_config.z_dim == 48 else "Wan2.1_VAE.pth"))
     t5 = umt5_hf_to_wan({k: v.detach().clone() for k, v in parts.text_encoder.state_dict().items()})
     if t5_dtype is not None:
         t5 = {k: v.to(t5_dtype) for k, v in t5.items()}

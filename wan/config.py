@@ -15,6 +15,9 @@ from wan.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_TASK = "t2v-tiny"
+TASK_KINDS = ("t2v", "i2v", "ti2v")
+"""t2v: text only; i2v: an image is required (mask + image latent as extra input channels);
+ti2v: text only, or an image as the first latent frame (per-token timesteps)."""
 HIGH = "high_noise"
 LOW = "low_noise"
 """The two experts' names in checkpoints, plans, timings and sidecars (a dense model has only HIGH)."""
@@ -33,13 +36,19 @@ class TaskConfig:
     sample_solver: str
     sample_steps: int
     sample_shift: float
-    boundary: float
+    boundary: float | None  # None: one expert (no switch), e.g. ti2v-5B
     guide_scale_high: float
     guide_scale_low: float
     num_train_timesteps: int
     text_len: int
     default_ckpt_dir: str | None
     negative_prompt: str
+    kind: str = "t2v"
+
+    @property
+    def experts(self) -> int:
+        """Two experts (high-noise / low-noise) when the task has a switch boundary, else one."""
+        return 1 if self.boundary is None else 2
 
     def parse_size(self, size: str | None) -> tuple[int, int]:
         """Return (width, height) for an official ``W*H`` string, refusing sizes the task lacks."""
@@ -90,6 +99,8 @@ def _read_task_file(path: Path) -> TaskConfig:
 
 def _task_config(raw: dict) -> TaskConfig:
     """JSON lists become the config's tuples."""
+    if raw.get("kind", "t2v") not in TASK_KINDS:
+        raise ValueError(f"kind {raw['kind']!r} is not one of {', '.join(TASK_KINDS)}")
     return TaskConfig(
         **{
             **raw,

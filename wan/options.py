@@ -107,6 +107,18 @@ def resolve_ckpt_dir(flags: Mapping[str, Any], config: TaskConfig) -> Path:
     return path
 
 
+def expected_model(config: TaskConfig, ckpt_dir: Path):
+    """What the task needs from its checkpoint (``wan.checkpoints.ExpectedModel``): the released model's facts,
+    or for a task of our own (the tiny models) what its config implies."""
+    from wan.checkpoints import RELEASED_MODELS, ExpectedModel
+
+    if config.task in RELEASED_MODELS:
+        return RELEASED_MODELS[config.task]
+    z_dim = 48 if config.vae_stride[1] == 16 else 16  # the Wan2.2 VAE compresses 16x16, the Wan2.1 VAE 8x8
+    in_channels = z_dim + (4 + z_dim if config.kind == "i2v" else 0)
+    return ExpectedModel(config.task, config.experts, in_channels, z_dim, release=str(ckpt_dir))
+
+
 def placement_choice(flags: Mapping[str, Any]) -> str:
     """--placement, or what the official --offload_model means when only it is given; auto by default."""
     offload = flags.get("offload_model")
@@ -151,13 +163,16 @@ def resolve_options(flags: Mapping[str, Any], *, local_rank: int = 0) -> EngineO
     """
     import torch
 
-    from wan.levers.presets import resolve_levers
+    from wan.levers import explicit_levers, resolve_levers
     from wan.lora import check_loras, lora_specs
 
     flags = with_defaults(flags)
     config = load_task_config(flags.get("task") or "t2v-tiny")
     check_flags(flags, config)
     ckpt_dir = resolve_ckpt_dir(flags, config)
+    from wan.checkpoints import check_checkpoint
+
+    check_checkpoint(ckpt_dir, expected_model(config, ckpt_dir))  # configs and headers only: before any weights
     loras = check_loras(lora_specs(dict(flags)))
     device = resolve_device(flags.get("device"), local_rank)
     parallel = parallel_options(flags)
@@ -177,18 +192,3 @@ def resolve_options(flags: Mapping[str, Any], *, local_rank: int = 0) -> EngineO
         loras=tuple(loras),
         parallel=parallel,
     )
-
-
-def explicit_levers(flags: Mapping[str, Any]) -> dict[str, Any]:
-    """The speed levers the user named on the command line (None: not named; ``--cache none``: off)."""
-    cache = flags.get("cache")
-    return {
-        "compile": flags.get("compile"),
-        "fuse_projections": flags.get("fuse_projections"),
-        "fuse_norm_rope": flags.get("fuse_norm_rope"),
-        "fuse_gelu": flags.get("fuse_gelu"),
-        "fp8": flags.get("fp8"),
-        "cache": None if cache is None else ("" if cache.lower() == "none" else cache),
-        "attention_backend": flags.get("attention_backend"),
-        "vae_dtype": flags.get("vae_dtype"),
-    }

@@ -38,15 +38,18 @@ class StepPlan:
         return 2 if self.use_cfg else 1
 
 
-def route(timestep: float, boundary: float, num_train_timesteps: int = 1000) -> str:
-    """The expert for ``timestep``: high-noise at or above the boundary."""
+def route(timestep: float, boundary: float | None, num_train_timesteps: int = 1000) -> str:
+    """The expert for ``timestep``: high-noise at or above the boundary; a one-expert task (no boundary)
+    runs every step on its only expert, named HIGH."""
+    if boundary is None:
+        return HIGH
     return HIGH if timestep >= boundary * num_train_timesteps else LOW
 
 
 def plan_steps(
     timesteps: Sequence[float],
     *,
-    boundary: float,
+    boundary: float | None,
     guide_scale_high: float,
     guide_scale_low: float,
     num_train_timesteps: int = 1000,
@@ -96,15 +99,27 @@ class Geometry:
     width: int  # latent columns
     tokens_per_frame: int  # DiT tokens of one latent frame (after patching)
     patch_size: tuple[int, int, int] = (1, 2, 2)
+    pixels: tuple[int, int] = (0, 0)  # the video's (width, height)
 
     @property
     def full_tokens(self) -> int:
         return self.frames * self.tokens_per_frame
 
 
+def video_size(config: TaskConfig, settings: GenerationSettings) -> tuple[int, int]:
+    """(width, height) of the video: ``--size``, or with an image its area in the image's shape
+    (``wan.image``, as the official CLI sizes image-to-video)."""
+    if settings.image is None:
+        return config.parse_size(settings.size)
+    from wan.image import load_image
+    from wan.image import video_size as image_video_size
+
+    return image_video_size(config, settings.size, load_image(settings.image))
+
+
 def geometry(config: TaskConfig, settings: GenerationSettings) -> Geometry:
     """The latent geometry of resolved ``settings`` under ``config``'s VAE stride and patch size."""
-    width, height = config.parse_size(settings.size)
+    width, height = video_size(config, settings)
     stride_t, stride_h, stride_w = config.vae_stride
     _, patch_h, patch_w = config.patch_size
     if height % (stride_h * patch_h) or width % (stride_w * patch_w):
@@ -117,6 +132,7 @@ def geometry(config: TaskConfig, settings: GenerationSettings) -> Geometry:
         width=columns,
         tokens_per_frame=(rows // patch_h) * (columns // patch_w),
         patch_size=tuple(config.patch_size),
+        pixels=(width, height),
     )
 
 

@@ -55,6 +55,7 @@ class GenerationSettings:
     frame_completion: str = DEFAULT_COMPLETION
     cfg_truncate_steps: int = 0
     cfg_truncate_high_noise_steps: int = 0
+    image: str | None = None  # the conditioning image of an image-to-video task
 
     def resolved(self, config: TaskConfig) -> GenerationSettings:
         """Fill every ``None`` from the task config and check the result: the sidecar holds real values."""
@@ -76,6 +77,15 @@ class GenerationSettings:
 def check_settings(settings: GenerationSettings, config: TaskConfig) -> None:
     """Resolved settings: every field by its flag's rule, then what depends on several of them."""
     check_flags({SETTING_FLAGS.get(k, k): v for k, v in asdict(settings).items()}, config)
+    if config.kind == "i2v" and settings.image is None:
+        raise ConfigError(f"task {config.task} makes a video from an image; pass --image PATH")
+    if config.kind == "t2v" and settings.image is not None:
+        raise ConfigError(f"task {config.task} takes no image; drop --image or choose i2v-A14B or ti2v-5B")
+    if settings.half_frame and config.boundary is None:
+        raise ConfigError(
+            f"--enable_half_frame_generation needs an expert switch; task {config.task} has one dense expert, "
+            "so drop the flag (half frames apply to the two-expert A14B tasks)"
+        )
     width, height = (int(v) for v in settings.size.split("*"))
     needed = settings.frame_num * width * height * VIDEO_BYTES_PER_PIXEL
     available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -110,4 +120,5 @@ def settings_from_flags(flags: Mapping[str, Any], seed: int) -> GenerationSettin
         frame_completion=completion,
         cfg_truncate_steps=flags.get("cfg_truncate_steps") or 0,
         cfg_truncate_high_noise_steps=flags.get("cfg_truncate_high_noise_steps") or 0,
+        image=flags.get("image"),
     )

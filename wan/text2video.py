@@ -75,7 +75,8 @@ VelocityFn = Callable[..., torch.Tensor]
 
 
 class WanT2V:
-    """Loaded Wan2.2 T2V model: text encoder, VAE and the two experts, plus the sampling loop."""
+    """Loaded Wan2.2 model: text encoder, VAE and the experts (two for the A14B tasks, one for TI2V-5B), plus
+    the sampling loop. A task's image conditioning comes from ``wan.tasks``; the loop is the same for all."""
 
     def __init__(
         self,
@@ -92,7 +93,8 @@ class WanT2V:
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.t5_cpu = t5_cpu
-        self.experts = {HIGH: components.high_noise_model, LOW: components.low_noise_model}
+        experts = {HIGH: components.high_noise_model, LOW: components.low_noise_model}
+        self.experts = {name: expert for name, expert in experts.items() if expert is not None}
         for module in (components.text_encoder, components.vae, *self.experts.values()):
             if module is not None:
                 module.eval().requires_grad_(False)
@@ -131,11 +133,19 @@ class WanT2V:
         return pipe
 
     def _check_components(self) -> None:
-        """Refuse expert pairs that cannot share a latent or a text embedding."""
-        high, low = (e.config for e in self.experts.values())
-        for key in ("in_channels", "out_channels", "patch_size", "text_dim"):
-            if tuple(_as_tuple(high[key])) != tuple(_as_tuple(low[key])):
-                raise ConfigError(f"the experts disagree on {key}: {high[key]} vs {low[key]}; check the checkpoint")
+        """Refuse parts that cannot share a latent or a text embedding, or that do not fit the task."""
+        if len(self.experts) != self.config.experts:
+            raise ConfigError(
+                f"task {self.config.task} runs {self.config.experts} expert(s) but the checkpoint has "
+                f"{len(self.experts)}; check --task and --ckpt_dir"
+            )
+        high = self.experts[HIGH].config
+        for other in list(self.experts.values())[1:]:
+            for key in ("in_channels", "out_channels", "patch_size", "text_dim"):
+                if tuple(_as_tuple(high[key])) != tuple(_as_tuple(other.config[key])):
+                    raise ConfigError(
+                        f"the experts disagree on {key}: {high[key]} vs {other.config[key]}; check the checkpoint"
+                    )
         if self.components.text_encoder is None or self.components.vae is None:
             return  # sample() alone, on given embeddings (benchmarks)
         text_dim = self.components.text_encoder.config.d_model
@@ -144,10 +154,17 @@ class WanT2V:
                 f"the experts expect text_dim {high['text_dim']} but the text encoder gives {text_dim}; "
                 "check the checkpoint's text_encoder"
             )
-        if high["in_channels"] != self.components.vae.config.z_dim:
+        z_dim = self.components.vae.config.z_dim
+        if high["out_channels"] != z_dim:
             raise ConfigError(
-                f"the experts take {high['in_channels']} latent channels but the VAE has z_dim "
-                f"{self.components.vae.config.z_dim}; check the checkpoint's VAE"
+                f"the experts make {high['out_channels']} latent channels but the VAE has z_dim {z_dim}; "
+                "check the checkpoint's VAE"
+            )
+        expected = z_dim + (4 + z_dim if self.config.kind == "i2v" else 0)  # i2v: + mask and image latent
+        if high["in_channels"] != expected:
+            raise ConfigError(
+                f"task {self.config.task} feeds the experts {expected} input channels but the checkpoint's take "
+                f"{high['in_channels']}; check --task (a text-to-video checkpoint for an image task?)"
             )
 
     # ----------------------------------------------------------------------------------- text
@@ -201,6 +218,9 @@ class WanT2V:
         timings: dict[str, float] = {}
         with self._stage(timings, "text_encoding"):
             context = self.encode_text([plan.settings.prompt, plan.settings.negative_prompt])
+        if conditioning is None and self.config.kind != "t2v":
+            with self._stage(timings, "image_encoding"):
+                conditioning = self.conditioning(plan)
         result = self.sample(
             plan, context[:1], context[1:], conditioning=conditioning, progress=progress, on_step=on_step
         )
@@ -209,6 +229,30 @@ class WanT2V:
                 result.video = self.decode(result.latents.to(self.device)).cpu()
         result.timings = {**timings, **result.timings}
         return result
+
+    @torch.no_grad()
+    def conditioning(self, plan: RunPlan) -> Conditioning:
+        """What an image task adds to every step: the image, encoded by the VAE (``wan.tasks``)."""
+        s = plan.settings
+        from wan.image import frame_image, image_tensor, load_image
+        from wan.tasks import prepare_conditioning
+
+        width, height = plan.geometry.pixels
+        pixels = None
+        if s.image is not None:
+            pixels = image_tensor(frame_image(self.config, load_image(s.image), width, height), width, height)
+        vae = self.components.vae
+        with self.placement.using(vae, self.device):
+            return prepare_conditioning(
+                self.config.kind,
+                vae,
+                pixels,
+                frames=s.frame_num,
+                height=height,
+                width=width,
+                device=self.device,
+                patch_size=plan.geometry.patch_size,
+            )
 
     @torch.no_grad()
     def sample(
@@ -276,7 +320,7 @@ class WanT2V:
             if on_step is not None:
                 on_step(step, latents)
         bar.close()
-        timings = {"high_noise": seconds[HIGH], "low_noise": seconds[LOW]}
+        timings = {name: seconds[name] for name in self.experts}
         if s.half_frame:
             timings["completion"] = seconds["completion"]
 

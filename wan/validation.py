@@ -213,6 +213,7 @@ RULES: dict[str, Rule] = {
     "device": _device,
     "ckpt_dir": _folder,
     "prompt_file": _readable_file,
+    "image": _readable_file,
     "save_file": _video_file,
     "save_dir": _output_folder,
     "attention_backend": _non_empty,

@@ -118,8 +118,8 @@ def _sage_hub_kernel(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=Non
     return sage_attention(q, k, v, sm_scale=sm_scale, causal=is_causal)
 
 
-def sage_available(device: torch.device, parallel: bool = False) -> str | None:
-    """None if ``sage`` runs here, else why not (one line)."""
+def sage_problem(device: torch.device, parallel: bool = False) -> str | None:
+    """Why ``sage`` cannot run here (one line), or None if it runs."""
     if not nvidia_gpu(device):
         return "it needs an NVIDIA GPU"
     if importlib.util.find_spec("sageattention") is None:
@@ -143,9 +143,9 @@ class LocalKernel(NamedTuple):
 def _local_kernels() -> dict[str, LocalKernel]:
     # Built per call, so the checks are the module's current ones (the tests stand in for them).
     return {
-        FLASH_4: LocalKernel(flash_4_available, "flash_4_hub", flash_attention_4, "flash-attn-4", 1e-2),
+        FLASH_4: LocalKernel(flash_4_problem, "flash_4_hub", flash_attention_4, "flash-attn-4", 1e-2),
         # int8 Q/K and fp8 P/V: 3.9% from cuDNN on A14B's shapes; a broken build is far off or fails
-        SAGE: LocalKernel(sage_available, "sage_hub", _sage_hub_kernel, "sageattention", 0.1),
+        SAGE: LocalKernel(sage_problem, "sage_hub", _sage_hub_kernel, "sageattention", 0.1),
     }
 
 
@@ -179,8 +179,8 @@ def _one_name(device: torch.device) -> str:
     return str(device)
 
 
-def flash_4_available(device: torch.device, parallel: bool = False) -> str | None:
-    """None if ``flash_4`` runs here, else why not (one line)."""
+def flash_4_problem(device: torch.device, parallel: bool = False) -> str | None:
+    """Why ``flash_4`` cannot run here (one line), or None if it runs."""
     if not hopper_or_newer(device):
         return "it needs a Hopper or newer GPU"
     if importlib.util.find_spec("flash_attn") is None or importlib.util.find_spec("flash_attn.cute") is None:
@@ -218,7 +218,12 @@ def default_attention_backend(device: torch.device, parallel: bool = False) -> s
     Measured on an H200 at A14B's shapes (docs/PERFORMANCE.md): FlashAttention 4 682 TFLOP/s, PyTorch's
     own choice (cuDNN) 566; the same math, so the video stays within bf16 rounding.
     """
-    return FLASH_4 if flash_4_available(device, parallel) is None else None
+    return FLASH_4 if flash_4_available(device, parallel) else None
+
+
+def flash_4_available(device: torch.device, parallel: bool = False) -> bool:
+    """Whether ``flash_4`` runs here (``flash_4_problem`` says why not)."""
+    return flash_4_problem(device, parallel) is None
 
 
 def _use_local_kernel(local: LocalKernel) -> str:
@@ -239,11 +244,16 @@ def _set_processor_backends(expert, backend: str) -> None:
             processor._attention_backend = AttentionBackendName(backend)
 
 
-def set_attention_backend(pipe, backend: str) -> None:
-    """Use ``backend`` in both experts; a backend this machine lacks is a one-line error."""
+def check_backend_name(backend: str) -> None:
+    """A one-line error for a name ``--attention_backend`` does not take."""
     names = backend_names()
     if backend not in names:
         raise ConfigError(f"unknown --attention_backend {backend!r}; choose one of: {', '.join(names)}")
+
+
+def set_attention_backend(pipe, backend: str) -> None:
+    """Use ``backend`` in both experts; a backend this machine lacks is a one-line error."""
+    check_backend_name(backend)
     if local := _local_kernels().get(backend):
         if why := local.problem(pipe.device, False):
             raise ConfigError(f"--attention_backend {backend}: {why}; run without it")

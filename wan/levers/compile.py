@@ -12,14 +12,14 @@ from __future__ import annotations
 import torch
 
 
-def compile_experts(pipe, *, fullgraph: bool = True) -> None:
-    """``compile_repeated_blocks`` on both experts.
+def compile_experts(pipe) -> None:
+    """``compile_repeated_blocks`` on both experts, after any step cache (``wan.levers.cache``) is installed.
 
-    ``fullgraph`` makes a graph break an error rather than a silent slowdown; cache hooks decide in
-    Python whether a block runs, so with caching the blocks compile in pieces (``fullgraph=False``).
+    ``fullgraph`` makes a graph break an error rather than a silent slowdown, except in an expert with a
+    cache: its hooks decide in Python whether a block runs, so its blocks compile in pieces.
     """
     for expert in pipe.experts.values():
-        expert.compile_repeated_blocks(fullgraph=fullgraph, dynamic=True)
+        expert.compile_repeated_blocks(fullgraph=not expert.is_cache_enabled, dynamic=True)
 
 
 def compile_seconds() -> float:

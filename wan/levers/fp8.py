@@ -19,17 +19,10 @@ from wan.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 MIN_CAPABILITY = (8, 9)
-SCOPES = ("all", "ffn")  # which of the blocks' linear layers are quantised
 
 
-def check_fp8_scope(scope: str) -> None:
-    """A one-line error for a scope ``quantize_experts_fp8`` does not know."""
-    if scope not in SCOPES:
-        raise ConfigError(f"--fp8 {scope}: unknown scope; choose one of: {', '.join(SCOPES)}")
-
-
-def fp8_available(device: torch.device) -> str | None:
-    """None if float8 matmuls run on ``device``, else why not (one line)."""
+def fp8_problem(device: torch.device) -> str | None:
+    """Why float8 matmuls cannot run on ``device`` (one line), or None if they run."""
     if device.type != "cuda":
         return f"float8 needs a GPU with compute capability >= 8.9; the device is {device.type}"
     capability = torch.cuda.get_device_capability(device)
@@ -43,9 +36,9 @@ def fp8_available(device: torch.device) -> str | None:
 
 
 def quantize_experts_fp8(pipe, scope: str = "all") -> None:
-    """Swap the blocks' ``nn.Linear`` weights in ``scope`` for torchao float8 tensors with row-wise scales."""
-    check_fp8_scope(scope)
-    problem = fp8_available(pipe.device)
+    """Swap the blocks' ``nn.Linear`` weights in ``scope`` (``all`` or ``ffn``, checked by the lever) for torchao
+    float8 tensors with row-wise scales."""
+    problem = fp8_problem(pipe.device)
     if problem:
         raise ConfigError(f"--fp8: {problem}; run without --fp8")
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_

@@ -2,8 +2,9 @@
 
 A preset only fills in what the user left unset: an explicit flag always wins. A lever the hardware
 lacks (float8 on a CPU or a pre-Ada GPU, a GEMM GELU epilogue that is not Wan's tanh form) is left
-out of a preset with a log line, while the same lever asked for explicitly is an error
-(``HARDWARE_CHECKS``).
+out of a preset with a log line, while the same lever asked for explicitly is an error (each lever's
+``problem``, ``wan.levers.registry``). A lever that pays off on a GPU only (``gpu_only``) is left out of a
+preset elsewhere, but runs there when asked for.
 
 - ``exact``: the fastest combination that keeps the video to bf16 tolerance (same math, other kernels):
   compile, fused q/k/v projections, the q/k norm + RoPE in one kernel and the feed-forward GELU in its
@@ -27,95 +28,136 @@ and runs here (``default_attention_backend``).
 
 from __future__ import annotations
 
+import argparse
 import logging
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
-
-import torch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from wan.errors import ConfigError
-from wan.levers import Levers, check_lever_values, check_levers
-from wan.levers.attention import default_attention_backend, local_kernel_problem
-from wan.levers.fp8 import fp8_available
-from wan.levers.gelu_epilogue import gelu_epilogue_problem
+from wan.levers.lever import Lever, Registry
+from wan.levers.registry import REGISTRY, Levers
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
 
-HARDWARE_CHECKS = {"fp8": fp8_available, "fuse_gelu": gelu_epilogue_problem}
-"""Levers some hardware lacks, each with its check (device -> None, or why not): refused when asked
-for, left out of a preset with a note."""
-
-
 @dataclass(frozen=True)
 class Preset:
-    levers: Levers
-    generation: dict[str, Any] = field(default_factory=dict)  # generation flags by CLI name
-    load: dict[str, Any] = field(default_factory=lambda: {"convert_model_dtype": True})  # bf16 experts
-    gpu_only: tuple[str, ...] = ("compile", "fuse_norm_rope", "fuse_gelu")  # levers that only pay off on a GPU
-    attention: tuple[str, ...] = ()  # installed kernels it takes over the default, the first that runs here
+    """What ``--preset NAME`` fills in where the user left a flag unset.
+
+    A lever's candidates are its ``prefer`` values, in order, then its value in ``levers``: the preset takes
+    the first that runs here (an installed kernel where it works, else the default).
+
+    ``generation`` and ``load`` hold generate.py's flags by dest name: generation defaults such as
+    ``sample_steps``, ``sample_shift``, ``sample_guide_scale``, ``sample_solver`` or CFG truncation (a
+    preset for a distilled model's schedule is data here), and loading defaults (bf16 experts).
+    """
+
+    summary: str  # its line in --preset's help
+    levers: Levers = field(default_factory=Levers)  # its levers; one this run lacks is left out with a note
+    prefer: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # lever -> values to try before ``levers``'
+    generation: Mapping[str, Any] = field(default_factory=dict)
+    load: Mapping[str, Any] = field(default_factory=lambda: {"convert_model_dtype": True})  # float8 and kernels want it
 
 
 PRESETS: dict[str, Preset] = {
-    "exact": Preset(Levers(compile=True, fuse_projections=True, fuse_norm_rope=True, fuse_gelu=True)),
+    "exact": Preset(
+        "the fastest levers that keep the video (compile, fused projections, fused q/k norm + RoPE, GELU epilogue)",
+        Levers(compile=True, fuse_projections=True, fuse_norm_rope=True, fuse_gelu=True),
+    ),
     "fast": Preset(
+        "the fastest whose quality holds on t2v-tiny (compile, fused projections, SeaCache step cache, CFG truncation "
+        "5/3, bfloat16 VAE decode)",
         Levers(compile=True, fuse_projections=True, cache="sea:0.5:3+5", vae_dtype="bfloat16"),
+        prefer={"attention_backend": ("sage",)},  # where it is installed and runs; the default attention elsewhere
         generation={"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3},
-        attention=("sage",),
     ),
 }
 
 
+def add_lever_flags(group: argparse._ActionsContainer, registry: Registry = REGISTRY) -> None:
+    """``--preset`` and every lever's flag, all unset (None) by default so a preset can fill them."""
+    group.add_argument(
+        "--preset",
+        default=None,
+        choices=list(PRESETS),
+        help="; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items()),
+    )
+    registry.add_flags(group)
+
+
 def resolve_levers(
-    preset: str | None, explicit: dict[str, Any], device: torch.device, parallel: bool = False
+    preset: str | None,
+    explicit: Mapping[str, Any],
+    device: torch.device,
+    parallel: bool = False,
+    *,
+    registry: Registry = REGISTRY,
+    presets: Mapping[str, Preset] = PRESETS,
 ) -> tuple[Levers, list[str]]:
     """The levers of a run: ``explicit`` (lever name -> value, None where unset) over the preset's.
 
     ``parallel``: the run splits each forward over GPUs (Ulysses, CFG parallel), which some kernels lack.
-    Returns the levers and one note per lever the preset wanted but this run lacks. An unset attention
-    backend becomes the default one for this run (``wan.levers.attention.default_attention_backend``).
+    Returns the levers and one note per lever the preset wanted but this run lacks. An unset lever takes
+    its default for this machine (the attention backend: ``wan.levers.attention.default_attention_backend``).
     """
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    chosen, notes = _preset_levers(preset, explicit, device, parallel) if preset else (Levers(), [])
-    unknown = set(explicit) - {f.name for f in fields(Levers)}
+    if preset is not None and preset not in presets:
+        raise ConfigError(f"unknown --preset {preset!r}; choose one of: {', '.join(presets)}")
+    unknown = set(explicit) - set(registry.names)
     if unknown:
         raise ValueError(f"not levers: {sorted(unknown)}")
-    check_lever_values(explicit)  # a bad spec or scope fails here, before anything loads
-    for name, check in HARDWARE_CHECKS.items():
-        if explicit.get(name) and (why := check(device)):
-            raise ConfigError(f"--{name}: {why}; run without --{name}")
-    if why := local_kernel_problem(explicit.get("attention_backend"), device, parallel):
-        raise ConfigError(f"--attention_backend {explicit['attention_backend']}: {why}; run without it")
-    chosen = replace(chosen, **{k: v for k, v in explicit.items() if v is not None})
-    if chosen.attention_backend is None:
-        chosen = replace(chosen, attention_backend=default_attention_backend(device, parallel))
-    check_levers(chosen)
+    explicit = registry.check_values(explicit)  # a bad spec or scope fails here, before anything loads
+    for lever in registry.chosen(explicit):
+        if why := lever.problem(device, parallel):
+            raise ConfigError(lever.refusal(why))
+    values, notes = _preset_values(preset, presets.get(preset), explicit, device, parallel, registry)
+    values.update({name: value for name, value in explicit.items() if value is not None})
+    for lever in registry:
+        if values.get(lever.name) is None and (here := lever.machine_default(device, parallel)) is not None:
+            values[lever.name] = here
+    levers = registry.settings(**values)
+    registry.check_combination(levers)
     for note in notes:
         logger.info(note)
-    return chosen, notes
+    return levers, notes
 
 
-def _preset_levers(
-    preset: str, explicit: dict[str, Any], device: torch.device, parallel: bool
-) -> tuple[Levers, list[str]]:
-    """The preset's levers less what this run lacks (one note each), and its preferred attention where it runs."""
-    chosen, notes = PRESETS[preset].levers, []
-    for name, check in HARDWARE_CHECKS.items():
-        if getattr(chosen, name) and explicit.get(name) is None and (why := check(device)):
-            chosen = replace(chosen, **{name: getattr(Levers(), name)})
-            notes.append(f"preset {preset}: {name} left out ({why})")
-    for name in PRESETS[preset].gpu_only:
-        if getattr(chosen, name) and explicit.get(name) is None and device.type != "cuda":
-            chosen = replace(chosen, **{name: False})
-            notes.append(f"preset {preset}: {name} left out on {device.type} (it pays off on a GPU only)")
-    if explicit.get("attention_backend") is None:
-        for backend in PRESETS[preset].attention:
-            if why := local_kernel_problem(backend, device, parallel):
-                notes.append(f"preset {preset}: attention {backend} left out ({why})")
-            else:
-                return replace(chosen, attention_backend=backend), notes
-    return chosen, notes
+def _preset_values(
+    name: str | None,
+    preset: Preset | None,
+    explicit: Mapping[str, Any],
+    device: torch.device,
+    parallel: bool,
+    registry: Registry,
+) -> tuple[dict[str, Any], list[str]]:
+    """The preset's lever values this run can take, for the levers the user left unset, and one note per value
+    left out. A lever's candidates are its ``prefer`` values, then its value in ``levers``: the first that runs."""
+    values: dict[str, Any] = {}
+    notes: list[str] = []
+    if preset is None:
+        return values, notes
+    for lever in registry:
+        if explicit.get(lever.name) is not None:
+            continue  # the flag wins
+        for candidate in (*preset.prefer.get(lever.name, ()), getattr(preset.levers, lever.name, lever.default)):
+            if not candidate:
+                break  # unset or off: nothing to check
+            if why := _lacks(lever(candidate), device, parallel):
+                notes.append(f"preset {name}: {lever(candidate).label} left out {why}")
+                continue
+            values[lever.name] = candidate
+            break
+    return values, notes
+
+
+def _lacks(lever: Lever, device: torch.device, parallel: bool) -> str | None:
+    """Why a preset leaves ``lever`` out of this run (the note's tail), or None."""
+    if why := lever.problem(device, parallel):
+        return f"({why})"
+    return f"on {device.type} (it pays off on a GPU only)" if lever.gpu_only and device.type != "cuda" else None
 
 
 def preset_generation_defaults(preset: str | None) -> dict[str, Any]:

@@ -13,27 +13,17 @@ import logging
 
 import torch
 
-from wan.errors import ConfigError
-
 logger = logging.getLogger(__name__)
-
-VAE_DTYPES = ("float32", "bfloat16")
-
-
-def check_vae_dtype(name: str) -> None:
-    """A one-line error for a dtype the lever does not offer."""
-    if name not in VAE_DTYPES:
-        raise ConfigError(f"unknown --vae_dtype {name!r}; choose one of: {', '.join(VAE_DTYPES)}")
 
 
 @torch.no_grad()
 def cast_vae(pipe, name: str) -> None:
-    """Cast the pipeline's VAE to ``name`` where it lives now, tensor by tensor.
+    """Cast the pipeline's VAE to ``name`` (a torch dtype's name, checked by the lever) where it lives now, tensor by
+    tensor.
 
     Placement has already put it in page-locked memory if it visits the GPU (``wan.placement``); a
     plain ``.to(dtype)`` would drop that, so a pinned tensor's cast is pinned again.
     """
-    check_vae_dtype(name)
     dtype = getattr(torch, name)
     for tensor in (*pipe.components.vae.parameters(), *pipe.components.vae.buffers()):
         if tensor.is_floating_point() and tensor.dtype != dtype:
