@@ -71,6 +71,7 @@ def test_items_take_every_generation_flag(tmp_path, test_config, parts):
         "frame_completion": "repeat",
         "cfg_truncate_steps": 1,
         "cfg_truncate_high_noise_steps": 2,
+        "image": None,
     }
 
 
