@@ -28,7 +28,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from wan.choices import COMPLETIONS, PLACEMENTS, POSITIONS, SOLVERS
 from wan.config import DEFAULT_TASK, TaskConfig, available_tasks, load_task_config
@@ -37,6 +37,9 @@ from wan.levers import add_lever_flags
 from wan.options import with_defaults
 from wan.settings import GenerationSettings, require_image, settings_from_flags
 from wan.validation import check_flags
+
+if TYPE_CHECKING:
+    from wan.batch import BatchSummary
 
 logger = logging.getLogger("generate")
 
@@ -225,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder: a batch's videos and manifest.jsonl (default: outputs/<prompt file name>), "
         "or where a single video goes without --save_file",
     )
+    batch.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run the batch on Ray workers (docs/RAY.md): local (start Ray on this machine), auto, HOST:PORT or "
+        "ray://HOST:10001 (join a cluster); the videos and manifest are written here, on the driver",
+    )
+    batch.add_argument(
+        "--ray_workers", type=int, default=None, help="Ray workers (default: one per GPU; CPU workers need it)"
+    )
+    batch.add_argument("--ray_gpus_per_worker", type=int, default=1, help="GPUs per Ray worker (1; docs/RAY.md)")
     return p
 
 
@@ -273,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
     and samples; rank 0 decodes and writes. A failed rank aborts its process groups; the others' collectives
     end within ``--dist_timeout_s``.
     """
+    if args.ray is not None:
+        raise ConfigError("--ray runs a batch: give --prompt_file (one prompt per line) and --save_dir")
     flags, config = checked_flags(args)
     seed = flags["base_seed"] if flags["base_seed"] >= 0 else random.randint(0, 2**31 - 1)
     settings = settings_from_flags(flags, seed).resolved(config)
@@ -338,6 +354,12 @@ def run_batch(args: argparse.Namespace) -> int:
     save_dir = check_writable_dir(Path(args.save_dir or Path("outputs") / prompt_file.stem), "--save_dir")
     manifest = Manifest(save_dir / MANIFEST_NAME)
     manifest.prepare()
+    if args.ray is not None:  # the workers resolve the device and load; the driver writes and records
+        from wan.batch.manifest import BatchRecorder
+        from wan.batch.ray import run_ray
+
+        jobs = plan_jobs(items, generation_flags(flags), config, save_dir)
+        return report_batch(run_ray(jobs, BatchRecorder(manifest, config), flags, prompt_file, progress=not args.quiet))
     rank, world_size, local_rank = torchrun_rank()
     options = resolve_options(flags, local_rank=local_rank)
     jobs = shard(plan_jobs(items, generation_flags(flags), config, save_dir), rank, world_size)
@@ -348,6 +370,11 @@ def run_batch(args: argparse.Namespace) -> int:
         with suppress(ConfigError):  # an item whose schedule is refused fails alone, in the runner
             runs.append(build_plan(job.settings, config)) if job.settings else None
     summary = runner.run(lambda loras: build_engine(replace(options, loras=tuple(loras)), runs).pipe)
+    return report_batch(summary)
+
+
+def report_batch(summary: BatchSummary) -> int:
+    """Print the complete videos (and why the batch stopped, if it did); the batch's exit code."""
     for path in summary.outputs:
         print(path)
     if summary.stop_error:

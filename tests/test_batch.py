@@ -7,7 +7,6 @@ stops the batch cleanly and keeps what is finished.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -21,24 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-from tiny_models import CAPTIONS, lora_tensors, random_lora
+from tiny_models import CAPTIONS
 
 import generate
-import wan.batch
+import wan.outputs
 from wan import engine, guidance
-from wan.batch import (
-    ITEM_FLAGS,
-    Manifest,
-    item_flags,
-    item_seed,
-    parse_item,
-    plan_jobs,
-    read_prompt_file,
-    sidecar_path,
-)
-from wan.config import HIGH, LOW
-from wan.errors import ConfigError
+from wan.batch.manifest import Manifest
+from wan.config import LOW
+from wan.outputs import sidecar_path
 from wan.text2video import WanT2V
 from wan.video import read_video
 
@@ -200,7 +189,7 @@ def test_changed_settings_are_generated_again(cli, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- bad items
-def test_bad_lines_are_recorded_and_the_others_complete(cli, tmp_path, capsys):
+def test_bad_lines_are_recorded_and_the_others_complete(cli, tmp_path, capsys, monkeypatch):
     lines = [
         '{"prompt": "a red square moving left", "seed": 3}',
         '{"prompt": "a blue circle moving right", "frame_num": 16}',
@@ -232,7 +221,8 @@ def test_bad_lines_are_recorded_and_the_others_complete(cli, tmp_path, capsys):
     assert printed == [records[i]["output"] for i in (0, 4, 5)]
 
     # The same command again: the finished items are skipped without loading the model.
-    assert generate.main([*args, "--ckpt_dir", str(tmp_path)]) == 3  # no checkpoint there: nothing loads
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("every valid item is complete: nothing loads"))
+    assert generate.main(args) == 3
     again = manifest(out)[len(records) :]
     assert [r["status"] for r in again] == ["skipped", "failed", "failed", "failed", "skipped", "skipped"]
 
@@ -250,124 +240,6 @@ def test_clip_mp4_and_clip_png_keep_their_own_sidecars(cli, tmp_path, monkeypatc
     monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("both are complete: nothing to make"))
     assert generate.main(args) == 0
     assert [r["status"] for r in manifest(out)] == ["done", "done", "skipped", "skipped"]
-
-
-@pytest.mark.parametrize(
-    ("data", "prompts"),
-    [
-        (b"a cat\na dog\n", ["a cat", "a dog"]),
-        (b"\xef\xbb\xbfa cat\r\na dog\r\n", ["a cat", "a dog"]),  # Notepad: BOM and CRLF
-        ("caf\u00e9 \u732b\r\n".encode(), ["caf\u00e9 \u732b"]),
-        (b'\xef\xbb\xbf{"prompt": "a cat"}\r\n', ["a cat"]),  # the BOM does not hide the JSON
-    ],
-)
-def test_prompt_files_are_read_as_editors_write_them(tmp_path, data, prompts):
-    path = tmp_path / "p.txt"
-    path.write_bytes(data)
-    assert [item.flags["prompt"] for item in read_prompt_file(path)] == prompts
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        ("caf\u00e9\n".encode("latin-1"), "is not UTF-8 text \\(byte 0xe9 at offset 3\\); save it as UTF-8"),
-        ("a cat\n".encode("utf-16"), "is UTF-16; save it as UTF-8"),
-        (b"a cat\x00\n", "holds NUL bytes"),
-        (None, "is a folder, not a file"),
-    ],
-)
-def test_unreadable_prompt_files_are_one_error(tmp_path, data, message):
-    path = tmp_path / "p.txt"
-    if data is None:
-        path.mkdir()
-    else:
-        path.write_bytes(data)
-    with pytest.raises(ConfigError, match=message):
-        read_prompt_file(path)
-
-
-def test_huge_base_seed_gives_valid_item_seeds():
-    assert item_seed(3, "a", 2**32 - 2) == 1
-
-
-def test_items_without_seed_get_a_fixed_one():
-    assert item_seed(4, "a", 100) == 104
-    assert item_seed(4, "a", -1) == item_seed(4, "a", -1) != item_seed(5, "a", -1)
-    assert 0 <= item_seed(0, "b", -1) < 2**31
-
-
-@pytest.mark.parametrize(
-    ("item", "message"),
-    [
-        ({"prompt": "x", "colour": "red"}, "unknown key 'colour'"),
-        ({"prompt": "x", "frame_num": "5"}, "'frame_num' must be an integer"),
-        ({"prompt": "x", "sample_steps": True}, "'sample_steps' must be an integer"),
-        ({"prompt": "x", "enable_half_frame_generation": 1}, "must be true or false"),
-        ({"prompt": "x", "seed": 1, "base_seed": 2}, "both set the seed"),
-        ({"prompt": "x", "lora": ["a", 1]}, r"'lora' must be \"FILE\[:SCALE\]\" or a list of them"),
-        ({"prompt": "x", "lora_low": 0.5}, "'lora_low' must be"),
-    ],
-)
-def test_invalid_items_name_the_key(item, message):
-    with pytest.raises(ConfigError, match=message):
-        item_flags(item)
-
-
-def test_items_take_every_generation_flag(tmp_path, test_config, parts):
-    lora = tmp_path / "l.safetensors"
-    save_file(lora_tensors(random_lora(parts.high_noise_model, 2, seed=0), "wan", 1.0), lora)
-    item = {
-        "prompt": "a cat",
-        "negative_prompt": "dull",
-        "seed": 11,
-        "size": "48*32",
-        "frame_num": 9,
-        "sample_steps": 4,
-        "sample_shift": 5,
-        "sample_solver": "euler",
-        "sample_guide_scale": 2.5,
-        "enable_half_frame_generation": True,
-        "half_frame_steps": "0:",
-        "half_frame_positions": "stride2",
-        "frame_completion": "repeat",
-        "enable_improved_frame_completion": False,
-        "cfg_truncate_steps": 1,
-        "cfg_truncate_high_noise_steps": 2,
-        "lora": f"{lora}:0.5",
-        "lora_high": [str(lora), str(lora)],
-        "lora_low": [],
-        "save_file": "sub/a.png",
-    }
-    assert set(item) - {"seed"} == set(ITEM_FLAGS) - {"base_seed"}
-    defaults = generate.generation_flags(vars(generate.build_parser().parse_args([])))
-    (job,) = plan_jobs([parse_item(0, 1, json.dumps(item))], defaults, test_config, tmp_path)
-    assert job.error is None and job.output == tmp_path / "sub" / "a.png"
-    assert [(f.spec.scale, f.spec.experts) for f in job.loras] == [(0.5, (HIGH, LOW)), (1.0, (HIGH,)), (1.0, (HIGH,))]
-    assert dataclasses.asdict(job.settings) == {
-        "prompt": "a cat",
-        "negative_prompt": "dull",
-        "size": "48*32",
-        "frame_num": 9,
-        "seed": 11,
-        "sample_solver": "euler",
-        "sample_steps": 4,
-        "sample_shift": 5,
-        "guide_scale_high": 2.5,
-        "guide_scale_low": 2.5,
-        "half_frame": True,
-        "half_frame_steps": "0:",
-        "half_frame_positions": "stride2",
-        "frame_completion": "repeat",
-        "cfg_truncate_steps": 1,
-        "cfg_truncate_high_noise_steps": 2,
-    }
-
-
-def test_two_items_cannot_share_an_output(tmp_path, test_config):
-    defaults = generate.generation_flags(vars(generate.build_parser().parse_args([])))
-    items = [parse_item(i, i + 1, '{"prompt": "x", "save_file": "a.mp4"}') for i in range(2)]
-    first, second = plan_jobs(items, defaults, test_config, tmp_path)
-    assert first.error is None and "is already item 0's output" in second.error
 
 
 # ----------------------------------------------------------------------------------- failures in the loop
@@ -405,7 +277,7 @@ def test_nan_and_out_of_memory_are_recorded_per_item(cli, tmp_path, monkeypatch)
 )
 def test_write_errors_keep_finished_items(cli, tmp_path, monkeypatch, capsys, code, exit_code, statuses):
     calls = []
-    original = wan.batch.save_video
+    original = wan.outputs.save_video
 
     def failing_second(video, path, fps):
         calls.append(path)
@@ -413,7 +285,7 @@ def test_write_errors_keep_finished_items(cli, tmp_path, monkeypatch, capsys, co
             raise OSError(code, os.strerror(code), str(path))
         return original(video, path, fps)
 
-    monkeypatch.setattr(wan.batch, "save_video", failing_second)
+    monkeypatch.setattr(wan.outputs, "save_video", failing_second)
     args = cli(CAPTIONS[:4])
     out = tmp_path / "out"
     assert generate.main(args) == exit_code
@@ -426,7 +298,7 @@ def test_write_errors_keep_finished_items(cli, tmp_path, monkeypatch, capsys, co
     assert_complete(Path(records[0]["output"]))
     assert not Path(records[1]["output"]).exists() and not temp_files(out)
 
-    monkeypatch.setattr(wan.batch, "save_video", original)
+    monkeypatch.setattr(wan.outputs, "save_video", original)
     assert generate.main(args) == 0
     finished = statuses.count("done")
     assert Counter(r["status"] for r in manifest(out)[len(records) :]) == {"skipped": finished, "done": 4 - finished}

@@ -16,7 +16,7 @@ import pytest
 import generate
 import wan.video
 from wan import engine, guidance
-from wan.batch import sidecar_path
+from wan.outputs import sidecar_path
 from wan.paths import claim_output
 from wan.settings import GenerationSettings
 from wan.video import read_video

@@ -14,7 +14,6 @@ from tiny_models import LORA_LAYERS, lora_metadata, lora_tensors, random_lora
 
 import generate
 from wan import engine
-from wan.batch import sidecar_path
 from wan.config import HIGH, LOW, load_task_config
 from wan.errors import ConfigError
 from wan.lora import (
@@ -27,6 +26,7 @@ from wan.lora import (
     parse_lora_arg,
     warn_if_distilled_without_loras,
 )
+from wan.outputs import sidecar_path
 from wan.plan import plan_steps
 from wan.settings import GenerationSettings
 from wan.solvers import make_scheduler

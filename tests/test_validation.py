@@ -12,7 +12,8 @@ import torch
 
 import generate
 from wan import engine
-from wan.batch import parse_item, plan_jobs
+from wan.batch.jobs import plan_jobs
+from wan.batch.prompt_file import parse_item
 from wan.errors import ConfigError
 from wan.settings import GenerationSettings
 from wan.validation import RULES, SEED_MAX, check_flags, max_frame_num
@@ -203,7 +204,7 @@ def test_names_that_differ_only_in_case_are_one_output(tmp_path):
 # ----------------------------------------------------------------------------------- the table itself
 def test_every_generation_setting_has_a_rule():
     """A new GenerationSettings field or item flag without a check fails here, not in a user's run."""
-    from wan.batch import ITEM_FLAGS
+    from wan.batch.prompt_file import ITEM_FLAGS
     from wan.settings import SETTING_FLAGS
 
     unchecked = {"negative_prompt", "enable_half_frame_generation", "enable_improved_frame_completion"}
