@@ -295,9 +295,9 @@ def run(args: argparse.Namespace) -> int:
     require_image(settings, config)
 
     from wan import distributed
-    from wan.batch import write_outputs
     from wan.engine import build_engine
     from wan.options import parallel_options, resolve_options
+    from wan.outputs import write_outputs
     from wan.paths import claim_output
     from wan.plan import build_plan
 
@@ -344,9 +344,10 @@ def run_batch(args: argparse.Namespace) -> int:
     flags, config = checked_flags(args)  # once, before any item: a bad flag is one line, not one per item
     check_single_process(flags)
 
-    from wan.batch import MANIFEST_NAME, BatchRunner, Manifest, check_writable_dir, plan_jobs, read_prompt_file, shard
+    from wan.batch import MANIFEST_NAME, BatchRunner, Manifest, plan_jobs, read_prompt_file, shard
     from wan.engine import build_engine, sidecar_context
     from wan.options import resolve_options, torchrun_rank
+    from wan.outputs import check_writable_dir
     from wan.plan import build_plan
 
     prompt_file = Path(args.prompt_file)

@@ -25,6 +25,7 @@ from wan.config import TaskConfig
 from wan.errors import ConfigError
 from wan.lora import LoraFile, lora_record
 from wan.paths import TEMP_NAME, claim_output
+from wan.plan import video_size
 from wan.settings import GenerationSettings
 from wan.video import atomic_path, frame_grid, read_video, save_json, save_video
 
@@ -87,10 +88,14 @@ def write_encoded(data: bytes, record: Mapping[str, Any], path: Path) -> None:
 
 
 def video_is_complete(path: Path, settings: GenerationSettings, config: TaskConfig) -> bool:
-    """The file decodes to ``frame_num`` frames of the item's size (png: a readable grid of them)."""
+    """The file decodes to ``frame_num`` frames of the item's size (png: a readable grid of them); an image
+    task's size follows its image (``wan.plan.video_size``)."""
     if not path.is_file():
         return False
-    width, height = config.parse_size(settings.size)
+    try:
+        width, height = video_size(config, settings)
+    except ConfigError:  # the image is gone or unreadable: the item cannot be verified, so it is made again
+        return False
     try:
         if path.suffix.lower() == ".png":
             rows, columns, _ = frame_grid(np.zeros((settings.frame_num, 1, 1, 3), np.uint8)).shape

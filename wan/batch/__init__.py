@@ -17,7 +17,6 @@ from wan.batch.jobs import Job, plan_jobs, shard
 from wan.batch.manifest import MANIFEST_NAME, BatchSummary, Manifest
 from wan.batch.prompt_file import GENERATION_FLAGS, read_prompt_file
 from wan.batch.runner import BatchRunner
-from wan.outputs import check_writable_dir, sidecar_path, write_outputs
 
 __all__ = [
     "GENERATION_FLAGS",
@@ -26,10 +25,7 @@ __all__ = [
     "BatchSummary",
     "Job",
     "Manifest",
-    "check_writable_dir",
     "plan_jobs",
     "read_prompt_file",
     "shard",
-    "sidecar_path",
-    "write_outputs",
 ]

@@ -37,6 +37,8 @@ ITEM_FLAGS: dict[str, tuple[type, ...]] = {
     "lora": (str, list),
     "lora_high": (str, list),
     "lora_low": (str, list),
+    "lora_dir": (str,),
+    "image": (str,),
     "save_file": (str,),
 }
 """Keys a JSONL item may set: the generation flags by their CLI names, with the JSON types they take."""
@@ -49,6 +51,9 @@ _KINDS = {
     (str, list): '"FILE[:SCALE]" or a list of them',
 }
 GENERATION_FLAGS = tuple(name for name in ITEM_FLAGS if name != "save_file")
+RELATIVE_TO_FILE = ("image",)
+"""Item keys whose relative paths are read from the prompt file's folder, so a folder of prompts and
+images moves as one."""
 """The CLI flags (argparse dests) that decide a video; items default to the command line's values."""
 
 
@@ -79,6 +84,10 @@ def read_prompt_file(path: Path) -> list[BatchItem]:
         line = raw.strip()
         if line and not line.startswith("#"):
             items.append(parse_item(len(items), number, line))
+    for item in items:
+        for key in RELATIVE_TO_FILE:
+            if item.flags.get(key):
+                item.flags[key] = str(path.parent / item.flags[key])  # an absolute path stays as it is
     if not items:
         raise ConfigError(f"prompt file {path} has no prompts (one per line, or JSON objects)")
     return items

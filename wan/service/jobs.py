@@ -15,10 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from wan.batch import check_writable_dir
 from wan.engine import build_engine
 from wan.errors import ConfigError
 from wan.options import resolve_options
+from wan.outputs import check_writable_dir
 from wan.service.requests import JobSpec, Limits, RequestParser
 from wan.service.store import COMPLETED, FINISHED, IN_PROGRESS, JobRecord, JobStore
 from wan.service.worker import EngineCache, Worker, sidecar_path

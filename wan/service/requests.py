@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wan.batch import GENERATION_FLAGS, ITEM_ALIASES, item_flags
+from wan.batch.prompt_file import GENERATION_FLAGS, ITEM_ALIASES, item_flags
 from wan.config import TaskConfig
 from wan.errors import ConfigError
 from wan.levers.presets import PRESETS, preset_generation_defaults
@@ -24,7 +24,9 @@ from wan.settings import GenerationSettings, settings_from_flags
 from wan.validation import SEED_MAX
 
 LORA_SUFFIX = ".safetensors"
-REQUEST_KEYS = ("prompt", "seed", *(k for k in GENERATION_FLAGS if k != "prompt"), "preset")
+PATH_KEYS = ("image", "lora_dir")
+"""Item keys that name a file: never taken from a client (LoRAs are named within the server's folder)."""
+REQUEST_KEYS = ("prompt", "seed", *(k for k in GENERATION_FLAGS if k not in ("prompt", *PATH_KEYS)), "preset")
 """Keys a request body may hold."""
 
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
-from wan.batch import ITEM_FLAGS
+from wan.batch.prompt_file import ITEM_FLAGS
 from wan.errors import ConfigError
 from wan.levers.presets import PRESETS
 from wan.service.jobs import JobService

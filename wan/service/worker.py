@@ -20,15 +20,11 @@ import torch
 from wan.engine import Engine, build_engine
 from wan.errors import BAD_INPUT, NonFiniteLatentError, one_line
 from wan.options import resolve_options
+from wan.outputs import sidecar_path, write_outputs
 from wan.paths import TEMP_NAME, temp_files
 from wan.plan import StepPlan, build_plan
 from wan.service.store import CANCELLED, COMPLETED, FAILED, JobRecord, JobStore
 from wan.settings import GenerationSettings
-
-try:  # where the atomic video + sidecar writers live (moving out of the batch package)
-    from wan.outputs import sidecar_path, write_outputs
-except ImportError:
-    from wan.batch import sidecar_path, write_outputs
 
 logger = logging.getLogger(__name__)
 
