@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import re
-import secrets
 import signal
 import sys
 import tempfile
@@ -26,7 +24,6 @@ import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -35,7 +32,7 @@ from wan.config import DEFAULT_TASK, TaskConfig, available_tasks, load_task_conf
 from wan.errors import BAD_INPUT, ConfigError, DistributedRunError, NonFiniteLatentError, one_line
 from wan.levers import add_lever_flags
 from wan.options import with_defaults
-from wan.settings import GenerationSettings, require_image, settings_from_flags
+from wan.settings import require_image, settings_from_flags
 from wan.validation import check_flags
 
 if TYPE_CHECKING:
@@ -249,17 +246,6 @@ def generation_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
     return {name: flags.get(name) for name in GENERATION_FLAGS}
 
 
-def default_save_file(config: TaskConfig, settings: GenerationSettings, save_dir: str | None) -> Path:
-    """A name no other run picks: the time to the microsecond plus a random suffix, never an existing file
-    (and the run claims it, ``wan.paths.claim_output``)."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", settings.prompt)[:50].strip("_") or "video"
-    while True:
-        stamp = f"{datetime.now():%Y%m%d_%H%M%S_%f}_{secrets.token_hex(3)}"
-        path = Path(save_dir or ".") / f"{config.task}_{settings.size.replace('*', 'x')}_{slug}_{stamp}.mp4"
-        if not path.exists():
-            return path
-
-
 def check_single_process(flags: Mapping[str, Any]) -> None:
     """Batch mode spreads whole items over the ranks; sharding one video is for single-video runs."""
     from wan.options import parallel_options
@@ -297,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     from wan import distributed
     from wan.engine import build_engine
     from wan.options import parallel_options, resolve_options
-    from wan.outputs import write_outputs
+    from wan.outputs import default_video_path, write_outputs
     from wan.paths import claim_output
     from wan.plan import build_plan
 
@@ -307,8 +293,7 @@ def run(args: argparse.Namespace) -> int:
         stack.enter_context(distributed.session(ctx))
         settings.seed = distributed.broadcast_seed(settings.seed, ctx)
         plan = build_plan(settings, config)
-        shape = "*".join(map(str, plan.geometry.pixels))  # with an image: its shape within --size's area
-        save_file = Path(args.save_file or default_save_file(config, replace(settings, size=shape), args.save_dir))
+        save_file = Path(args.save_file or default_video_path(config.task, plan, args.save_dir))
         distributed.validate(
             ctx,
             ulysses_size=parallel.ulysses_size,

@@ -16,8 +16,10 @@ import pytest
 import generate
 import wan.video
 from wan import engine, guidance
-from wan.outputs import sidecar_path
+from wan.config import load_task_config
+from wan.outputs import default_video_path, sidecar_path
 from wan.paths import claim_output
+from wan.plan import build_plan
 from wan.settings import GenerationSettings
 from wan.video import read_video
 
@@ -177,9 +179,8 @@ def test_signal_mid_run_in_a_real_process(base, tmp_path):
 
 
 def test_default_names_are_unique_and_claimed(base, tmp_path, capsys, monkeypatch):
-    config = generate.load_task_config("t2v-tiny")
-    settings = GenerationSettings(prompt=PROMPT, size="128*128")
-    names = {generate.default_save_file(config, settings, str(tmp_path)) for _ in range(100)}
+    plan = build_plan(GenerationSettings(prompt=PROMPT, size="128*128"), load_task_config("t2v-tiny"))
+    names = {default_video_path("t2v-tiny", plan, str(tmp_path)) for _ in range(100)}
     assert len(names) == 100  # same prompt, same second
     monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
     video = tmp_path / "a.mp4"

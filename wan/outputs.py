@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +28,7 @@ from wan.config import TaskConfig
 from wan.errors import ConfigError
 from wan.lora import LoraFile, lora_record
 from wan.paths import TEMP_NAME, claim_output
-from wan.plan import video_size
+from wan.plan import RunPlan, video_size
 from wan.settings import GenerationSettings
 from wan.video import atomic_path, frame_grid, read_video, save_json, save_video
 
@@ -85,6 +88,18 @@ def write_encoded(data: bytes, record: Mapping[str, Any], path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     save_json(dict(record), sidecar_path(path))
+
+
+def default_video_path(task: str, plan: RunPlan, save_dir: str | None) -> Path:
+    """A name no other run picks: task, the video's size (an image's shape for image tasks), the prompt, the
+    time to the microsecond and a random suffix; never an existing file (the run then claims it)."""
+    width, height = plan.geometry.pixels
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", plan.settings.prompt)[:50].strip("_") or "video"
+    while True:
+        stamp = f"{datetime.now():%Y%m%d_%H%M%S_%f}_{secrets.token_hex(3)}"
+        path = Path(save_dir or ".") / f"{task}_{width}x{height}_{slug}_{stamp}.mp4"
+        if not path.exists():
+            return path
 
 
 def video_is_complete(path: Path, settings: GenerationSettings, config: TaskConfig) -> bool:
