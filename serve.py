@@ -29,7 +29,7 @@ logger = logging.getLogger("serve")
 
 CLI_ONLY = ("prompt", "prompt_file", "save_file")
 """generate.py flags that name one run's prompt or files: the service takes prompts over HTTP and names its files."""
-SERVE_FLAGS = ("host", "port", "api_key", "lora_dir", "max_queue", "max_prompt_chars", "max_body_bytes", "save_dir")
+SERVE_FLAGS = ("host", "port", "api_key", "lora_folder", "max_queue", "max_prompt_chars", "max_body_bytes", "save_dir")
 DEFAULT_SAVE_DIR = Path("outputs") / "service"
 
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "required when --host is not a loopback address (default: $WAN_API_KEY)",
     )
     s.add_argument(
-        "--lora_dir",
+        "--lora_folder",
         default=str(REPO_ROOT / "models" / "loras"),
         help="the folder whose .safetensors LoRAs requests may name (default: the shipped models/loras)",
     )
@@ -107,7 +107,7 @@ def open_from_args(args: argparse.Namespace):
     check_serve_flags(args)
     limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_queue)
     save_dir = Path(args.save_dir) if args.save_dir else DEFAULT_SAVE_DIR
-    return open_service(model_flags(args), save_dir, Path(args.lora_dir), limits)
+    return open_service(model_flags(args), save_dir, Path(args.lora_folder), limits)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,8 @@ def test_items_take_every_generation_flag(tmp_path, test_config, parts):
         "lora_low": [],
         "save_file": "sub/a.png",
     }
-    assert set(item) - {"seed"} == set(ITEM_FLAGS) - {"base_seed"}
+    # the task is text-to-video (no image), and --lora_dir's folders are wan.lora's (test_lora)
+    assert set(item) - {"seed"} == set(ITEM_FLAGS) - {"base_seed", "image", "lora_dir"}
     defaults = generate.generation_flags(vars(generate.build_parser().parse_args([])))
     (job,) = plan_jobs([parse_item(0, 1, json.dumps(item))], defaults, test_config, tmp_path)
     assert job.error is None and job.output == tmp_path / "sub" / "a.png"

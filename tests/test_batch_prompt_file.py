@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from wan.batch.prompt_file import item_flags, read_prompt_file
@@ -57,3 +59,14 @@ def test_unreadable_prompt_files_are_one_error(tmp_path, data, message):
 def test_invalid_items_name_the_key(item, message):
     with pytest.raises(ConfigError, match=message):
         item_flags(item)
+
+
+def test_an_items_image_is_read_from_the_prompt_files_folder(tmp_path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    prompts = folder / "prompts.jsonl"
+    absolute = tmp_path / "b.png"
+    lines = [{"prompt": "x", "image": "frames/a.png"}, {"prompt": "y", "image": str(absolute)}, {"prompt": "z"}]
+    prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    items = read_prompt_file(prompts)
+    assert [item.flags.get("image") for item in items] == [str(folder / "frames" / "a.png"), str(absolute), None]

@@ -34,7 +34,7 @@ def lora_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, lora_dir):
     save_dir = tmp_path_factory.mktemp("service")
-    argv = ["--save_dir", str(save_dir), "--lora_dir", str(lora_dir), "--frame_num", "5", "--sample_steps", "2"]
+    argv = ["--save_dir", str(save_dir), "--lora_folder", str(lora_dir), "--frame_num", "5", "--sample_steps", "2"]
     server = LiveServer([*argv, "--max_queue", str(MAX_QUEUE), "--max_prompt_chars", "100"])
     yield server
     server.close()

@@ -185,6 +185,18 @@ def _lora_list(value: list[str], config: TaskConfig) -> str | None:
     return None
 
 
+def _lora_folder(value: list[str] | str, config: TaskConfig) -> str | None:
+    from wan.lora import parse_lora_arg
+
+    for entry in [value] if isinstance(value, str) else value:
+        folder, scale = parse_lora_arg(entry)
+        if not math.isfinite(scale):
+            return "the scale must be a finite number"
+        if not folder.is_dir():
+            return f"{folder} is not a folder; give DIR[:SCALE] of a LoRA pair (high/low files)"
+    return None
+
+
 def _half_frame_window(value: str, config: TaskConfig) -> str | None:
     from wan.half_frame import Window
 
@@ -222,6 +234,7 @@ RULES: dict[str, Rule] = {
     "lora": _lora_list,
     "lora_high": _lora_list,
     "lora_low": _lora_list,
+    "lora_dir": _lora_folder,
 }
 """Flag (argparse dest, batch item key) -> check. Flags not listed take any value argparse accepts."""
 
