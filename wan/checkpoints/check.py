@@ -42,7 +42,7 @@ MASK_CHANNELS = 4  # image-to-video: one mask channel per frame of a 4-frame lat
 
 @dataclass(frozen=True)
 class ExpectedModel:
-    """What a task needs from a checkpoint (the lead's task config says it; see ``RELEASED_MODELS``).
+    """What a task needs from a checkpoint (``wan.options.expected_model``; the releases: ``RELEASED_MODELS``).
 
     ``experts``: 2 for the A14B mixtures of experts (high-noise then low-noise), 1 for a dense model.
     ``in_channels``: the transformer's input channels: the VAE's ``z_dim`` for text-to-video and for
