@@ -20,6 +20,7 @@ from wan.errors import ConfigError
 from wan.validation import check_flags
 
 if TYPE_CHECKING:
+    from wan.checkpoints import ExpectedModel
     from wan.levers import Levers
     from wan.lora import LoraFile
 
@@ -107,7 +108,7 @@ def resolve_ckpt_dir(flags: Mapping[str, Any], config: TaskConfig) -> Path:
     return path
 
 
-def expected_model(config: TaskConfig, ckpt_dir: Path):
+def expected_model(config: TaskConfig, ckpt_dir: Path) -> ExpectedModel:
     """What the task needs from its checkpoint (``wan.checkpoints.ExpectedModel``): the released model's facts,
     or for a task of our own (the tiny models) what its config implies."""
     from wan.checkpoints import RELEASED_MODELS, ExpectedModel
