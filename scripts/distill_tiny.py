@@ -58,9 +58,8 @@ from wan.lora import (  # noqa: E402
     check_loras,
     lora_dir_specs,  # noqa: E402
 )
-from wan.plan import plan_steps  # noqa: E402
 from wan.settings import GenerationSettings  # noqa: E402
-from wan.solvers import LIGHTNING, make_scheduler, step_sigmas  # noqa: E402
+from wan.solvers import LIGHTNING, make_scheduler  # noqa: E402
 from wan.text2video import WanT2V  # noqa: E402
 from wan.video import save_json, to_uint8_frames  # noqa: E402
 
@@ -107,7 +106,8 @@ def teacher_states(pipe: WanT2V, prompts: list[str], seeds: list[int], args, bat
     """[N, K+1, C, T, h, w]: the teacher's state at each student sigma (noise first, its video's latent last)."""
     config = pipe.config
     settings = GenerationSettings(prompt=prompts[0], frame_num=args.frame_num, sample_steps=args.teacher_steps)
-    s = settings.resolved(config)
+    run = pipe.plan(settings)  # the product's plan: expert, guidance and sigma of every teacher step
+    s, plans, sigmas = run.settings, run.steps, run.sigmas
     student = LIGHTNING.sigmas()
     out = []
     for start in range(0, len(prompts), batch):
@@ -117,14 +117,6 @@ def teacher_states(pipe: WanT2V, prompts: list[str], seeds: list[int], args, bat
         noise = torch.cat([initial_noise(pipe, s, seed) for seed in batch_seeds]).to(pipe.device)
         scheduler = make_scheduler(s.sample_solver, s.sample_shift, config.num_train_timesteps)
         scheduler.set_timesteps(s.sample_steps, device=pipe.device)
-        sigmas = step_sigmas(scheduler)
-        plans = plan_steps(
-            scheduler.timesteps.tolist(),
-            boundary=config.boundary,
-            guide_scale_high=s.guide_scale_high,
-            guide_scale_low=s.guide_scale_low,
-            num_train_timesteps=config.num_train_timesteps,
-        )
         states = {0: noise.clone()}  # student index -> state
         x = noise
         for plan in plans:
