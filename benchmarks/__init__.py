@@ -8,7 +8,7 @@
 - ``modes``: our configurations (placement, levers, presets) and which of them this device can run.
 - ``ours``: a mode built by the engine (``wan.engine.build_engine``) on the parts, timed end to end.
 - ``report``: the JSON written after every stage, ratios to the peer, the printed table.
-- ``end_to_end``: one run of the peer and the modes (``scripts/bench_a14b.py``).
+- ``end_to_end``: one run of the peer and the modes (``scripts/bench_e2e.py``).
 
 A new task is a ``Peer`` subclass in ``peers.PEERS`` (its diffusers pipeline and call inputs) plus its
 parts in ``weights``; a new configuration of ours is an entry in ``modes.MODES``.

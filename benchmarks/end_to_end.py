@@ -1,8 +1,9 @@
-"""One end-to-end benchmark run: the peer and our modes, one after another, on one set of random parts.
+"""One end-to-end benchmark run: the peers and our modes, one after another, on one set of random parts.
 
-``EndToEnd`` owns what the modes share (the parts, the forward counter, the report) and turns each
-``Measurement`` into the mode's record: measured stages and steps, forwards and tokens counted by
-hooks, the plan, peak memory, and the labelled 40-step projection. ``run`` is the whole benchmark.
+``EndToEnd`` owns what the modes share (the task's parts, its image, the distill LoRA pair, the forward
+counter, the report) and turns each ``Measurement`` into the mode's record: measured stages and steps,
+forwards and tokens counted by hooks, the plan, peak memory, and the labelled projection to the
+released step count. ``run`` is the whole benchmark.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from benchmarks.measure import (
     FLOPS_FORMULA,
@@ -26,29 +31,48 @@ from benchmarks.measure import (
     peak_memory_gb,
     steady_seconds_per_forward,
 )
-from benchmarks.modes import CACHE_SPEC, PEER, Mode, budget_estimate, mode_of, selected_modes, unavailable
-from benchmarks.ours import build_ours, changes_experts, run_ours, skip_cost
-from benchmarks.peers import PEERS, run_peer
+from benchmarks.modes import (
+    CACHE_SPEC,
+    PEER,
+    Mode,
+    PeerMode,
+    budget_estimate,
+    mode_of,
+    selected_modes,
+    unavailable,
+)
+from benchmarks.ours import build_ours, changes_experts, mode_generation, run_ours, skip_cost
+from benchmarks.peers import PEERS, FewStepPeer, Peer, run_peer
 from benchmarks.plan import (
-    FULL_STEPS,
-    GUIDE_HIGH,
-    GUIDE_LOW,
     Workload,
+    mode_steps,
     plan_summary,
-    project_40,
+    project_released,
+    released_steps,
     sequence_lengths,
     step_plan,
 )
 from benchmarks.report import Report, device_name, versions
-from benchmarks.weights import TEXT_TOKENS, RandomParts, expert_config
+from benchmarks.weights import TASK_PARTS, TEXT_TOKENS, RandomParts, expert_config, write_lora_pair
 from wan.config import HIGH, LOW, load_task_config
 from wan.engine import Engine
 from wan.frames import latent_frame_count
 from wan.levers.compile import reset_compiled
+from wan.lora import LoraFile, check_loras, lora_dir_specs
 
 logger = logging.getLogger("benchmarks")
 
-TASK = "t2v-A14B"
+TASKS = tuple(TASK_PARTS)
+
+
+def synthetic_image(path: Path, width: int, height: int, seed: int) -> Path:
+    """A smooth RGB image with some texture at the video's size: the image tasks' conditioning input."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    channels = [np.sin(6.0 * x + phase) * np.cos(4.0 * y - phase) for phase in (0.0, 1.0, 2.0)]
+    pixels = (np.stack(channels, -1) * 0.4 + 0.5 + rng.normal(0.0, 0.05, (height, width, 3))).clip(0, 1)
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(path)
+    return path
 
 
 class EndToEnd:
@@ -59,17 +83,23 @@ class EndToEnd:
         self.device = torch.device(args.device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        task = dataclasses.replace(
-            load_task_config(TASK), sizes=(args.size,), default_size=args.size, frame_num=args.frame_num
-        )
-        self.work = Workload(task, args.prompt, args.size, args.frame_num, args.seed, args.steps, args.warmup_steps)
-        self.peer = PEERS[TASK]()
+        released = load_task_config(args.task)
+        size = args.size or released.default_size
+        frame_num = args.frame_num or released.frame_num
+        task = dataclasses.replace(released, sizes=(size,), default_size=size, frame_num=frame_num)
+        self.scratch = tempfile.TemporaryDirectory(prefix="bench_e2e_")  # the image and the LoRA pair
+        image = None
+        if task.kind == "i2v":
+            image = synthetic_image(Path(self.scratch.name) / "image.png", *task.parse_size(size), args.seed)
+        self.work = Workload(task, args.prompt, size, frame_num, args.seed, args.steps, args.warmup_steps, image)
+        self.lora_dir: Path | None = None
+        self.loras: tuple[LoraFile, ...] = ()
         self.components: RandomParts | None = None
         self.counter: ForwardCounter | None = None
         self.engine: Engine | None = None
         self.dirty = False  # the experts carry a lever (fp8, compile, cache hooks, streaming hooks)
-        self.tokens = sequence_lengths(task, args.size, args.frame_num)["full"]
-        self.model_config = expert_config(args.tiny, args.layers)
+        self.tokens = sequence_lengths(task, size, frame_num)["full"]
+        self.model_config = expert_config(args.tiny, args.layers, task=args.task)
         self.report = Report(
             args.out,
             started,
@@ -78,9 +108,11 @@ class EndToEnd:
                 "versions": versions(),
                 "device": device_name(self.device),
                 "setup": {
-                    "size": args.size,
-                    "frame_num": args.frame_num,
-                    "latent_frames": latent_frame_count(args.frame_num, task.vae_stride[0]),
+                    "task": args.task,
+                    "size": size,
+                    "frame_num": frame_num,
+                    "image": None if image is None else f"synthetic {size} PNG",
+                    "latent_frames": latent_frame_count(frame_num, task.vae_stride[0]),
                     "tokens": self.tokens,
                     "text_tokens": TEXT_TOKENS,
                     "prompt": args.prompt,
@@ -91,9 +123,10 @@ class EndToEnd:
                     "tiny": args.tiny,
                     "model_config": self.model_config,
                     "init_std": args.init_std,
-                    "guide_scales": [GUIDE_HIGH, GUIDE_LOW],
+                    "guide_scales": [task.guide_scale_high, task.guide_scale_low],
                     "cache_spec": CACHE_SPEC,
-                    "plan_40": plan_summary(step_plan(task, FULL_STEPS, {})),
+                    "released_steps": released_steps(task),
+                    "plan_released": plan_summary(step_plan(task, released_steps(task), {})),
                 },
                 "flops_formula": FLOPS_FORMULA,
                 "flops_per_forward": forward_flops(self.model_config, self.tokens),
@@ -111,7 +144,8 @@ class EndToEnd:
         """All parts on the device (the offload modes move them to the CPU before they start)."""
         start = now(self.device)
         a = self.args
-        self.components = RandomParts.a14b(
+        self.components = RandomParts.for_task(
+            a.task,
             tiny=a.tiny,
             layers=a.layers,
             device=self.device,
@@ -148,11 +182,33 @@ class EndToEnd:
         self.report.data["matmul_peak"] = matmul_peak(n, self.device, getattr(torch, self.args.dtype))
         logger.info("matmul peak %.1f TFLOP/s", self.report.data["matmul_peak"]["tflops"])
 
+    def distill_pair(self) -> Path:
+        """The run's random distill LoRA pair (rank ``--lora_rank``), written once, named as Wan2.2-Lightning's."""
+        if self.lora_dir is None:
+            folder = Path(self.scratch.name) / "distill_pair"
+            self.lora_dir = write_lora_pair(
+                folder, self.model_config, self.args.lora_rank, getattr(torch, self.args.dtype)
+            )
+            self.loras = tuple(check_loras(lora_dir_specs(self.lora_dir, task=self.work.task.task)))
+        return self.lora_dir
+
+    def planned_forwards(self, mode: Mode | PeerMode) -> int:
+        """Forwards of the mode's timed run, from the engine's plan (for the time budget)."""
+        if isinstance(mode, PeerMode):
+            fields = FewStepPeer.schedule if mode.few_step else {}
+        else:
+            fields = mode_generation(mode, self.work, self.work.steps)
+        return sum(p.forwards for p in step_plan(self.work.task, mode_steps(fields, self.work.steps), fields))
+
     # ------------------------------------------------------------------ runs
-    def run_peer(self) -> dict[str, Any]:
+    def run_peer(self, mode: PeerMode) -> dict[str, Any]:
         rebuild_s = self.fresh_experts()
         self.components.reset_shared()
-        m = run_peer(self.peer, self.components, self.counter, self.work, self.device)
+        peer: Peer = PEERS[self.work.task.task]()
+        if mode.few_step:
+            peer = FewStepPeer(peer, self.distill_pair())
+            self.dirty = True  # the pair is fused into the experts
+        m = run_peer(peer, self.components, self.counter, self.work, self.device)
         m.setup = {"rebuild_s": rebuild_s, **m.setup}
         record = self.summarise(m)
         self.probe_loop(record, None)
@@ -161,9 +217,13 @@ class EndToEnd:
     def run_ours(self, name: str, mode: Mode) -> dict[str, Any]:
         rebuild_s = self.fresh_experts()
         self.components.reset_shared()
+        loras = ()
+        if mode.lora_pair:
+            self.distill_pair()
+            loras = self.loras
         self.dirty = True  # from here on a lever or a placement hook may be on the experts
-        self.engine, setup, info = build_ours(mode, self.components, self.work, self.device)
-        self.dirty = changes_experts(self.engine)
+        self.engine, setup, info = build_ours(mode, self.components, self.work, self.device, loras)
+        self.dirty = bool(loras) or changes_experts(self.engine)
         m = run_ours(self.engine, mode, self.work, self.counter, self.model_config, self.device)
         m.info, m.setup = info, {"rebuild_s": rebuild_s, **setup, **m.setup}
         record = self.summarise(m)
@@ -197,12 +257,13 @@ class EndToEnd:
         )
 
     def summarise(self, m: Measurement) -> dict[str, Any]:
-        """One mode's record: what was measured, and apart from it the labelled 40-step projection."""
+        """One mode's record: what was measured, and apart from it the labelled projection to the released steps."""
         counted = self.counter.summary(self.model_config)
-        stages = {**m.stages, "other": m.seconds - sum(m.stages.values())}
-        steps = self.work.steps
-        plan = step_plan(self.work.task, steps, m.info["generation"])
+        stages = {"high_noise": 0.0, "low_noise": 0.0, **m.stages}  # a one-expert model has no low-noise stage
+        stages["other"] = m.seconds - sum(stages.values())
         marks = m.clock.marks
+        steps = len(marks)
+        plan = step_plan(self.work.task, steps, m.info["generation"])
         steps_by_expert = {e: sum(mark[0] == e for mark in marks) for e in (HIGH, LOW)}
         sampling_s = stages["high_noise"] + stages["low_noise"]
         measured = {
@@ -216,8 +277,8 @@ class EndToEnd:
             },
             "steady_seconds_per_forward": {e: steady_seconds_per_forward(marks, e) for e in (HIGH, LOW)},
             "step_marks": [list(mark) for mark in marks],  # [expert, seconds, forwards] per step
-            "forwards": counted["forwards"],
-            "tokens": counted["tokens"],
+            "forwards": {e: counted["forwards"].get(e, 0) for e in (HIGH, LOW)},
+            "tokens": {e: counted["tokens"].get(e, 0) for e in (HIGH, LOW)},
             "plan": plan_summary(plan),
             "sampling_tflops": counted["flops"] / sampling_s / 1e12 if sampling_s else None,
             "peak_memory_gb": peak_memory_gb(self.device),
@@ -227,12 +288,13 @@ class EndToEnd:
         }
         if m.loop_forwards is not None:
             measured["loop_forwards"] = m.loop_forwards
-        plan40 = step_plan(self.work.task, FULL_STEPS, m.info.get("generation_at_40", {}))
+        released = m.info.get("generation_released", {})
+        plan_released = step_plan(self.work.task, mode_steps(released, released_steps(self.work.task)), released)
         return {
             **m.info,
             "setup_seconds": m.setup,
             "measured": measured,
-            "projected_40_steps": project_40(measured, plan40),
+            "projected_released": project_released(measured, plan_released),
         }
 
 
@@ -247,17 +309,23 @@ def run(args: argparse.Namespace, started: float) -> dict[str, Any]:
         return report.data
     with report.stage("matmul peak", bench.failed):
         bench.measure_matmul()
+    experts = len(TASK_PARTS[args.task].experts)
     for name in modes:
         mode = mode_of(name)
-        if mode is not None and (reason := unavailable(mode, bench.device)):
+        if reason := unavailable(mode, bench.device, experts):
             report.skip(name, reason)
             continue
-        if name != PEER and not report.fits(name, budget_estimate(mode, report.data["modes"].get(PEER), bench.device)):
+        peer = report.data["modes"].get(PEER)
+        if name != PEER and not report.fits(
+            name, budget_estimate(mode, peer, bench.device, bench.planned_forwards(mode))
+        ):
             continue
-        with report.stage(f"{name} ({args.warmup_steps}-step warm-up, then {args.steps} steps)", bench.failed):
-            report.record(name, bench.run_peer() if mode is None else bench.run_ours(name, mode))
+        with report.stage(f"{name} (a warm-up run, then the timed one)", bench.failed):
+            is_peer = isinstance(mode, PeerMode)
+            report.record(name, bench.run_peer(mode) if is_peer else bench.run_ours(name, mode))
         if name == PEER and PEER not in report.data["modes"]:
             break  # without the peer no ratio can be made
     report.finish()
     report.save()
+    bench.scratch.cleanup()
     return report.data

@@ -1,8 +1,9 @@
-"""Our configurations to time against the peer: placement, levers (explicit or a preset's), VAE tiling.
+"""Our configurations to time against the peers: placement, levers (explicit or a preset's), VAE tiling, LoRAs.
 
 A mode is data; the product's own resolution turns it into levers (``wan.levers.presets``) and the
 engine builds it. ``--modes`` takes names from ``MODES``, each optionally with more levers after
-``~`` (``preset_exact~attention_backend=native``).
+``~`` (``preset_exact~attention_backend=native``). ``PeerMode`` entries are diffusers' pipelines: the
+task's own (``peer``, every ratio's reference) and the few-step one with the distill LoRA pair.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 from wan.errors import ConfigError
 from wan.levers import Levers, parse_levers
 from wan.levers.attention import FLASH_4, SAGE
-from wan.levers.presets import resolve_levers
+from wan.levers.presets import PRESETS, resolve_levers
 
 PEER = "peer"
+FEW_STEP_PEER = "peer_fewstep"
 CACHE_SPEC = "fbc:0.05"  # the cache mode's fixed threshold (the skip decision is meaningless on random weights)
 CUDA_ONLY_BACKENDS = ("_native_cudnn", "flash", "_native_flash", "_native_efficient", FLASH_4, SAGE)
 BUDGET_ALLOWANCE_S = {"fp8": 200.0, "compile": 90.0, "stream": 60.0, "offload": 30.0}
@@ -33,13 +35,27 @@ class Mode:
     levers: dict[str, Any] = field(default_factory=dict)  # explicit lever flags (wan.levers.Levers fields)
     preset: str | None = None
     vae_tiling: bool = False
+    lora_pair: bool = False  # the run's random distill LoRA pair, one file per expert (``--lora_dir``)
 
 
-MODES: dict[str, Mode | None] = {  # in the order they run: the most important first; None is the peer
-    PEER: None,
+@dataclass(frozen=True)
+class PeerMode:
+    """diffusers' pipeline for the task; ``few_step``: with the distill LoRA pair at the distill schedule."""
+
+    few_step: bool = False
+
+
+EXACT_LEVERS = {name: value for name, value in PRESETS["exact"].levers.as_dict().items() if value}
+"""The exact preset's levers, to put on top of another preset's schedule (``preset_lightning_exact``)."""
+
+MODES: dict[str, Mode | PeerMode] = {  # in the order they run: the most important first
+    PEER: PeerMode(),
     "default": Mode(),
     "preset_exact": Mode(preset="exact"),
     "preset_fast": Mode(preset="fast"),
+    FEW_STEP_PEER: PeerMode(few_step=True),
+    "preset_lightning": Mode(preset="lightning", lora_pair=True),
+    "preset_lightning_exact": Mode(preset="lightning", levers=EXACT_LEVERS, lora_pair=True),
     "preset_fast@taylorseer:2": Mode(preset="fast", levers={"cache": "taylorseer:2"}),
     "offload": Mode(placement="offload"),
     "stream": Mode(placement="stream"),
@@ -54,14 +70,14 @@ MODES: dict[str, Mode | None] = {  # in the order they run: the most important f
 }
 
 
-def mode_of(name: str) -> Mode | None:
+def mode_of(name: str) -> Mode | PeerMode:
     """A mode by name: one of ``MODES``, optionally with levers after ``~`` (``preset_exact~attention_backend=X``)."""
     base, _, lever_text = name.partition("~")
     mode = MODES[base]
     if not lever_text:
         return mode
-    if mode is None:
-        raise ConfigError("the peer takes no levers")
+    if isinstance(mode, PeerMode):
+        raise ConfigError("a peer takes no levers")
     return replace(mode, levers={**mode.levers, **parse_levers(lever_text)})
 
 
@@ -86,8 +102,13 @@ def levers_of(mode: Mode, device: torch.device) -> tuple[Levers, list[str]]:
     return resolve_levers(mode.preset, dict(mode.levers), device)
 
 
-def unavailable(mode: Mode, device: torch.device) -> str | None:
-    """Why ``mode`` cannot run on this device (recorded as the skip reason), or None."""
+def unavailable(mode: Mode | PeerMode, device: torch.device, experts: int = 2) -> str | None:
+    """Why ``mode`` cannot run on this device and model of ``experts`` experts (the skip reason), or None."""
+    few_step = mode.few_step if isinstance(mode, PeerMode) else mode.lora_pair
+    if few_step and experts != 2:
+        return "the distill LoRA pairs (one file per expert) are for the two-expert A14B models"
+    if isinstance(mode, PeerMode):
+        return None
     backend = mode.levers.get("attention_backend")
     if device.type != "cuda":
         if backend in CUDA_ONLY_BACKENDS:
@@ -110,11 +131,19 @@ def unavailable(mode: Mode, device: torch.device) -> str | None:
     return None
 
 
-def budget_estimate(mode: Mode | None, peer: dict[str, Any] | None, device: torch.device) -> float:
-    """Seconds a mode should take (warm-up + timed run, like the peer's), plus its setup allowance."""
-    if peer is None or mode is None:
+def budget_estimate(
+    mode: Mode | PeerMode, peer: dict[str, Any] | None, device: torch.device, forwards: int | None = None
+) -> float:
+    """Seconds a mode should take (warm-up + timed run, like the peer's scaled to the mode's ``forwards``
+    where given), plus its setup allowance."""
+    if peer is None or mode == MODES[PEER]:
         return 0.0
     base = peer["measured"]["seconds"] + peer["setup_seconds"]["warmup_s"]
+    peer_forwards = sum(peer["measured"]["forwards"].values())
+    if forwards is not None and peer_forwards:
+        base *= min(1.0, 1.5 * max(forwards, 1) / peer_forwards)  # text and decode do not shrink with the steps
+    if isinstance(mode, PeerMode):
+        return base
     levers = dict(mode.levers)
     if mode.preset:
         levers.update({k: v for k, v in levers_of(mode, device)[0].as_dict().items() if v})

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from benchmarks.measure import now, peak_memory_gb, reset_peak_memory
-from benchmarks.plan import FULL_STEPS, sequence_lengths, step_plan
+from benchmarks.plan import released_steps, sequence_lengths, step_plan
 from benchmarks.weights import (
     TEXT_TOKENS,
     TINY_OVERRIDES,
@@ -215,12 +215,13 @@ class MultiBench:
 
     def project(self, mode: str, size: str, step_s: dict[str, float]) -> None:
         """40-step time from the per-step times: CFG on every step; half-frame on and off."""
-        plan = step_plan(self.task, FULL_STEPS, {})
+        full = released_steps(self.task)
+        plan = step_plan(self.task, full, {})
         high = sum(p.expert == HIGH for p in plan)
         self.report["projection_40_steps"].setdefault(mode, {})[size] = {
             "label": "projection from measured per-step times, not a measured run",
-            "half_frame_off_s": FULL_STEPS * step_s["cfg_full"],
-            "half_frame_on_s": high * step_s["cfg_half"] + (FULL_STEPS - high) * step_s["cfg_full"],
+            "half_frame_off_s": full * step_s["cfg_full"],
+            "half_frame_on_s": high * step_s["cfg_half"] + (full - high) * step_s["cfg_full"],
         }
 
     def gather(self, value: Any) -> list[Any]:

@@ -13,7 +13,7 @@ import torch
 
 from benchmarks.measure import ForwardCounter, Measurement, StepClock, now, reset_peak_memory
 from benchmarks.modes import Mode, levers_of
-from benchmarks.plan import Workload, scaled_generation
+from benchmarks.plan import Workload, released_steps, scaled_generation
 from benchmarks.weights import RandomParts
 from wan.checkpoints import WanComponents
 from wan.config import HIGH, LOW
@@ -21,6 +21,7 @@ from wan.engine import Engine, build_engine
 from wan.frames import latent_frame_count
 from wan.levers.compile import compile_seconds
 from wan.levers.presets import preset_generation_defaults
+from wan.lora import LoraFile
 from wan.options import EngineOptions
 from wan.plan import StepPlan, build_plan
 from wan.text2video import GenerationResult
@@ -28,8 +29,16 @@ from wan.text2video import GenerationResult
 STAGES = ("text_encoding", "high_noise", "low_noise", "completion", "vae_decode")
 
 
-def build_ours(mode: Mode, parts: RandomParts, work: Workload, device: torch.device) -> tuple[Engine, dict, dict]:
-    """The engine for ``mode`` on ``parts``, its setup seconds and what it is (placement, levers, settings)."""
+def mode_generation(mode: Mode, work: Workload, steps: int) -> dict:
+    """The mode's CLI-named generation settings at ``steps`` (a preset's CFG truncation scaled to them)."""
+    return scaled_generation(preset_generation_defaults(mode.preset), steps, released_steps(work.task))
+
+
+def build_ours(
+    mode: Mode, parts: RandomParts, work: Workload, device: torch.device, loras: tuple[LoraFile, ...] = ()
+) -> tuple[Engine, dict, dict]:
+    """The engine for ``mode`` on ``parts`` with ``loras`` fused, its setup seconds and what it is (placement,
+    levers, settings)."""
     setup: dict[str, Any] = {}
     start = now(device)
     if mode.placement in ("offload", "stream"):  # a real load leaves the weights in CPU memory
@@ -50,22 +59,25 @@ def build_ours(mode: Mode, parts: RandomParts, work: Workload, device: torch.dev
         preset=mode.preset,
         levers=levers,
         preset_notes=tuple(notes),
+        loras=loras,
     )
     components = WanComponents(
         tokenizer=parts.tokenizer,
         text_encoder=parts.text_encoder,
         vae=parts.vae,
         high_noise_model=parts.experts[HIGH],
-        low_noise_model=parts.experts[LOW],
+        low_noise_model=parts.experts.get(LOW),
         layout="diffusers",
     )
-    generation = scaled_generation(preset_generation_defaults(mode.preset), work.steps)
+    generation = mode_generation(mode, work, work.steps)
     run = build_plan(work.settings(work.steps, generation), work.task)
     start = now(device)
     engine = build_engine(options, [run], components=components)
     built_s = now(device) - start
     setup["placement_s"] = engine.load_timings["load"]  # wrapping the given parts, then placing them
-    setup["levers_s"] = built_s - engine.load_timings["load"]  # fp8 quantisation here, compilation in the warm-up
+    if "lora_fuse" in engine.load_timings:
+        setup["lora_fuse_s"] = engine.load_timings["lora_fuse"]
+    setup["levers_s"] = built_s - sum(engine.load_timings.values())  # fp8 quantisation; compiling is in the warm-up
     if mode.vae_tiling:
         parts.vae.enable_tiling()
     info = {
@@ -77,8 +89,9 @@ def build_ours(mode: Mode, parts: RandomParts, work: Workload, device: torch.dev
         "preset_notes": notes,
         "vae_tiling": mode.vae_tiling,
         "vae_dtype": str(parts.vae.dtype).removeprefix("torch."),  # after the levers: what the decode runs in
+        "loras": [f.spec.path.name for f in loras],
         "generation": generation,
-        "generation_at_40": preset_generation_defaults(mode.preset),
+        "generation_released": preset_generation_defaults(mode.preset),
     }
     return engine, setup, info
 
@@ -101,7 +114,7 @@ def run_ours(
     clock = StepClock(device, counter)
 
     def settings(steps: int):
-        return work.settings(steps, scaled_generation(preset_generation_defaults(mode.preset), steps))
+        return work.settings(steps, mode_generation(mode, work, steps))
 
     setup: dict[str, Any] = {}
     compiled_before = compile_seconds()

@@ -110,14 +110,18 @@ class Report:
         )
 
     def finish(self) -> None:
-        """Ratios to the peer, measured and projected."""
+        """Ratios to the peer, measured and projected, and (``speedup_vs``) to every peer of the run."""
         modes = self.data["modes"]
-        peer = modes.get("peer")
+        peers = {name: r for name, r in modes.items() if r.get("kind") == "peer"}
         for result in modes.values():
-            for key in ("measured", "projected_40_steps"):
-                ref = peer[key].get("seconds") if peer else None
+            for key in ("measured", "projected_released"):
                 value = result[key].get("seconds")
-                result[key]["speedup_vs_peer"] = ref / value if ref and value else None
+                ratios = {
+                    name: peer[key]["seconds"] / value if peer[key].get("seconds") and value else None
+                    for name, peer in peers.items()
+                }
+                result[key]["speedup_vs_peer"] = ratios.get("peer")
+                result[key]["speedup_vs"] = ratios
         self.data["status"] = "done"
 
 
@@ -128,33 +132,38 @@ def _fmt(value: float | None, spec: str) -> str:
 def print_table(report: dict[str, Any]) -> None:
     """The summary a person reads last: the measured runs, then the labelled 40-step projections."""
     setup = report["setup"]
-    steps, peak = setup["steps"], report.get("matmul_peak", {}).get("tflops")
+    peak = report.get("matmul_peak", {}).get("tflops")
+    released = setup.get("released_steps", 40)
     print(
-        f"\n{report['device']}  size {setup['size']}  frames {setup['frame_num']}  tokens {setup['tokens']}  "
-        f"matmul peak {_fmt(peak, '.0f')} TFLOP/s"
+        f"\n{report['device']}  {setup.get('task', 't2v-A14B')}  size {setup['size']}  frames {setup['frame_num']}  "
+        f"tokens {setup['tokens']}  matmul peak {_fmt(peak, '.0f')} TFLOP/s"
     )
     header = (
-        f"{'mode':<26}{f's ({steps} st)':>10}{'text':>7}{'high':>8}{'low':>8}{'decode':>8}{'s/st hi':>8}"
-        f"{'s/st lo':>8}{'fwd':>5}{'x peer':>7}{'proj40 s':>9}{'x peer':>7}{'peak GB':>8}{'setup s':>8}"
+        f"{'mode':<26}{'steps':>6}{'s':>8}{'text':>7}{'high':>8}{'low':>8}{'decode':>8}{'s/st hi':>8}"
+        f"{'s/st lo':>8}{'fwd':>5}{'x peer':>7}{'proj s':>8}{'x peer':>7}{'peak GB':>8}{'setup s':>8}"
     )
     print(header)
     print("-" * len(header))
     for name, r in report["modes"].items():
-        m, p = r["measured"], r["projected_40_steps"]
+        m, p = r["measured"], r["projected_released"]
         st = m["stages"]
         setup_s = sum(v for k, v in r["setup_seconds"].items() if k != "warmup_s")
         print(
-            f"{name:<26}{m['seconds']:>10.1f}{st['text_encoding']:>7.2f}{st['high_noise']:>8.2f}"
+            f"{name:<26}{len(m['step_marks']):>6}{m['seconds']:>8.1f}{st['text_encoding']:>7.2f}{st['high_noise']:>8.2f}"
             f"{st['low_noise']:>8.2f}{st['vae_decode']:>8.2f}{_fmt(m['seconds_per_step'][HIGH], '.2f'):>8}"
             f"{_fmt(m['seconds_per_step'][LOW], '.2f'):>8}{sum(m['forwards'].values()):>5}"
-            f"{_fmt(m.get('speedup_vs_peer'), '.2f'):>7}{_fmt(p.get('seconds'), '.0f'):>9}"
+            f"{_fmt(m.get('speedup_vs_peer'), '.2f'):>7}{_fmt(p.get('seconds'), '.0f'):>8}"
             f"{_fmt(p.get('speedup_vs_peer'), '.2f'):>7}{_fmt(m['peak_memory_gb'], '.1f'):>8}{setup_s:>8.1f}"
         )
     print(
-        f"s ({steps} st): MEASURED end to end (text + sampling + decode) after a warm-up; x peer: speed-up over "
-        "diffusers' WanPipeline in this run (>1 is faster); proj40: PROJECTION of the released 40-step run "
-        "(26 high + 14 low steps); setup s: rebuild + moves + placement + levers + compile, outside the timing"
+        "s: MEASURED end to end (text + sampling + decode) after a warm-up; x peer: speed-up over the task's "
+        f"diffusers pipeline in this run (>1 is faster); proj s: PROJECTION of the released {released}-step run "
+        "(a distill schedule's own steps); setup s: rebuild + moves + placement + LoRA + levers, outside the timing"
     )
+    for name, r in report["modes"].items():
+        others = {k: v for k, v in r["measured"].get("speedup_vs", {}).items() if k != "peer" and v}
+        if others and r.get("kind") != "peer":
+            print(f"{name}: " + ", ".join(f"{v:.2f}x {k}" for k, v in others.items()))
     for name, r in report["modes"].items():
         if "skip_cost" in r:
             c = r["skip_cost"]

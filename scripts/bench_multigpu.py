@@ -1,6 +1,6 @@
 """Per-step time and peak memory of the multi-GPU modes, A14B-size random experts, under torchrun (any world size N).
 
-Random bf16 experts and text embeddings as in ``bench_a14b.py`` (``benchmarks.weights``) (time does not depend on weight
+Random bf16 experts and text embeddings as in ``bench_e2e.py`` (``benchmarks.weights``) (time does not depend on weight
 values; no T5 or VAE in the step timings). The modes use the project's own ``wan.distributed.parallelize``
 and ``WanT2V.velocity`` (one step's model output: what a sampling step costs besides the solver):
 

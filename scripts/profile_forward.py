@@ -1,6 +1,6 @@
 """Where one A14B expert forward's GPU time goes, and what compile settings and fused projections do to it.
 
-The end-to-end benchmark (``bench_a14b.py``) says how long a run takes; this says why. It builds one
+The end-to-end benchmark (``bench_e2e.py``) says how long a run takes; this says why. It builds one
 random A14B expert (time does not depend on weight values), then for each variant (a fresh expert,
 the engine's own levers, one compile setting) times ``--repeats`` forwards after a warm-up and
 profiles one forward: GPU time by kernel class (GEMM, attention, fused elementwise Triton, other).

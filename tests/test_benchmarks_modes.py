@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from benchmarks.modes import mode_of, selected_modes
+from benchmarks.modes import EXACT_LEVERS, MODES, PeerMode, budget_estimate, mode_of, selected_modes, unavailable
+from wan.levers.presets import PRESETS
 
 
 def test_selected_modes_run_in_order_with_the_peer():
@@ -16,3 +18,31 @@ def test_selected_modes_run_in_order_with_the_peer():
         selected_modes("default~warp")
     with pytest.raises(SystemExit):
         selected_modes("nope")
+
+
+def test_the_few_step_modes_are_the_lightning_preset_with_the_distill_pair():
+    assert MODES["peer_fewstep"] == PeerMode(few_step=True)
+    for name in ("preset_lightning", "preset_lightning_exact"):
+        assert MODES[name].preset == "lightning" and MODES[name].lora_pair
+    assert MODES["preset_lightning_exact"].levers == EXACT_LEVERS
+    assert EXACT_LEVERS == {k: v for k, v in PRESETS["exact"].levers.as_dict().items() if v}
+    with pytest.raises(SystemExit, match="peer takes no levers"):
+        selected_modes("peer_fewstep~compile")
+
+
+def test_a_distill_pair_needs_two_experts():
+    cpu = torch.device("cpu")
+    for name in ("peer_fewstep", "preset_lightning"):
+        assert "two-expert" in unavailable(MODES[name], cpu, experts=1)
+        assert unavailable(MODES[name], cpu, experts=2) is None
+
+
+def test_the_budget_estimate_scales_with_the_forwards():
+    peer = {
+        "measured": {"seconds": 100.0, "forwards": {"high_noise": 52, "low_noise": 28}},
+        "setup_seconds": {"warmup_s": 0.0},
+    }
+    cpu = torch.device("cpu")
+    assert budget_estimate(MODES["peer"], peer, cpu, 80) == 0.0
+    assert budget_estimate(MODES["default"], peer, cpu, 80) == 100.0  # as many forwards: the peer's time
+    assert budget_estimate(MODES["peer_fewstep"], peer, cpu, 4) == 100.0 * 1.5 * 4 / 80

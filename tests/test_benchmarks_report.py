@@ -8,8 +8,8 @@ import time
 from benchmarks.report import Report
 
 
-def record(seconds: float, projected: float) -> dict:
-    return {"measured": {"seconds": seconds}, "projected_40_steps": {"seconds": projected}}
+def record(seconds: float, projected: float, kind: str = "ours") -> dict:
+    return {"kind": kind, "measured": {"seconds": seconds}, "projected_released": {"seconds": projected}}
 
 
 def test_failed_stage_is_recorded_and_the_next_one_runs(tmp_path):
@@ -36,10 +36,16 @@ def test_budget_skips_with_the_reason(tmp_path):
 
 def test_finish_gives_ratios_to_the_peer(tmp_path):
     report = Report(tmp_path / "f.json", time.perf_counter(), 10.0, {})
-    report.data["modes"] = {"peer": record(10.0, 100.0), "fast": record(5.0, 40.0)}
+    report.data["modes"] = {
+        "peer": record(10.0, 100.0, "peer"),
+        "peer_fewstep": record(4.0, 4.0, "peer"),
+        "fast": record(5.0, 40.0),
+        "lightning": record(2.0, 2.0),
+    }
     report.finish()
     modes = report.data["modes"]
     assert modes["peer"]["measured"]["speedup_vs_peer"] == 1.0
     assert modes["fast"]["measured"]["speedup_vs_peer"] == 2.0
-    assert modes["fast"]["projected_40_steps"]["speedup_vs_peer"] == 2.5
+    assert modes["fast"]["projected_released"]["speedup_vs_peer"] == 2.5
+    assert modes["lightning"]["measured"]["speedup_vs"] == {"peer": 5.0, "peer_fewstep": 2.0}
     assert report.data["status"] == "done"
