@@ -1,6 +1,5 @@
 """wan.settings: a video's settings filled from the task config, then checked as a whole."""
 
-
 import pytest
 
 from wan.choices import PLAIN_HALF_FRAME_STEPS

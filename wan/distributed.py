@@ -376,4 +376,3 @@ def _apply_timeout(ctx: DistContext) -> None:
     for group in list(c10d._world.pg_map):
         if group is not None and not c10d._rank_not_in_group(group):
             c10d._set_pg_timeout(timeout, group)
-
