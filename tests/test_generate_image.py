@@ -172,5 +172,4 @@ def test_bad_image_task_input_is_exit_2_one_line_no_output(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert re.search(message, err), err
-    print("MSG", err)
     assert not list(out.iterdir())
