@@ -29,7 +29,17 @@ logger = logging.getLogger("serve")
 
 CLI_ONLY = ("prompt", "prompt_file", "save_file")
 """generate.py flags that name one run's prompt or files: the service takes prompts over HTTP and names its files."""
-SERVE_FLAGS = ("host", "port", "api_key", "lora_folder", "max_queue", "max_prompt_chars", "max_body_bytes", "save_dir")
+SERVE_FLAGS = (
+    "host",
+    "port",
+    "api_key",
+    "lora_folder",
+    "max_queue",
+    "max_prompt_chars",
+    "max_body_bytes",
+    "max_image_bytes",
+    "save_dir",
+)
 DEFAULT_SAVE_DIR = Path("outputs") / "service"
 
 
@@ -65,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--max_prompt_chars", type=int, default=limits.max_prompt_chars, help="(default %(default)s)")
     s.add_argument("--max_body_bytes", type=int, default=limits.max_body_bytes, help="(default %(default)s)")
+    s.add_argument(
+        "--max_image_bytes",
+        type=int,
+        default=limits.max_image_bytes,
+        help="largest image upload (POST /v1/images, the page's image input; default %(default)s)",
+    )
     return p
 
 
@@ -90,7 +106,7 @@ def check_serve_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--host {args.host} is reachable from other machines; pass --api_key KEY (or WAN_API_KEY)")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: must be 0 to 65535")
-    for name in ("max_queue", "max_prompt_chars", "max_body_bytes"):
+    for name in ("max_queue", "max_prompt_chars", "max_body_bytes", "max_image_bytes"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} {getattr(args, name)}: must be at least 1")
 
@@ -105,7 +121,12 @@ def open_from_args(args: argparse.Namespace):
     from wan.service.jobs import open_service
 
     check_serve_flags(args)
-    limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_queue)
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes,
+        max_image_bytes=args.max_image_bytes,
+        max_prompt_chars=args.max_prompt_chars,
+        max_queue=args.max_queue,
+    )
     save_dir = Path(args.save_dir) if args.save_dir else DEFAULT_SAVE_DIR
     return open_service(model_flags(args), save_dir, Path(args.lora_folder), limits)
 

@@ -1,7 +1,8 @@
 """wan.distributed: single-process behaviour, validation, and 2 CPU ranks (gloo) against one process.
 
-The 2-rank test runs diffusers' Ulysses context parallel and FSDP2 for real on gloo; it checks that
-the latents and the rank-0 video equal the single-process ones.
+The 2-rank tests run diffusers' Ulysses context parallel, CFG parallel and FSDP2 for real on gloo; they
+check that the latents and the rank-0 video equal the single-process ones, for text-to-video and for the
+image tasks (i2v's extra input channels, ti2v's per-token timesteps and its one expert).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from PIL import Image
 from tiny_models import TinyParts, as_components, tiny_parts
 
 from wan.config import load_task_config
@@ -23,6 +25,7 @@ from wan.distributed import (
     init_distributed,
     is_main,
     parallelize,
+    session,
     validate,
 )
 from wan.errors import ConfigError
@@ -135,6 +138,21 @@ def test_sequence_lengths_of_a14b_divide_by_the_ulysses_sizes():
             validate(two_ranks(8), ulysses_size=ulysses, num_heads=40, tokens=counts)
 
 
+def test_an_image_whose_shape_does_not_split_is_refused(tmp_path):
+    """i2v-A14B at 480p, 81 frames: an 832*480 image makes 21 x 29 x 52 tokens, a square one 21 x 39 x 39."""
+    config = load_task_config("i2v-A14B")
+    lengths = {}
+    for name, size in {"wide": (832, 480), "square": (512, 512)}.items():
+        Image.new("RGB", size, (90, 40, 200)).save(tmp_path / f"{name}.png")
+        run = GenerationSettings(prompt="x", size="832*480", image=str(tmp_path / f"{name}.png"))
+        lengths[name] = build_plan(run, config).sequence_lengths
+    assert lengths == {"wide": (31668,), "square": (31941,)}
+    validate(two_ranks(2), ulysses_size=2, num_heads=40, tokens=lengths["wide"])
+    with pytest.raises(ConfigError, match="sequence length 31941 .* image aspect ratio") as info:
+        validate(two_ranks(2), ulysses_size=2, num_heads=40, tokens=lengths["square"])
+    assert "\n" not in str(info.value)
+
+
 # ----------------------------------------------------------------------------------- two ranks
 def _free_port() -> int:
     with socket.socket() as s:
@@ -187,3 +205,94 @@ def test_two_cpu_ranks_match_one_process(test_config, tmp_path):
         torch.testing.assert_close(r["fsdp_latents"], expected[True].latents, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ranks[0]["fsdp_video"], single.video, rtol=1e-5, atol=1e-5)
     assert ranks[1]["fsdp_video"].numel() == 0  # rank 0 alone decodes
+
+
+# ----------------------------------------------------------------------------------- image tasks
+IMAGE_CASES = {"i2v": ("i2v", "portrait"), "ti2v-image": ("ti2v", "landscape"), "ti2v-text": ("ti2v", None)}
+"""Case -> (task, image): i2v (image channels, two experts), ti2v with and without its first frame (one expert)."""
+LEVERS = {
+    "ulysses": ({"ulysses_size": 2}, {"ulysses"}),
+    "cfg_parallel": ({"cfg_parallel": True}, {"cfg_parallel", "ulysses"}),
+    "fsdp": ({"dit_fsdp": True, "t5_fsdp": True}, {"fsdp"}),
+}
+"""Lever -> (its flags on 2 ranks, what is in place after the run). The runs truncate CFG on their last step,
+which CFG parallel runs on Ulysses over both ranks."""
+
+
+def in_place(pipe: WanT2V) -> set[str]:
+    """The levers acting on the experts after a run (Ulysses: the config the last step left active)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from wan.cfg_parallel import CfgParallelVelocity
+
+    experts = pipe.experts.values()
+    levers = {
+        "ulysses": any(expert._parallel_config is not None for expert in experts),
+        "cfg_parallel": isinstance(pipe.velocity, CfgParallelVelocity),
+        "fsdp": all(isinstance(expert, FSDPModule) for expert in experts),
+    }
+    return {name for name, on in levers.items() if on}
+
+
+@pytest.fixture(scope="module")
+def image_runs(request, images) -> dict[str, tuple]:
+    """Case -> (config, parts, settings) on the tiny image-task checkpoints of tests/conftest.py."""
+    runs = {}
+    for case, (task, image) in IMAGE_CASES.items():
+        config = load_task_config(str(request.getfixturevalue(f"{task}_task")))
+        run = GenerationSettings(
+            prompt=PROMPT, seed=3, cfg_truncate_steps=1, image=None if image is None else str(images[image])
+        )
+        runs[case] = (config, request.getfixturevalue(f"{task}_parts"), run)
+    return runs
+
+
+def _image_worker(rank: int, world: int, port: int, runs: dict[str, tuple], out_path: str) -> None:
+    """Every image case under every lever of ``LEVERS``, through ``generate`` (rank 0 decodes)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    results = {}
+    with session(ctx):
+        for case, (config, parts, run) in runs.items():
+            for lever, (flags, _) in LEVERS.items():
+                pipe = make_pipe(config, parts)
+                parallelize(pipe, ctx, **flags, plan=pipe.plan(run))
+                result = pipe.generate(run, progress=False, decode=ctx.rank == 0)
+                results[case, lever] = (result.latents, result.video, in_place(pipe))
+    torch.save(results, f"{out_path}.{rank}")
+
+
+@pytest.fixture(scope="module")
+def image_ranks(image_runs, tmp_path_factory) -> list[dict]:
+    """Both ranks' (latents, video, levers in place) per (case, lever), from one spawn of 2 ranks."""
+    out = str(tmp_path_factory.mktemp("image-ranks") / "rank")
+    mp.spawn(_image_worker, args=(2, _free_port(), image_runs, out), nprocs=2, join=True)
+    return [torch.load(f"{out}.{r}") for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def one_process(image_runs):
+    """Case -> the one-process result, computed once per case."""
+    results = {}
+
+    def run(case: str):
+        if case not in results:
+            config, parts, settings = image_runs[case]
+            results[case] = make_pipe(config, parts).generate(settings, progress=False)
+        return results[case]
+
+    return run
+
+
+@pytest.mark.parametrize("lever", list(LEVERS))
+@pytest.mark.parametrize("case", list(IMAGE_CASES))
+def test_image_tasks_on_two_cpu_ranks_match_one_process(image_ranks, one_process, case, lever):
+    single = one_process(case)
+    for rank in image_ranks:
+        latents, _, levers = rank[case, lever]
+        assert levers == LEVERS[lever][1]
+        torch.testing.assert_close(latents, single.latents, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(image_ranks[0][case, lever][1], single.video, rtol=1e-5, atol=1e-5)
+    assert image_ranks[1][case, lever][1].numel() == 0  # rank 0 alone decodes

@@ -6,7 +6,6 @@ The video is written as a PNG frame grid (lossless), so the 8-bit frames can be 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -17,97 +16,15 @@ import pytest
 import torch
 from diffusers import WanImageToVideoPipeline
 from diffusers.utils import load_image as diffusers_load_image
-from PIL import Image
-from tiny_models import (
-    i2v_pipeline,
-    save_diffusers_layout,
-    save_official_layout,
-    ti2v_pipeline,
-    tiny_i2v_parts,
-    tiny_ti2v_parts,
-)
+from tiny_models import LAYOUTS, i2v_pipeline, ti2v_pipeline
 
 import generate
 from wan import engine
-from wan.config import load_task_config
 from wan.video import frame_grid, read_video, to_uint8_frames
 
 PROMPT = "a red square moving left"
 NEGATIVE = "ugly, static"
 SEED = 7
-LAYOUTS = {"official": save_official_layout, "diffusers": save_diffusers_layout}
-
-
-def write_task(tmp_path_factory, task: str, **changes) -> Path:
-    """A --task file: the released task's settings at a size the tiny parts run in a moment."""
-    config = dataclasses.replace(load_task_config(task), text_len=32, default_ckpt_dir=None, **changes)
-    path = tmp_path_factory.mktemp("task") / f"{task}.json"
-    path.write_text(json.dumps(dataclasses.asdict(config)))
-    return path
-
-
-@pytest.fixture(scope="module")
-def i2v_task(tmp_path_factory) -> Path:
-    """i2v-A14B at 48*32 or 32*48, 5 frames, 4 steps (2 high-noise, 2 low-noise at boundary 0.9, shift 5)."""
-    return write_task(
-        tmp_path_factory, "i2v-A14B", sizes=("48*32", "32*48"), default_size="48*32", frame_num=5, sample_steps=4
-    )
-
-
-@pytest.fixture(scope="module")
-def ti2v_task(tmp_path_factory) -> Path:
-    """ti2v-5B at 96*64 or 64*96 (the Wan2.2 VAE's 16x16 times the 2x2 patch), 5 frames, 3 steps."""
-    return write_task(
-        tmp_path_factory, "ti2v-5B", sizes=("96*64", "64*96"), default_size="96*64", frame_num=5, sample_steps=3
-    )
-
-
-@pytest.fixture(scope="module")
-def i2v_parts():
-    return tiny_i2v_parts(seed=0)
-
-
-@pytest.fixture(scope="module")
-def ti2v_parts():
-    return tiny_ti2v_parts(seed=0)
-
-
-@pytest.fixture(scope="module")
-def i2v_ckpts(tmp_path_factory, i2v_parts) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("i2v-ckpt")
-    return {name: save(i2v_parts, root / name) for name, save in LAYOUTS.items()}
-
-
-@pytest.fixture(scope="module")
-def ti2v_ckpts(tmp_path_factory, ti2v_parts) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ti2v-ckpt")
-    return {name: save(ti2v_parts, root / name) for name, save in LAYOUTS.items()}
-
-
-def smooth_picture(width: int, height: int, seed: int) -> np.ndarray:
-    """A smooth random RGB picture [H, W, 3] (a few colour blobs, bilinearly enlarged)."""
-    small = np.random.default_rng(seed).integers(0, 256, (4, 5, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> dict[str, Path]:
-    """Conditioning images; none at the video's size, so every resize runs."""
-    root = tmp_path_factory.mktemp("images")
-    rgba = Image.fromarray(smooth_picture(40, 60, 3)).convert("RGBA")
-    rgba.putpixel((5, 5), (0, 0, 0, 0))
-    pictures = {
-        "portrait": Image.fromarray(smooth_picture(40, 60, 1)),  # 2:3 -> a 32*48 i2v video within 48*32's area
-        "grey": Image.fromarray(smooth_picture(40, 60, 2)).convert("L"),  # converted to RGB, as diffusers does
-        "landscape": Image.fromarray(smooth_picture(144, 96, 4)),  # 3:2 -> a 96*64 ti2v video
-        "transparent": rgba,
-        "16-bit": Image.fromarray(np.full((60, 40), 40000, np.uint16)),
-    }
-    paths = {}
-    for name, image in pictures.items():
-        paths[name] = root / f"{name}.png"
-        image.save(paths[name])
-    return paths
 
 
 def cli(task: Path, ckpt: Path, out: Path, *flags: str) -> list[str]:
@@ -255,5 +172,4 @@ def test_bad_image_task_input_is_exit_2_one_line_no_output(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert re.search(message, err), err
-    print("MSG", err)
     assert not list(out.iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from wan.errors import ConfigError
 from wan.image import (
     aspect_size,
     closest_ratio_size,
+    decode_image,
     frame_image,
     image_tensor,
     load_image,
@@ -94,6 +96,29 @@ def test_palette_with_a_transparent_index_is_refused(tmp_path):
     path = save(tmp_path, image, transparency=image.getpixel((0, 0)))
     with pytest.raises(ConfigError, match="transparent pixels"):
         load_image(path)
+
+
+def test_bytes_are_read_and_refused_as_the_file_is(tmp_path, monkeypatch):
+    """An upload (bytes and its file name) gets the line the CLI gives for a file of that name."""
+    rgba = Image.fromarray(picture()).convert("RGBA")
+    rgba.putpixel((0, 0), (0, 0, 0, 0))
+    files = {
+        "good.png": save(tmp_path, Image.fromarray(picture()), "good.png"),
+        "clear.png": save(tmp_path, rgba, "clear.png"),
+        "deep.png": save(tmp_path, Image.fromarray(np.full((24, 40), 40000, np.uint16)), "deep.png"),
+        "notes.png": tmp_path / "notes.png",
+    }
+    files["notes.png"].write_text("not an image")
+    monkeypatch.chdir(tmp_path)  # the CLI names a file as it was given: here by its bare name
+    for name, path in files.items():
+        try:
+            expected = np.asarray(load_image(name))
+        except ConfigError as exc:
+            with pytest.raises(ConfigError) as err:
+                decode_image(io.BytesIO(path.read_bytes()), name)
+            assert str(err.value) == str(exc) and "\n" not in str(exc)
+        else:
+            assert np.array_equal(np.asarray(decode_image(io.BytesIO(path.read_bytes()), name)), expected)
 
 
 def test_missing_unreadable_and_truncated_files_are_refused(tmp_path):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from service_helpers import PROMPT, LiveServer, videos_in, wait_for
 
@@ -136,6 +138,15 @@ def test_a_body_that_is_not_json_or_too_large_is_refused(client):
     huge = json.dumps({"prompt": PROMPT, "negative_prompt": "x" * 70_000})
     answer = client.post("/v1/videos", content=huge, headers={"content-type": "application/json"})
     assert answer.status_code == 413 and "at most" in error_of(answer)
+
+
+def test_a_text_to_video_server_takes_no_image(client, live):
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    answer = client.post("/v1/images", files={"image": ("a.png", png.getvalue(), "image/png")})
+    assert answer.status_code == 400
+    assert error_of(answer) == "task t2v-tiny takes no image: this server makes videos from text alone"
+    assert not list((live.service.store.path.parent / "images").iterdir())
 
 
 def test_unknown_ids_are_404(client):

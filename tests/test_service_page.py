@@ -71,3 +71,44 @@ def test_generate_from_the_page_and_watch_it_play(tmp_path):
         ]
     finally:
         live.close()
+
+
+def test_an_image_uploaded_from_the_page_starts_its_video(tmp_path, i2v_task, i2v_ckpts, images):
+    """An i2v server's page has a file input: a bad image gets the CLI's line, a good one its video."""
+    argv = ["--task", str(i2v_task), "--ckpt_dir", str(i2v_ckpts["diffusers"]), "--save_dir", str(tmp_path)]
+    live = LiveServer([*argv, "--device", "cpu"], page=True)
+    try:
+        with playwright.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.set_default_timeout(WAIT_S * 1000)
+            page.goto(live.url + "/")
+            page.locator("#prompt textarea").fill(PROMPT)
+            page.locator("#seed input").fill("3")
+            status = page.locator("#status textarea")
+            files = page.locator("#image input[type=file]")
+
+            page.locator("#generate").click()  # no image yet: i2v refuses, saying how to give one
+            page.wait_for_function("() => document.querySelector('#status textarea').value.startsWith('error')")
+            assert "makes a video from an image" in status.input_value()
+
+            files.set_input_files(str(images["transparent"]))
+            page.locator("#image").get_by_text("transparent.png").wait_for()
+            page.locator("#generate").click()
+            page.wait_for_function("() => document.querySelector('#status textarea').value.includes('transparent')")
+            assert status.input_value().startswith("error: image transparent.png has transparent pixels; flatten")
+
+            page.locator("#image").get_by_label("Clear").click()
+            files.set_input_files(str(images["portrait"]))
+            page.locator("#image").get_by_text("portrait.png").wait_for()
+            page.locator("#generate").click()
+            page.wait_for_function("() => document.querySelector('#status textarea').value.includes('completed')")
+            assert "(seed 3)" in status.input_value()
+            browser.close()
+        jobs, _ = live.service.store.page(10)
+        assert [job.status for job in jobs] == ["completed"]
+        (stored,) = (tmp_path / "images").iterdir()
+        assert jobs[0].request["image"] == stored.stem and jobs[0].settings["image"] == str(stored)
+        assert stored.read_bytes() == images["portrait"].read_bytes()  # the file as sent, not re-encoded
+    finally:
+        live.close()

@@ -297,6 +297,10 @@ def save_official_layout(parts: TinyParts, root: Path, shards: int = 2, t5_dtype
     return root
 
 
+LAYOUTS = {"official": save_official_layout, "diffusers": save_diffusers_layout}
+"""The two checkpoint layouts by name, each with its writer."""
+
+
 def as_components(parts: TinyParts, layout: str = "diffusers"):
     """The parts as the pipeline takes them (``wan.checkpoints.WanComponents``), without a round trip to disk."""
     from wan.checkpoints import WanComponents

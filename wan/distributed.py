@@ -161,7 +161,12 @@ def validate(
     num_heads: int | None = None,
     tokens: Iterable[int] = (),
 ) -> None:
-    """Refuse multi-GPU settings that cannot work, with one-line errors; cheap, so call it before loading."""
+    """Refuse multi-GPU settings that cannot work, with one-line errors; cheap, so call it before loading.
+
+    Ulysses splits the tokens evenly (diffusers' sharder does not pad), so every sequence length must
+    divide by ``ulysses_size``; an image task's length follows its image's aspect ratio, so some images
+    are refused (a square image at 480p and 81 frames is 21 x 39 x 39 tokens: odd).
+    """
     if ulysses_size < 1:
         raise ConfigError(f"--ulysses_size must be >= 1, got {ulysses_size}")
     if ctx.world_size == 1 and (ulysses_size > 1 or cfg_parallel or dit_fsdp or t5_fsdp):
@@ -186,7 +191,8 @@ def validate(
         if count % ulysses_size:
             raise ConfigError(
                 f"--ulysses_size {ulysses_size} must divide the sequence length {count} of this size and "
-                "frame count (half-frame runs use two lengths); pick another size, frame_num or ulysses size"
+                "frame count (half-frame runs use two lengths; an image task's image sets the shape); pick another "
+                "size, frame_num, image aspect ratio or ulysses size"
             )
 
 
@@ -376,4 +382,3 @@ def _apply_timeout(ctx: DistContext) -> None:
     for group in list(c10d._world.pg_map):
         if group is not None and not c10d._rank_not_in_group(group):
             c10d._set_pg_timeout(timeout, group)
-

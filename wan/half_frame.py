@@ -36,7 +36,6 @@ from wan.solvers import complete_history, restart_history
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Window:
     """Steps ``[start, end)`` run at half frames; ``end`` None: up to the expert switch."""

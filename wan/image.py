@@ -27,7 +27,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -51,21 +51,30 @@ def load_image(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"image {path} does not exist; --image takes the path of a PNG, JPEG or WebP file")
+    return decode_image(path, path)
+
+
+def decode_image(source: Path | BinaryIO, name: str | Path) -> Image.Image:
+    """``source`` (a file, or the bytes of one, as the service receives an upload) read and checked as
+    ``load_image`` does; ``name`` is what the one-line errors call it, so an upload is refused in the
+    words the CLI uses for the same file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            _check_pixels(path, image.size)
+            image = Image.open(source)
+            _check_pixels(name, image.size)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ConfigError(f"image {path} is too large to decode safely ({exc}); downscale it below 8192*8192") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ConfigError(f"image {name} is too large to decode safely ({exc}); downscale it below 8192*8192") from exc
+    except UnidentifiedImageError as exc:  # PIL's message names the file object: for bytes, an address
+        raise ConfigError(f"image {name} cannot be read (unknown image format); give a PNG, JPEG or WebP file") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"image {path} cannot be read ({reason}); give a valid PNG, JPEG or WebP file") from exc
-    return to_rgb(ImageOps.exif_transpose(image), path)
+        raise ConfigError(f"image {name} cannot be read ({reason}); give a valid PNG, JPEG or WebP file") from exc
+    return to_rgb(ImageOps.exif_transpose(image), name)
 
 
-def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+def _check_pixels(path: str | Path, size: tuple[int, int]) -> None:
     width, height = size
     if width * height > MAX_PIXELS:
         raise ConfigError(

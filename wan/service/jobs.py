@@ -1,4 +1,5 @@
-"""The service's one way in for both the API and the page: submit, look up, list, cancel and delete jobs.
+"""The service's one way in for both the API and the page: upload images; submit, look up, list, cancel and
+delete jobs.
 
 ``open_service`` builds it: it takes the folder (one server per folder, held by a lock the kernel
 drops when the process dies), returns interrupted jobs to the queue, loads the model once and
@@ -19,6 +20,7 @@ from wan.engine import build_engine
 from wan.errors import ConfigError
 from wan.options import resolve_options
 from wan.outputs import check_writable_dir
+from wan.service.images import IMAGES_DIR, ImageStore, StoredImage
 from wan.service.requests import JobSpec, Limits, RequestParser
 from wan.service.store import COMPLETED, FINISHED, IN_PROGRESS, JobRecord, JobStore
 from wan.service.worker import EngineCache, Worker, sidecar_path
@@ -44,6 +46,13 @@ class JobService:
         self.worker.stop(timeout)
         self.store.close()
         os.close(self._lock_fd)
+
+    def upload_image(self, data: bytes, filename: str | None) -> StoredImage:
+        """Check and store an image for image-to-video requests; ``ConfigError`` refuses it in one line."""
+        config = self.parser.config
+        if config.kind == "t2v":
+            raise ConfigError(f"task {config.task} takes no image: this server makes videos from text alone")
+        return self.parser.images.add(data, filename)
 
     def submit(self, data: Any) -> JobRecord:
         """Validate and queue (committed before returning); ``ConfigError`` or ``QueueFull`` refuse it."""
@@ -118,11 +127,12 @@ def hold_folder(save_dir: Path) -> int:
 
 
 def open_service(flags: Mapping[str, Any], save_dir: Path, lora_dir: Path | None, limits: Limits) -> JobService:
-    """Everything before the port opens: folder, lock, queue recovery, model, worker (started)."""
+    """Everything before the port opens: folder, lock, image store, queue recovery, model, worker (started)."""
     check_writable_dir(save_dir, "--save_dir")
     lock_fd = hold_folder(save_dir)  # held until ``close``, or the process ends
     options = resolve_options(flags)
-    parser = RequestParser(flags, options.config, lora_dir, limits)
+    images = ImageStore(save_dir / IMAGES_DIR, limits.max_image_bytes)
+    parser = RequestParser(flags, options.config, lora_dir, limits, images)
     store = JobStore(save_dir)
     resumed = store.recover()
     if resumed:

@@ -2,6 +2,8 @@
 
 The page submits a job, then follows it: a progress bar that moves with the sampling loop, the video
 when it is done, and a gallery of earlier videos. A refused request shows the CLI's one-line error.
+For an image task the form has a file input; the file goes through the API's upload (same checks, same
+store) before the job is submitted with its id.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: servers may have no internet
@@ -27,13 +30,26 @@ from wan.service.store import COMPLETED, FINISHED, QueueFull  # noqa: E402
 NONE = "none"
 POLL_S = 0.25
 GALLERY_SIZE = 12
+TITLES = {"t2v": "text-to-video", "i2v": "image-to-video", "ti2v": "text- and image-to-video"}
+IMAGE_LABELS = {"i2v": "Image (the first frame; required)", "ti2v": "Image (the first frame; optional)"}
 
 
 def page_request(
-    prompt: str, negative: str, size: str, frames: float, steps: float, seed: float, preset: str, lora: str, half: bool
+    prompt: str,
+    negative: str,
+    size: str,
+    frames: float,
+    steps: float,
+    seed: float,
+    preset: str,
+    lora: str,
+    half: bool,
+    image_id: str | None = None,
 ) -> dict[str, Any]:
     """The form as an API body: the page goes through exactly the checks a client's request does."""
     body: dict[str, Any] = {"prompt": prompt, "size": size, "enable_half_frame_generation": bool(half)}
+    if image_id is not None:
+        body["image"] = image_id
     if negative:
         body["negative_prompt"] = negative
     for key, value in (("frame_num", frames), ("sample_steps", steps), ("base_seed", seed)):
@@ -73,9 +89,12 @@ def build_page(service: JobService) -> gr.Blocks:
         preset: str,
         lora: str,
         half: bool,
+        image: str | None = None,
     ) -> Iterator[tuple[Any, Any, Any, Any]]:
         try:
-            job = service.submit(page_request(prompt, negative, size, frames, steps, seed, preset, lora, half))
+            image_id = None if image is None else service.upload_image(Path(image).read_bytes(), Path(image).name).id
+            body = page_request(prompt, negative, size, frames, steps, seed, preset, lora, half, image_id)
+            job = service.submit(body)
         except (ConfigError, QueueFull) as exc:
             yield f"error: {exc}", None, gr.skip(), progress_bar(0, "refused")
             return
@@ -101,10 +120,16 @@ def build_page(service: JobService) -> gr.Blocks:
 
     with gr.Blocks(title="Wan2.2 video") as page:
         gr.Markdown(
-            f"## Wan2.2 text-to-video ({config.task})  \nThe same queue as the API: `/v1/videos`, docs at `/docs`."
+            f"## Wan2.2 {TITLES[config.kind]} ({config.task})  \n"
+            "The same queue as the API: `/v1/videos`, docs at `/docs`."
         )
         with gr.Row():
             with gr.Column():
+                images = []
+                if config.kind in IMAGE_LABELS:  # the file as sent: gr.Image would re-encode it (alpha dropped)
+                    images.append(
+                        gr.File(label=IMAGE_LABELS[config.kind], file_types=["image"], type="filepath", elem_id="image")
+                    )
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", placeholder="the task's default", elem_id="negative")
                 with gr.Row():
@@ -128,7 +153,7 @@ def build_page(service: JobService) -> gr.Blocks:
                 )
         button.click(
             generate,
-            [prompt, negative, size, frames, steps, seed, preset, lora, half],
+            [prompt, negative, size, frames, steps, seed, preset, lora, half, *images],
             [status, video, earlier, bar],
             concurrency_limit=None,  # the job queue orders the work; the page only follows it
         )
@@ -148,5 +173,6 @@ def mount_page(app: FastAPI, service: JobService, api_key: str | None) -> None:
         path="/",
         auth=login if api_key else None,
         allowed_paths=[str(service.worker.videos_dir)],
+        max_file_size=service.limits.max_image_bytes,
         ssr_mode=False,
     )

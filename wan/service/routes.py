@@ -7,20 +7,33 @@ what ``generate.py`` prints after ``error:`` for the same flags.
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from wan.batch.prompt_file import ITEM_FLAGS
 from wan.errors import ConfigError
 from wan.levers.presets import PRESETS
+from wan.service.images import UploadTooLarge
 from wan.service.jobs import JobService
 from wan.service.requests import REQUEST_KEYS
 from wan.service.store import QueueFull
 
 MAX_PAGE = 100
+MAX_FORM_FIELDS = 8
+"""Parts an upload may have besides its file: a few, so a stray field gets a clear 400, not a parser error."""
+MULTIPART_FRAMING_BYTES = 64 * 1024
+"""What an upload's body may hold besides the image (boundaries, part headers): the image's own limit is exact."""
+UPLOAD_SCHEMA = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {"image": {"type": "string", "format": "binary", "description": "a PNG, JPEG or WebP file"}},
+}
 _JSON_TYPES = {str: {"type": "string"}, int: {"type": "integer"}, float: {"type": "number"}, bool: {"type": "boolean"}}
 
 
@@ -65,6 +78,7 @@ def request_schema() -> dict[str, Any]:
             properties[key] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
         else:
             properties[key] = _JSON_TYPES[types[-1]]
+    properties["image"]["description"] = "an image task's first frame: the id its upload (POST /v1/images) answered"
     return {
         "type": "object",
         "required": ["prompt"],
@@ -77,17 +91,70 @@ def request_schema() -> dict[str, Any]:
 router = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it passes ``limit`` bytes, however it is sent."""
+async def limited_stream(request: Request, limit: int, takes: str = "") -> AsyncIterator[bytes]:
+    """The body's chunks, refused (413) as soon as they pass ``limit`` bytes, however the body is sent;
+    ``takes`` says what the server takes (default: ``at most <limit>``)."""
+    takes = takes or f"at most {limit}"
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"the body has {declared} bytes; this server takes at most {limit}")
-    body = bytearray()
+        raise ApiError(413, f"the body has {declared} bytes; this server takes {takes}")
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"the body has more than {limit} bytes; this server takes at most {limit}")
-    return bytes(body)
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the body has more than {limit} bytes; this server takes {takes}")
+        yield chunk
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, at most ``limit`` bytes (413 beyond)."""
+    return b"".join([chunk async for chunk in limited_stream(request, limit)])
+
+
+async def read_upload(request: Request, field: str, limit: int) -> tuple[bytes, str | None]:
+    """The one file of a multipart/form-data body, in field ``field``: (its bytes, its file name); the body
+    may hold ``limit`` bytes of file plus its multipart framing (413 beyond).
+
+    Parsed here, with starlette's parser, rather than by a FastAPI ``UploadFile`` parameter: FastAPI reads
+    a form before the route's dependencies run, so an unauthenticated body of any size would be stored
+    first; here the key is checked first and reading stops at ``limit`` bytes.
+    """
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(415, f"send the image as multipart/form-data, the file in the field {field!r}")
+    stream = limited_stream(request, limit + MULTIPART_FRAMING_BYTES, f"files of at most {limit} bytes")
+    parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=MAX_FORM_FIELDS)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, f"the multipart body cannot be read ({exc.message})") from exc
+    try:
+        unknown = [key for key in form if key != field]
+        if unknown:
+            raise ApiError(400, f"unknown field {unknown[0]!r}; the upload takes one file, in the field {field!r}")
+        upload = form.get(field)
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, f"no file in the field {field!r}; send the image as a file there")
+        return await upload.read(), upload.filename
+    finally:
+        await form.close()
+
+
+@router.post(
+    "/images",
+    status_code=201,
+    summary="Upload an image for image-to-video requests",
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": UPLOAD_SCHEMA}}}},
+)
+async def upload_image(request: Request) -> JSONResponse:
+    service = service_of(request)
+    data, filename = await read_upload(request, "image", service.limits.max_image_bytes)
+    try:
+        image = await run_in_threadpool(service.upload_image, data, filename)
+    except UploadTooLarge as exc:
+        raise ApiError(413, str(exc)) from exc
+    except ConfigError as exc:
+        raise ApiError(400, str(exc)) from exc
+    return JSONResponse(image.describe(), status_code=201)
 
 
 @router.post(
