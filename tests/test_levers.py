@@ -4,11 +4,13 @@ import copy
 import dataclasses
 import json
 import re
+import types
 
 import pytest
 import torch
 from tiny_models import as_components
 
+from wan.config import load_task_config
 from wan.errors import ConfigError
 from wan.levers import REGISTRY, Levers, apply_levers, attention
 from wan.levers.cache import (
@@ -18,6 +20,7 @@ from wan.levers.cache import (
     ComputeCounter,
     cache_settings,
     counting_computed,
+    denoised_latents,
     parse_cache_spec,
     read_calibration,
 )
@@ -252,3 +255,27 @@ def test_fast_takes_sage_where_it_runs_and_says_why_not_elsewhere(monkeypatch):
 def test_unknown_attention_backend_is_one_line(test_config, parts):
     with pytest.raises(ConfigError, match="unknown --attention_backend 'warp'"):
         apply_levers(make_pipe(test_config, parts), Levers(attention_backend="warp"))
+
+
+def test_sea_cache_watches_the_denoised_channels_of_an_image_to_video_expert():
+    """An I2V expert's input carries the mask and the image latent after the latents being denoised."""
+    expert = types.SimpleNamespace(config=types.SimpleNamespace(out_channels=16))
+    hidden = torch.randn(2, 36, 3, 4, 4)
+    watched = denoised_latents(expert, (), {"hidden_states": hidden})
+    assert [w.shape for w in watched] == [(16, 3, 4, 4)] * 2
+    torch.testing.assert_close(watched[1], hidden[1, :16])
+    assert denoised_latents(expert, (torch.randn(3, 4),), {}) is None
+
+
+def test_sea_cache_skips_forwards_of_an_image_to_video_model(i2v_parts, images):
+    """Without the adapter diffusers' SeaCache computes every forward of a 36-channel expert (fail-open)."""
+    config = dataclasses.replace(
+        load_task_config("i2v-A14B"), sizes=("48*32",), default_size="48*32", frame_num=5, text_len=32
+    )
+    pipe = WanT2V(config, as_components(copy.deepcopy(i2v_parts)))
+    apply_levers(pipe, Levers(cache="sea:5.0:3"))
+    settings = GenerationSettings(prompt="a fox", seed=1, sample_steps=12, image=str(images["portrait"]))
+    with counting_computed(pipe) as computed:
+        result = pipe.generate(pipe.plan(settings), progress=False)
+    assert torch.isfinite(result.video).all()
+    assert 0 < sum(computed.values()) < sum(result.forwards.values())

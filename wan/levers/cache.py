@@ -189,6 +189,20 @@ def sea_run_record(runs: tuple[int, ...]) -> int | str:
     return runs[0] if len(set(runs)) == 1 else "+".join(map(str, runs))
 
 
+def denoised_latents(module: torch.nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor] | None:
+    """What SeaCache watches from step to step: the latents being denoised, one ``(C, T, H, W)`` per sample.
+
+    An I2V expert's input also carries the mask and the image latent (its channels past ``out_channels``),
+    which SeaCache must not treat as part of the output; diffusers' own Wan adapter knows only experts whose
+    input is their output (T2V, TI2V) and otherwise leaves SeaCache computing every forward.
+    """
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    if not isinstance(hidden, torch.Tensor) or hidden.ndim != 5:
+        return None
+    channels = getattr(getattr(module, "config", None), "out_channels", hidden.shape[1])
+    return list(hidden[:, :channels].unbind(dim=0))
+
+
 def cache_config(method: str, value: float, order: int = 1, *, max_run: int):
     """The diffusers hook config for one expert."""
     from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
@@ -197,7 +211,7 @@ def cache_config(method: str, value: float, order: int = 1, *, max_run: int):
     if method == "fbc":
         return FirstBlockCacheConfig(threshold=value)
     if method == "sea":
-        return SeaCacheConfig(threshold=value, max_consecutive_cached=max_run)
+        return SeaCacheConfig(threshold=value, max_consecutive_cached=max_run, raw_vision_callback=denoised_latents)
     return TaylorSeerCacheConfig(
         cache_interval=int(value),
         disable_cache_before_step=2,
