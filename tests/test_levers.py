@@ -279,3 +279,9 @@ def test_sea_cache_skips_forwards_of_an_image_to_video_model(i2v_parts, images):
         result = pipe.generate(pipe.plan(settings), progress=False)
     assert torch.isfinite(result.video).all()
     assert 0 < sum(computed.values()) < sum(result.forwards.values())
+
+
+def test_the_lightning_preset_decodes_in_bfloat16_unless_told_otherwise():
+    assert resolve_levers("lightning", {}, CPU)[0].vae_dtype == "bfloat16"
+    assert resolve_levers("lightning", {"vae_dtype": "float32"}, CPU)[0].vae_dtype == "float32"
+    assert preset_generation_defaults("lightning")["sample_steps"] == 4

@@ -197,7 +197,7 @@ class VaeDtype(Lever):
     choices = ("float32", "bfloat16")
     help = (
         f"the VAE's precision for the decode: {' or '.join(choices)} (the released float32 by default; "
-        "--preset fast: bfloat16)"
+        "--preset fast and lightning: bfloat16)"
     )
 
     def apply(self, pipe: Any) -> None:
