@@ -207,7 +207,7 @@ class EndToEnd:
         peer: Peer = PEERS[self.work.task.task]()
         if mode.few_step:
             peer = FewStepPeer(peer, self.distill_pair())
-            self.dirty = True  # the pair is fused into the experts
+        self.dirty = self.dirty or peer.changes_experts  # a fused pair stays in the experts
         m = run_peer(peer, self.components, self.counter, self.work, self.device)
         m.setup = {"rebuild_s": rebuild_s, **m.setup}
         record = self.summarise(m)
