@@ -445,3 +445,43 @@ def test_cli_lora_for_another_model_is_exit_2_before_loading(cli, tmp_path, monk
     path = write_lora(tmp_path / "a14b.safetensors", wide)
     assert generate.main([*cli, "--save_file", str(tmp_path / "a.mp4"), "--lora_high", str(path)]) == 2
     assert "has shape (4, 5120)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- a one-model task (TI2V-5B)
+@pytest.fixture(scope="module")
+def ti2v_lora(ti2v_parts, tmp_path_factory) -> Path:
+    pairs = random_lora(ti2v_parts.high_noise_model, RANK, seed=4)
+    return write_lora(tmp_path_factory.mktemp("ti2v-lora") / "style.safetensors", pairs)
+
+
+@pytest.mark.parametrize("layout", ["official", "diffusers"])
+def test_cli_lora_on_a_one_model_task_fuses_into_its_model(ti2v_task, ti2v_ckpts, ti2v_lora, tmp_path, layout):
+    cli = ["--task", str(ti2v_task), "--ckpt_dir", str(ti2v_ckpts[layout]), "--device", "cpu", "--quiet"]
+    out = tmp_path / "a.mp4"
+    assert generate.main([*cli, "--prompt", "a cat", "--save_file", str(out), "--lora", f"{ti2v_lora}:0.5"]) == 0
+    meta = json.loads(sidecar_path(out).read_text())
+    assert [(e["file"], e["scale"]) for e in meta["loras"][HIGH]] == [("style.safetensors", 0.5)]
+    assert meta["loras"][LOW] == []
+
+
+@pytest.mark.parametrize("flag", ["--lora_high", "--lora_low", "--lora_dir"])
+def test_expert_flags_on_a_one_model_task_are_exit_2_before_loading(
+    ti2v_task, ti2v_ckpts, ti2v_lora, tmp_path, monkeypatch, capsys, flag
+):
+    monkeypatch.setattr(engine, "build_engine", lambda *a: pytest.fail("the model must not load"))
+    value = ti2v_lora.parent if flag == "--lora_dir" else ti2v_lora
+    if flag == "--lora_dir":  # a folder with a pair, as the releases lay it out
+        for name in ("high_noise_model", "low_noise_model"):
+            (ti2v_lora.parent / f"{name}.safetensors").write_bytes(ti2v_lora.read_bytes())
+    cli = ["--task", str(ti2v_task), "--ckpt_dir", str(ti2v_ckpts["official"]), "--device", "cpu", "--quiet"]
+    assert generate.main([*cli, "--prompt", "a cat", "--save_file", str(tmp_path / "a.mp4"), flag, str(value)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: task ti2v-5B has one model") and "with --lora" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("layout", ["official", "diffusers"])
+def test_a_lora_for_another_model_is_refused_against_a_one_model_checkpoint(ti2v_ckpts, tmp_path, layout):
+    wide = {"blocks.0.attn1.to_q": (torch.zeros(RANK, 5120), torch.zeros(5120, RANK))}
+    path = write_lora(tmp_path / "a14b.safetensors", wide)
+    with pytest.raises(ConfigError, match="has shape \\(4, 5120\\)"):
+        check_loras([LoraSpec(path, 1.0, (HIGH,))], ckpt_dir=ti2v_ckpts[layout])

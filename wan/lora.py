@@ -36,7 +36,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from wan.config import HIGH, LOW
+from wan.config import HIGH, LOW, TaskConfig
 from wan.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -101,22 +101,37 @@ def parse_lora_arg(value: str) -> tuple[Path, float]:
     return Path(value), 1.0
 
 
-def lora_specs(flags: dict[str, Any]) -> list[LoraSpec]:
+def lora_specs(flags: dict[str, Any], config: TaskConfig | None = None) -> list[LoraSpec]:
     """The LoRAs that ``--lora_dir``, ``--lora``, ``--lora_high`` and ``--lora_low`` (each a value, a list or
-    None) ask for, in that order; ``flags["task"]``, where given, picks a pair out of a folder holding several."""
+    None) ask for, in that order; ``flags["task"]``, where given, picks a pair out of a folder holding several.
+
+    With ``config``, a one-model task (TI2V-5B) takes ``--lora`` on its one model, and the flags that pick one
+    of two experts are refused in one line rather than failing at fusing time.
+    """
     specs = []
     for value in _as_list(flags.get(DIR_FLAG)):
         folder, scale = parse_lora_arg(value)
         if not math.isfinite(scale):
             raise ConfigError(f"--{DIR_FLAG} {value}: the scale must be a finite number")
         specs.extend(lora_dir_specs(folder, scale, task=flags.get("task")))
-    for flag, experts in FLAG_EXPERTS.items():
+    for flag, on in FLAG_EXPERTS.items():
         for value in _as_list(flags.get(flag)):
             path, scale = parse_lora_arg(value)
             if not math.isfinite(scale):
                 raise ConfigError(f"--{flag} {value}: the scale must be a finite number")
-            specs.append(LoraSpec(path, scale, experts))
-    return specs
+            specs.append(LoraSpec(path, scale, on))
+    return specs if config is None or config.experts == 2 else _on_one_model(specs, config.task)
+
+
+def _on_one_model(specs: list[LoraSpec], task: str) -> list[LoraSpec]:
+    """The specs of a one-model task: each on that model (filed as the high-noise expert, as its loader does)."""
+    picked = [spec for spec in specs if spec.experts != BOTH]
+    if picked:
+        raise ConfigError(
+            f"task {task} has one model, not a high- and a low-noise expert: give {picked[0].path.name} "
+            "with --lora (--lora_high, --lora_low and --lora_dir are for the two-expert A14B tasks)"
+        )
+    return [LoraSpec(spec.path, spec.scale, (HIGH,)) for spec in specs]
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:
@@ -201,22 +216,28 @@ def check_loras(specs: Sequence[LoraSpec], ckpt_dir: Path | None = None) -> list
         if experts is not None:
             for f in files:
                 for expert_name in f.spec.experts:
-                    check_targets(dict(f.shapes), experts[expert_name], f.spec.path, expert_name)
+                    if expert_name in experts:
+                        check_targets(dict(f.shapes), experts[expert_name], f.spec.path, expert_name)
     return files
 
 
 def _meta_experts(ckpt_dir: Path) -> dict[str, torch.nn.Module] | None:
-    """Both experts built from the checkpoint's configs on the meta device (no weights), or None where the
-    folder's layout is not recognised (the loader then names what is wrong)."""
+    """The checkpoint's experts (one or two) built from its configs on the meta device (no weights), or None
+    where the folder's layout is not recognised (the loader then names what is wrong)."""
     from diffusers import WanTransformer3DModel
 
     from wan.checkpoints import detect_layout, transformer_config_from_wan
 
     try:
         layout = detect_layout(ckpt_dir)
+        folders = {name: ckpt_dir / folder for name, folder in EXPERT_FOLDERS[layout].items()}
+        if not (folders[HIGH] / "config.json").is_file():  # a one-model release (TI2V-5B) keeps it at the top
+            folders = {HIGH: ckpt_dir}
         experts = {}
-        for expert_name, folder in EXPERT_FOLDERS[layout].items():
-            config = json.loads((ckpt_dir / folder / "config.json").read_text(encoding="utf-8"))
+        for expert_name, folder in folders.items():
+            if expert_name == LOW and not (folder / "config.json").is_file():
+                continue  # a one-model diffusers layout has no transformer_2
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
             if layout == "official":
                 config = transformer_config_from_wan(config)
             with torch.device("meta"):

@@ -174,7 +174,7 @@ def resolve_options(flags: Mapping[str, Any], *, local_rank: int = 0) -> EngineO
     from wan.checkpoints import check_checkpoint
 
     check_checkpoint(ckpt_dir, expected_model(config, ckpt_dir))  # configs and headers only: before any weights
-    specs = lora_specs(dict(flags))
+    specs = lora_specs(dict(flags), config)
     warn_if_distilled_without_loras(flags.get("preset"), specs)
     loras = check_loras(specs, ckpt_dir=ckpt_dir)
     device = resolve_device(flags.get("device"), local_rank)

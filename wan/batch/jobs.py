@@ -71,7 +71,7 @@ def plan_jobs(items: list[BatchItem], defaults: Mapping[str, Any], config: TaskC
             seed = item_seed(item.index, flags["prompt"] or "", defaults["base_seed"])
         try:
             job.settings = settings_from_flags(flags, seed).resolved(config)
-            job.loras = check_loras(lora_specs(flags))
+            job.loras = check_loras(lora_specs(flags, config))
             output = save_dir / item.flags.get("save_file", f"{item.item_id}.mp4")
             job.output = check_output_path(output)
             absolute = Path(os.path.abspath(output))

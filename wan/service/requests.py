@@ -111,7 +111,8 @@ class RequestParser:
         for flag in FLAG_EXPERTS:
             if flag in flags:
                 engine[flag] = flags[flag] = [self._lora_file(flag, value) for value in flags[flag]]
-        check_loras(lora_specs(engine))  # a corrupt or foreign file is refused now, not when its job runs
+        # a corrupt or foreign file is refused now, not when its job runs
+        check_loras(lora_specs(engine, self.config))
         if "image" in flags:
             flags["image"] = str(self.images.path(flags["image"]))
         merged = dict(self.defaults)
