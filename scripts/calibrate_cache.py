@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         expert = pipe.experts[expert_name]
         best = None
         for value in candidates:
-            expert.enable_cache(cache_config(args.method, value, max_run=for_expert(sea_runs, expert_name)))
+            expert.enable_cache(
+                cache_config(args.method, value, max_run=for_expert(sea_runs, expert_name), expert=expert)
+            )
             psnr, skipped = score(pipe, runs, baselines)
             expert.disable_cache()
             trials.append({"expert": expert_name, "value": value, "psnr": psnr, "skipped": skipped})
@@ -141,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         chosen[expert_name] = best[0]
         # The chosen setting stays on while the next expert's candidates are tried.
-        expert.enable_cache(cache_config(args.method, best[0], max_run=for_expert(sea_runs, expert_name)))
+        expert.enable_cache(
+            cache_config(args.method, best[0], max_run=for_expert(sea_runs, expert_name), expert=expert)
+        )
 
     final_psnr, final_skipped = score(pipe, runs, baselines)
     out = Path(args.out) if args.out else ckpt_dir / CALIBRATION_FILE

@@ -5,10 +5,13 @@ import dataclasses
 import json
 import re
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
-from tiny_models import as_components
+from tiny_models import as_components, tiny_i2v_parts
 
+from wan.config import load_task_config
 from wan.errors import ConfigError
 from wan.levers import REGISTRY, Levers, apply_levers, attention
 from wan.levers.cache import (
@@ -68,6 +71,20 @@ def test_cache_skips_forwards_and_stays_close(test_config, parts, baseline, spec
     assert (result.video - baseline).abs().mean() < 0.2  # changed, but the same picture
     again = pipe.generate(SETTINGS, progress=False)  # state reset per video: same result twice
     assert torch.equal(result.video, again.video)
+
+
+def test_sea_caches_an_image_to_video_expert(tmp_path):
+    """An I2V expert takes latent + mask + image latent: SeaCache reads the latent channels, where diffusers'
+    own adapter takes latent-only experts and would compute every forward."""
+    config = dataclasses.replace(
+        load_task_config("i2v-A14B"), sizes=("32*32",), default_size="32*32", frame_num=9, sample_steps=8, text_len=32
+    )
+    image = tmp_path / "image.png"
+    iio.imwrite(image, np.linspace(0, 255, 32 * 32 * 3).reshape(32, 32, 3).astype(np.uint8))
+    pipe = WanT2V(config, as_components(tiny_i2v_parts(seed=0)))
+    apply_levers(pipe, Levers(cache="sea:1.0"))
+    result = pipe.generate(dataclasses.replace(SETTINGS, size=None, image=str(image)), progress=False)
+    assert 0 < sum(pipe.compute_counter.snapshot().values()) < sum(result.forwards.values())
 
 
 def test_taylorseer_order_two_predicts_differently(test_config, parts, baseline):

@@ -12,7 +12,8 @@ A spec names the method and, optionally, its knob:
   projection is predicted by a Taylor expansion of ORDER (1, the default, or 2) in the step index.
   Only the [tokens, 64] output is kept per context: predicting each block's attention and FFN
   instead would hold ~80 GB per context at A14B.
-- ``sea[:THRESHOLD[:RUN]]``: SeaCache (diffusers' hook, built-in Wan text-to-video support). Before each
+- ``sea[:THRESHOLD[:RUN]]``: SeaCache (diffusers' hook, built-in Wan text-to-video support; an
+  image-to-video expert's latent channels are handed to it by ``noisy_latents``). Before each
   forward it filters the input latent by the step's signal-to-noise ratio (a spectral indicator, no
   block run) and, while the indicator's accumulated relative change stays under THRESHOLD, replaces
   the block stack with the last residual extrapolated linearly (at most RUN forwards in a row; RUN may
@@ -39,6 +40,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -189,15 +191,27 @@ def sea_run_record(runs: tuple[int, ...]) -> int | str:
     return runs[0] if len(set(runs)) == 1 else "+".join(map(str, runs))
 
 
-def cache_config(method: str, value: float, order: int = 1, *, max_run: int):
-    """The diffusers hook config for one expert."""
+def noisy_latents(module: torch.nn.Module, args: tuple, kwargs: dict, *, channels: int) -> list[torch.Tensor] | None:
+    """SeaCache's input for an image-to-video expert: each sample's first ``channels`` channels of ``hidden_states``,
+    the noisy latent, without the mask and image latent after it. diffusers finds the latent by itself only where
+    an expert takes the latent alone (text-to-video, TI2V-5B); on any other expert it would run every forward."""
+    hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+    if not isinstance(hidden_states, torch.Tensor) or hidden_states.ndim != 5:
+        return None
+    return list(hidden_states[:, :channels].unbind(0))
+
+
+def cache_config(method: str, value: float, order: int = 1, *, max_run: int, expert: torch.nn.Module):
+    """The diffusers hook config for ``expert``."""
     from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
     from diffusers.hooks.sea_cache import SeaCacheConfig
 
     if method == "fbc":
         return FirstBlockCacheConfig(threshold=value)
     if method == "sea":
-        return SeaCacheConfig(threshold=value, max_consecutive_cached=max_run)
+        channels = expert.config.out_channels
+        latents = None if expert.config.in_channels == channels else partial(noisy_latents, channels=channels)
+        return SeaCacheConfig(threshold=value, max_consecutive_cached=max_run, raw_vision_callback=latents)
     return TaylorSeerCacheConfig(
         cache_interval=int(value),
         disable_cache_before_step=2,
@@ -223,7 +237,8 @@ def enable_cache(pipe, spec_text: str) -> None:
                 chosen[name],
                 spec.method,
             )
-        expert.enable_cache(cache_config(spec.method, chosen[name], spec.order, max_run=spec.run(calibration, name)))
+        config = cache_config(spec.method, chosen[name], spec.order, max_run=spec.run(calibration, name), expert=expert)
+        expert.enable_cache(config)
     pipe.compute_counter = ComputeCounter(pipe.experts)
     settings = "".join(f" ({k} {v})" for k, v in spec.method_settings(calibration).items())
     knobs = ", ".join(f"{k} {v:g}" for k, v in chosen.items())
