@@ -350,3 +350,22 @@ def held_out_prompts(n: int = 64, seed: int = 0) -> list[HeldOutPrompt]:
         caption = Caption.parse(text)
         prompts.append(HeldOutPrompt(text, caption.colours, caption.motion))
     return prompts
+
+
+I2V_TINY_SEED = 20251
+"""The seed ``models/i2v-tiny`` was trained and evaluated with (``scripts/train_i2v_tiny.py --seed``)."""
+
+
+def held_out_scenes(n: int, seed: int = I2V_TINY_SEED) -> list[Scene]:
+    """``n`` test-split scenes from ``random.Random(seed)``, each naming a held-out combo: i2v-tiny's evaluation,
+    a scene's first frame as the image and its caption as the prompt. With the default seed the first ones
+    are the scenes ``models/i2v-tiny/train_log.json`` scores."""
+    rng = random.Random(seed)
+    return [sample_scene(rng, "test") for _ in range(n)]
+
+
+def first_frames(
+    scenes: list[Scene], height: int = 128, width: int = 128, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The scenes' frame 0 as [B, 3, H, W] in [-1, 1]: the image an image-to-video run of the scene starts from."""
+    return render_scenes(scenes, 1, height, width, device)[:, :, 0]

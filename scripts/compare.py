@@ -2,10 +2,15 @@
 
 For each mode and prompt: MSE / PSNR / SSIM of the video against the baseline video, the number
 of DiT forwards (and of those whose blocks ran, under a cache lever) and tokens processed (the
-speed proxy that holds on any machine), seconds, and on ``t2v-tiny`` prompt adherence
-(``evaluation.adherence``) and motion amplitude against the baseline's (``evaluation.motion``: mean
-ratio, and the motion error, mean |ratio - 1|). Writes ``report.json``, prints a table, and
-writes a side-by-side PNG (one row per mode) and mp4 for the first prompt.
+speed proxy that holds on any machine), seconds, and on the tiny-world tasks (``t2v-tiny``,
+``i2v-tiny``) prompt adherence (``evaluation.adherence``) and motion amplitude against the baseline's
+(``evaluation.motion``: mean ratio, and the motion error, mean |ratio - 1|). Writes ``report.json``,
+prints a table, and writes a side-by-side PNG (one row per mode) and mp4 for the first prompt.
+
+On ``i2v-tiny`` each prompt is a held-out scene's caption and its image the scene's first frame
+(``evaluation.tiny_world.held_out_scenes``, as ``scripts/train_i2v_tiny.py`` evaluates), written to
+``OUT_DIR/images/NNN.png`` and given to the engine as ``--image`` gives it; every mode also scores
+frame 0 against that image (PSNR).
 
 ``--workers N`` runs N copies of this script (``--shard K/N``: prompts i with i % N == K, seeds still
 base_seed + i) with logs and reports under ``OUT_DIR/shards/K``, devices round-robin from
@@ -14,6 +19,7 @@ seconds. Give each worker its own GPU or CPU cores: eight workers sharing one H1
 in total than one process (docs/QUALITY.md).
 
     python scripts/compare.py --prompts 64                                    # t2v-tiny, held-out prompts
+    python scripts/compare.py --task i2v-tiny --prompts 32 --modes baseline,preset_fast   # held-out scenes' images
     python scripts/compare.py --prompts 64 --workers 4 --devices cuda:0,cuda:1
     python scripts/compare.py --prompts 8 --modes baseline,half_default,half@4:22,half@8:26+stride2   # windows
     python scripts/compare.py --task t2v-A14B --ckpt_dir DIR --prompt_file prompts.txt --modes baseline,half_renoise
@@ -31,7 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evaluation.metrics import compare_videos  # noqa: E402
+from evaluation.metrics import compare_videos, psnr  # noqa: E402
 from evaluation.motion import summarise_motion  # noqa: E402
 from wan.choices import (  # noqa: E402
     COMPLETIONS,  # noqa: E402
@@ -61,6 +67,8 @@ from wan.video import atomic_path, frame_grid, save_json, to_uint8_frames, write
 
 logger = logging.getLogger("compare")
 
+TINY_WORLD = ("t2v-tiny", "i2v-tiny")
+"""Tasks trained on the tiny world: held-out prompts by default, and detectors for adherence and motion."""
 PSNR_CAP = 100.0  # identical videos have infinite PSNR; JSON and means get this instead
 CFG_TRUNCATION = {"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3}
 PLAIN = {"half_frame": True, "half_frame_steps": PLAIN_HALF_FRAME_STEPS}
@@ -83,7 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="t2v-tiny")
     p.add_argument("--ckpt_dir", default=None, help="default: the task's shipped checkpoint")
-    p.add_argument("--prompt_file", default=None, help="one prompt per line (default: t2v-tiny held-out prompts)")
+    p.add_argument(
+        "--prompt_file",
+        default=None,
+        help="one prompt per line (default on t2v-tiny and i2v-tiny: their held-out prompts)",
+    )
     p.add_argument("--prompts", type=int, default=16, help="how many prompts to use")
     p.add_argument("--base_seed", type=int, default=0, help="prompt i uses seed base_seed + i in every mode")
     p.add_argument(
@@ -170,18 +182,36 @@ def worker_devices(args: argparse.Namespace) -> list[str]:
     return listed or [args.device or ("cuda" if torch.cuda.is_available() else "cpu")]
 
 
-def load_prompts(args: argparse.Namespace) -> list[str]:
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt and, for an image-to-video task, its image (uint8 [H, W, 3]) that frame 0 should show."""
+
+    text: str
+    image: np.ndarray | None = None
+
+
+def load_prompts(args: argparse.Namespace, config: TaskConfig) -> list[Prompt]:
+    """``--prompt_file``'s lines, or the task's held-out prompts (i2v-tiny: held-out scenes with their images)."""
+    if config.kind == "i2v" and (args.prompt_file or config.task != "i2v-tiny"):
+        raise ConfigError(f"task {config.task} needs an image per prompt: compare.py has them for i2v-tiny only")
     if args.prompt_file:
         path = Path(args.prompt_file)
         if not path.is_file():
             raise ConfigError(f"prompt file {path} does not exist")
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return lines[: args.prompts]
-    if args.task != "t2v-tiny":
-        raise ConfigError("--prompt_file is needed for tasks other than t2v-tiny")
-    from evaluation.tiny_world import held_out_prompts
+        return [Prompt(line) for line in lines[: args.prompts]]
+    if config.task == "t2v-tiny":
+        from evaluation.tiny_world import held_out_prompts
 
-    return [p.text for p in held_out_prompts(args.prompts)]
+        return [Prompt(p.text) for p in held_out_prompts(args.prompts)]
+    if config.task == "i2v-tiny":
+        from evaluation.tiny_world import first_frames, held_out_scenes
+
+        scenes = held_out_scenes(args.prompts)
+        width, height = (int(v) for v in (args.size or config.default_size).split("*"))
+        images = to_uint8_frames(first_frames(scenes, height, width).transpose(0, 1))
+        return [Prompt(scene.text, image) for scene, image in zip(scenes, images, strict=True)]
+    raise ConfigError(f"--prompt_file is needed for tasks other than {' and '.join(TINY_WORLD)}")
 
 
 def summarise(values: list[float], worst) -> dict[str, float]:
@@ -190,7 +220,7 @@ def summarise(values: list[float], worst) -> dict[str, float]:
 
 def motion_check(task: str, frames: np.ndarray, prompt: str, baseline_frames: np.ndarray) -> dict:
     """Motion amplitude against the baseline's where the task has a detector (the tiny world), else {}."""
-    if task != "t2v-tiny":
+    if task not in TINY_WORLD:
         return {}
     from evaluation.motion import motion_scores, video_amplitude
 
@@ -199,11 +229,19 @@ def motion_check(task: str, frames: np.ndarray, prompt: str, baseline_frames: np
 
 def adherence_check(task: str, video: torch.Tensor, prompt: str) -> bool | None:
     """Prompt adherence where the task has a detector (the tiny world), else None."""
-    if task != "t2v-tiny":
+    if task not in TINY_WORLD:
         return None
     from evaluation.adherence import check
 
     return check(video, prompt).matched
+
+
+def image_check(frames: np.ndarray, image: np.ndarray | None, path: Path | None) -> dict:
+    """The image the run started from (``path``) and frame 0's PSNR against it (capped): how well the image is
+    kept; {} without one."""
+    if image is None:
+        return {}
+    return {"image": str(path), "frame0_psnr": min(psnr(frames[:1], image[None]), PSNR_CAP)}
 
 
 def labelled_rows(rows: dict[str, np.ndarray], frames_per_row: int = 8) -> np.ndarray:
@@ -229,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     shard, shards = parse_shard(args.shard) if args.shard else (0, 1)
     config = load_task_config(args.task)
-    prompts = load_prompts(args)
+    prompts = load_prompts(args, config)
     ckpt_dir = args.ckpt_dir or config.ckpt_dir()
     if ckpt_dir is None:
         raise ConfigError(f"task {config.task} needs --ckpt_dir")
@@ -264,15 +302,22 @@ def run_prompts(
     ckpt_dir: str,
     device: str,
     modes: list[str],
-    prompts: list[str],
+    prompts: list[Prompt],
     indices: range,
     out_dir: Path,
 ) -> dict:
-    """Generate and score prompts[i] for i in ``indices`` (seed base_seed + i), in this process."""
+    """Generate and score prompts[i] for i in ``indices`` (seed base_seed + i), in this process.
+
+    A prompt's image is written to ``out_dir/images`` first: the engine reads it from a path, as ``--image``.
+    """
+    images = {i: out_dir / "images" / f"{i:03d}.png" for i in indices if prompts[i].image is not None}
+    for i, path in images.items():
+        write_png(prompts[i].image, path)
 
     def settings(i: int) -> GenerationSettings:
         return GenerationSettings(
-            prompt=prompts[i],
+            prompt=prompts[i].text,
+            image=str(images[i]) if i in images else None,
             seed=args.base_seed + i,
             size=args.size,
             frame_num=args.frame_num,
@@ -298,7 +343,7 @@ def run_prompts(
     results: dict[str, list[dict]] = {m: [] for m in modes}
     first_videos: dict[str, np.ndarray] = {}
     for i in indices:
-        prompt = prompts[i]
+        prompt = prompts[i].text
         base = settings(i)
         baseline_frames = None
         for mode in modes:
@@ -321,6 +366,7 @@ def run_prompts(
                     "tokens": sum(result.tokens.values()),
                     "seconds": seconds,
                     "adherent": adherence_check(config.task, result.video, prompt),
+                    **image_check(frames, prompts[i].image, images.get(i)),
                     "half_frame_steps": result.settings.half_frame_steps,
                     **motion_check(config.task, frames, prompt, baseline_frames),
                 }
@@ -393,6 +439,7 @@ def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], 
     for mode in modes:
         rows = results[mode]
         adherent = [r["adherent"] for r in rows if r["adherent"] is not None]
+        frame0 = [r["frame0_psnr"] for r in rows if "frame0_psnr" in r]
         summary[mode] = {
             "settings": settings_of(mode, rows),
             "levers": mode_settings(mode)[1].as_dict(),
@@ -406,6 +453,7 @@ def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], 
             "tokens_vs_baseline": float(np.mean([r["tokens"] for r in rows]) / base_tokens),
             "seconds": float(np.mean([r["seconds"] for r in rows])),
             "adherence": float(np.mean(adherent)) if adherent else None,
+            "frame0_psnr": summarise(frame0, min) if frame0 else None,
             **summarise_motion(rows),
             "videos": rows,
         }
@@ -423,17 +471,18 @@ def build_report(args, task: str, ckpt_dir: str, device: str, modes: list[str], 
 def format_table(report: dict) -> str:
     head = (
         f"{'mode':<24} {'MSE mean':>9} {'PSNR mean':>9} {'PSNR min':>8} {'SSIM mean':>9} {'SSIM min':>8} "
-        f"{'fwd':>6} {'comp':>6} {'tokens':>7} {'sec':>6} {'adher.':>6} {'motion':>6} {'m.err':>6}"
+        f"{'fwd':>6} {'comp':>6} {'tokens':>7} {'sec':>6} {'adher.':>6} {'motion':>6} {'m.err':>6} {'f0 PSNR':>7}"
     )
     lines = [head, "-" * len(head)]
     for mode, m in report["modes"].items():
         adherence = "-" if m["adherence"] is None else f"{m['adherence']:.0%}"
         motion = "-" if m.get("amplitude_vs_baseline") is None else f"{m['amplitude_vs_baseline']:.2f}"
         error = "-" if m.get("motion_error") is None else f"{m['motion_error']:.2f}"
+        frame0 = "-" if m.get("frame0_psnr") is None else f"{m['frame0_psnr']['mean']:.2f}"
         lines.append(
             f"{mode:<24} {m['mse']['mean']:>9.5f} {m['psnr']['mean']:>9.2f} {m['psnr']['worst']:>8.2f} "
             f"{m['ssim']['mean']:>9.4f} {m['ssim']['worst']:>8.4f} {m['forwards']:>6.1f} {m['computed']:>6.1f} "
-            f"{m['tokens_vs_baseline']:>6.2f}x {m['seconds']:>6.2f} {adherence:>6} {motion:>6} {error:>6}"
+            f"{m['tokens_vs_baseline']:>6.2f}x {m['seconds']:>6.2f} {adherence:>6} {motion:>6} {error:>6} {frame0:>7}"
         )
     return "\n".join(lines)
 

@@ -45,7 +45,14 @@ from train_tiny import autocast, boundary_uniform, lr_factor, round_to_fp16, sig
 
 from evaluation.adherence import check  # noqa: E402
 from evaluation.metrics import psnr  # noqa: E402
-from evaluation.tiny_world import TRAIN_FRAME_COUNTS, render_scenes, sample_scene  # noqa: E402
+from evaluation.tiny_world import (  # noqa: E402
+    I2V_TINY_SEED,
+    TRAIN_FRAME_COUNTS,
+    first_frames,
+    held_out_scenes,
+    render_scenes,
+    sample_scene,
+)
 from wan.config import HIGH, LOW, load_task_config  # noqa: E402
 from wan.frames import predict_x0  # noqa: E402
 from wan.guidance import guided_velocity  # noqa: E402
@@ -253,11 +260,9 @@ def sample(
 def evaluate(pipe, recipe: Recipe, device, seed: int, half_frame: str = "0:") -> dict:
     """Held-out scenes (each names a combination never trained on): their first frame is the image, their
     caption the prompt. Baseline and half-frame runs share the seed."""
-    rng = random.Random(seed)
-    scenes = [sample_scene(rng, "test") for _ in range(recipe.eval_prompts)]
     rows = []
-    for i, scene in enumerate(scenes):
-        image = render_scenes([scene], 1, recipe.height, recipe.width, device)[:, :, 0]
+    for i, scene in enumerate(held_out_scenes(recipe.eval_prompts, seed)):
+        image = first_frames([scene], recipe.height, recipe.width, device)
         runs = {
             name: sample(
                 pipe,
@@ -311,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from_dir", type=Path, default=REPO_ROOT / "models" / "t2v-tiny")
     parser.add_argument("--out_dir", type=Path, default=REPO_ROOT / "models" / "i2v-tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=20251)
+    parser.add_argument("--seed", type=int, default=I2V_TINY_SEED)
     parser.add_argument("--time_budget_min", type=float, default=6.0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a Recipe field")

@@ -2,8 +2,13 @@ import json
 import sys
 from pathlib import Path
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 from tiny_models import save_diffusers_layout
+
+from evaluation.tiny_world import Caption, first_frames, held_out_scenes, is_held_out
+from wan.video import to_uint8_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import compare  # noqa: E402
@@ -136,3 +141,33 @@ def test_failed_shard_is_named_with_its_log(common_argv, tmp_path, monkeypatch):
 def test_bad_workers_or_shard_is_refused(flags):
     with pytest.raises(compare.ConfigError, match="--workers|--shard"):
         compare.main(flags)
+
+
+def test_image_mode_on_i2v_tiny(tmp_path):
+    """A held-out scene's first frame reaches the engine as the image; frame 0 is scored against it."""
+    out = tmp_path / "out"
+    argv = [
+        "--task", "i2v-tiny", "--prompts", "1", "--sample_steps", "6", "--frame_num", "5", "--device", "cpu",
+        "--modes", "preset_fast", "--out_dir", str(out),
+    ]  # fmt: skip
+    assert compare.main(argv) == 0
+    data = json.loads((out / "report.json").read_text())
+    scene = held_out_scenes(1)[0]
+    image = out / "images" / "000.png"
+    assert np.array_equal(iio.imread(image), to_uint8_frames(first_frames([scene]).transpose(0, 1))[0])
+    assert list(data["modes"]) == ["baseline", "preset_fast"]
+    for mode in data["modes"].values():
+        (row,) = mode["videos"]
+        assert row["prompt"] == scene.text and is_held_out(Caption.parse(row["prompt"]))
+        assert row["image"] == str(image) and row["adherent"] in (True, False)
+        assert mode["frame0_psnr"]["mean"] == row["frame0_psnr"] and "amplitude" in row
+    # the image conditions the video: frame 0 stays near it even after 6 steps
+    assert data["modes"]["baseline"]["frame0_psnr"]["mean"] > 18
+    assert "f0 PSNR" in compare.format_table(data)
+
+
+def test_i2v_prompts_come_only_with_their_images(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left\n", encoding="utf-8")
+    with pytest.raises(compare.ConfigError, match="needs an image per prompt"):
+        compare.main(["--task", "i2v-tiny", "--prompt_file", str(prompts), "--out_dir", str(tmp_path / "out")])

@@ -19,7 +19,9 @@ from evaluation.tiny_world import (
     Scene,
     Shape,
     all_captions,
+    first_frames,
     held_out_prompts,
+    held_out_scenes,
     is_held_out,
     render_scenes,
     sample_scene,
@@ -84,6 +86,15 @@ def test_held_out_combos_never_in_train_and_always_in_test():
     assert all(is_held_out(s.caption) for s in test)
     with pytest.raises(ValueError):
         sample_scene(rng, "validation")
+
+
+def test_held_out_scenes_are_test_scenes_fixed_by_the_seed():
+    """i2v-tiny's evaluation scenes: a longer list starts with a shorter one, so 16 and 32 prompts share 16."""
+    scenes = held_out_scenes(8)
+    assert scenes[:4] == held_out_scenes(4) and scenes != held_out_scenes(8, seed=1)
+    assert all(is_held_out(s.caption) for s in scenes)
+    frames = first_frames(scenes[:2], 32, 48)
+    assert frames.shape == (2, 3, 32, 48) and torch.equal(frames, render_scenes(scenes[:2], 3, 32, 48)[:, :, 0])
 
 
 def test_held_out_prompts():

@@ -12,7 +12,8 @@ A spec names the method and, optionally, its knob:
   projection is predicted by a Taylor expansion of ORDER (1, the default, or 2) in the step index.
   Only the [tokens, 64] output is kept per context: predicting each block's attention and FFN
   instead would hold ~80 GB per context at A14B.
-- ``sea[:THRESHOLD[:RUN]]``: SeaCache (diffusers' hook, built-in Wan text-to-video support). Before each
+- ``sea[:THRESHOLD[:RUN]]``: SeaCache (diffusers' hook; ``denoised_latents`` shows it an image-to-video
+  expert's latent channels, which its built-in Wan support does not find). Before each
   forward it filters the input latent by the step's signal-to-noise ratio (a spectral indicator, no
   block run) and, while the indicator's accumulated relative change stays under THRESHOLD, replaces
   the block stack with the last residual extrapolated linearly (at most RUN forwards in a row; RUN may
