@@ -53,14 +53,12 @@ from evaluation.tiny_world import (  # noqa: E402
     render_scenes,
     sample_scene,
 )
-from wan.config import HIGH, LOW, load_task_config  # noqa: E402
-from wan.frames import predict_x0  # noqa: E402
-from wan.guidance import guided_velocity  # noqa: E402
-from wan.half_frame import HalfFramePlan, transition  # noqa: E402
-from wan.plan import plan_steps  # noqa: E402
-from wan.solvers import make_scheduler, step_sigmas  # noqa: E402
+from wan.checkpoints import WanComponents  # noqa: E402
+from wan.config import TaskConfig, load_task_config  # noqa: E402
+from wan.settings import GenerationSettings  # noqa: E402
+from wan.solvers import make_scheduler  # noqa: E402
 from wan.tasks import ImageChannelConditioning, prepare_conditioning  # noqa: E402
-from wan.text2video import encode_prompts  # noqa: E402
+from wan.text2video import WanT2V, encode_prompts  # noqa: E402
 from wan.video import to_uint8_frames  # noqa: E402
 
 logger = logging.getLogger("train_i2v_tiny")
@@ -201,59 +199,45 @@ def train(experts: list[WanTransformer3DModel], data, embed, recipe: Recipe, dev
     return emas, {"steps": step, "seconds": round(seconds, 1), "batch_size": recipe.batch_size, "losses": log}
 
 
+def engine_of(pipe: WanImageToVideoPipeline, config: TaskConfig, device) -> WanT2V:
+    """The project's pipeline on the diffusers pipeline's own modules (nothing copied), so evaluation runs the
+    engine's loop: its step plan, guidance, half-frame transitions and ``wan.tasks`` conditioning."""
+    components = WanComponents(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        vae=pipe.vae,
+        high_noise_model=pipe.transformer,
+        low_noise_model=pipe.transformer_2,
+        layout="diffusers",
+    )
+    return WanT2V(config, components, device=device)
+
+
 @torch.no_grad()
 def sample(
     pipe, image: torch.Tensor, prompt: str, *, frames: int, steps: int, seed: int, half_frame: str | None, device
 ) -> torch.Tensor:
-    """One image-to-video run with the task's settings: the project's step plan, guidance, half-frame
-    transitions and ``wan.tasks`` conditioning (the loop's pieces). Returns the video [3, F, H, W] in [-1, 1]."""
-    vae = pipe.vae
+    """One image-to-video run with the task's settings on an image given as a tensor [1, 3, H, W] in [-1, 1]
+    (a rendered first frame, never a file). Returns the video [3, F, H, W] in [-1, 1]."""
     height, width = image.shape[-2:]
-    cond_ctx = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt], CONFIG.text_len).to(device)
-    uncond_ctx = encode_prompts(pipe.tokenizer, pipe.text_encoder, [CONFIG.negative_prompt], CONFIG.text_len).to(device)
-    conditioning = prepare_conditioning("i2v", vae, image, frames=frames, height=height, width=width, device=device)
-    full = (frames - 1) // 4 + 1
-    shape = (1, vae.config.z_dim, full, height // 8, width // 8)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
-    scheduler = make_scheduler(CONFIG.sample_solver, CONFIG.sample_shift)
-    scheduler.set_timesteps(steps, device=device)
-    scheduler.set_begin_index(0)
-    sigmas = step_sigmas(scheduler)
-    plans = plan_steps(
-        scheduler.timesteps.tolist(),
-        boundary=CONFIG.boundary,
-        guide_scale_high=CONFIG.guide_scale_high,
-        guide_scale_low=CONFIG.guide_scale_low,
-        sigmas=sigmas,
+    size = f"{width}*{height}"
+    engine = engine_of(pipe, replace(CONFIG, sizes=(size,), default_size=size), device)
+    settings = GenerationSettings(
+        prompt=prompt,
+        seed=seed,
+        size=size,
+        frame_num=frames,
+        sample_steps=steps,
+        half_frame=half_frame is not None,
+        half_frame_steps=half_frame,
     )
-    frames_plan = HalfFramePlan.build(half_frame, [p.expert for p in plans], full)
-    experts = {HIGH: pipe.transformer, LOW: pipe.transformer_2}
-    latents, x0 = noise, None
-    for plan in plans:
-        count = frames_plan.frames(plan.index)
-        if count != latents.shape[2]:
-            latents = transition(
-                frames_plan,
-                latents,
-                count,
-                x0=x0,
-                sigma=sigmas[plan.index],
-                noise=noise,
-                scheduler=scheduler,
-                generator=generator,
-            )
-        step_conditioning = conditioning.at_frames(count)
-        expert = experts[plan.expert]
-        model_input = step_conditioning.model_input(latents).to(expert.dtype)
-        timestep = step_conditioning.timestep(plan.timestep, latents)
-        velocity = guided_velocity(expert, model_input, timestep, plan, cond_ctx, uncond_ctx)
-        x0 = predict_x0(latents, velocity.float(), sigmas[plan.index])
-        latents = scheduler.step(velocity, scheduler.timesteps[plan.index], latents, return_dict=False)[0]
-        latents = step_conditioning.after_step(latents)
-    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
-    return vae.decode((latents / inv_std + mean).to(vae.dtype), return_dict=False)[0][0].float().clamp(-1, 1)
+    plan = engine.plan(settings)
+    conditioning = prepare_conditioning(
+        "i2v", pipe.vae, image, frames=frames, height=height, width=width, device=device
+    )
+    context = engine.encode_text([plan.settings.prompt, plan.settings.negative_prompt])
+    result = engine.sample(plan, context[:1], context[1:], conditioning=conditioning, progress=False)
+    return engine.decode(result.latents)
 
 
 @torch.no_grad()
