@@ -267,13 +267,14 @@ def test_sea_cache_watches_the_denoised_channels_of_an_image_to_video_expert():
     assert denoised_latents(expert, (torch.randn(3, 4),), {}) is None
 
 
-def test_sea_cache_skips_forwards_of_an_image_to_video_model(i2v_parts, images):
-    """Without the adapter diffusers' SeaCache computes every forward of a 36-channel expert (fail-open)."""
+@pytest.mark.parametrize("spec", ["sea:5.0:3", "fbc:0.5", "taylorseer:2"])
+def test_step_caches_skip_forwards_of_an_image_to_video_model(i2v_parts, images, spec):
+    """Without its adapter diffusers' SeaCache computes every forward of a 36-channel expert (fail-open)."""
     config = dataclasses.replace(
         load_task_config("i2v-A14B"), sizes=("48*32",), default_size="48*32", frame_num=5, text_len=32
     )
     pipe = WanT2V(config, as_components(copy.deepcopy(i2v_parts)))
-    apply_levers(pipe, Levers(cache="sea:5.0:3"))
+    apply_levers(pipe, Levers(cache=spec))
     settings = GenerationSettings(prompt="a fox", seed=1, sample_steps=12, image=str(images["portrait"]))
     with counting_computed(pipe) as computed:
         result = pipe.generate(pipe.plan(settings), progress=False)

@@ -1,12 +1,14 @@
 """Placement: each placement gives the same video; the auto choice follows the memory estimate."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from tiny_models import as_components
 
 from wan import placement
+from wan.config import load_task_config
 from wan.errors import ConfigError
 from wan.placement import BlockStream, ModelOffload, Placement, Resident, apply_placement, choose_placement
 from wan.settings import GenerationSettings
@@ -106,3 +108,21 @@ def test_estimates_scale_as_expected():
     )
     assert placement.module_bytes(torch.nn.Linear(4, 2)) == (8 + 2) * 4
     assert placement.module_bytes(None) == 0
+
+
+@pytest.mark.parametrize(
+    ("task", "size", "image"),
+    [("i2v-A14B", "48*32", "portrait"), ("ti2v-5B", "96*64", "landscape"), ("ti2v-5B", "96*64", None)],
+)
+def test_every_placement_gives_the_same_video_for_the_image_tasks(request, images, task, size, image):
+    """Whole-model offload moves the conditioning's VAE and the one or two experts; the video stays the same."""
+    parts = request.getfixturevalue("i2v_parts" if task == "i2v-A14B" else "ti2v_parts")
+    config = dataclasses.replace(load_task_config(task), sizes=(size,), default_size=size, frame_num=5, text_len=32)
+    settings = GenerationSettings(
+        prompt="a red square moving left", seed=3, sample_steps=3, image=image and str(images[image])
+    )
+    videos = [
+        WanT2V(config, as_components(copy.deepcopy(parts)), placement=p).generate(settings, progress=False).video
+        for p in (Resident(), ModelOffload())
+    ]
+    assert torch.equal(videos[0], videos[1])
