@@ -26,7 +26,7 @@ from wan.options import EngineOptions
 from wan.plan import StepPlan, build_plan
 from wan.text2video import GenerationResult
 
-STAGES = ("text_encoding", "high_noise", "low_noise", "completion", "vae_decode")
+STAGES = ("text_encoding", "image_encoding", "high_noise", "low_noise", "completion", "vae_decode")
 
 
 def mode_generation(mode: Mode, work: Workload, steps: int) -> dict:
