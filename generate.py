@@ -83,7 +83,17 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(description="Wan2.2 text-to-video generation", allow_abbrev=False)
+    p = OneLineParser(description="Wan2.2 video generation: text-to-video, image-to-video, TI2V", allow_abbrev=False)
+    add_official_flags(p)
+    add_extra_flags(p)
+    speed = p.add_argument_group("speed levers (docs/PERFORMANCE.md); explicit flags win over --preset")
+    add_lever_flags(speed)
+    add_batch_flags(p)
+    return p
+
+
+def add_official_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the official Wan2.2 generate.py, with its defaults."""
     official = p.add_argument_group("official Wan2.2 flags")
     official.add_argument(
         "--task",
@@ -129,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert the experts to bf16 (a --preset turns it on)",
     )
 
+
+def add_extra_flags(p: argparse.ArgumentParser) -> None:
+    """What the official CLI lacks: half-frame generation, CFG truncation, placement, CFG parallel, the distill
+    pair's folder, the device and logging."""
     ours = p.add_argument_group("acceleration and extras")
     ours.add_argument("--negative_prompt", default=None, help="default: the task's (the released one for A14B)")
     ours.add_argument(
@@ -210,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     ours.add_argument("--debug", action="store_true", help="an internal error prints its full trace")
 
-    speed = p.add_argument_group("speed levers (docs/PERFORMANCE.md); explicit flags win over --preset")
-    add_lever_flags(speed)
 
+def add_batch_flags(p: argparse.ArgumentParser) -> None:
+    """A prompt file run once per loaded model, on this machine or on Ray workers."""
     batch = p.add_argument_group("batch (docs/BATCH.md)")
     batch.add_argument(
         "--prompt_file",
@@ -236,7 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray_workers", type=int, default=None, help="Ray workers (default: one per GPU; CPU workers need it)"
     )
     batch.add_argument("--ray_gpus_per_worker", type=int, default=1, help="GPUs per Ray worker (1; docs/RAY.md)")
-    return p
 
 
 def generation_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
