@@ -41,9 +41,22 @@ class Peer(ABC):
     placement = "resident (all parts on the device)"
     changes_experts = False  # whether it leaves something (a fused LoRA) on the experts
 
-    @abstractmethod
+    pipeline_class: type[DiffusionPipeline] = WanPipeline
+
     def pipeline(self, parts: RandomParts, task: TaskConfig) -> DiffusionPipeline:
-        """The pipeline on ``parts`` (all already on the device)."""
+        """The pipeline on ``parts`` (all already on the device): the parts every Wan pipeline takes, the
+        task's solver, then the task's own models (``models``)."""
+        return self.pipeline_class(
+            tokenizer=parts.tokenizer,
+            text_encoder=parts.text_encoder,
+            vae=parts.vae,
+            scheduler=unipc(task),
+            **self.models(parts, task),
+        )
+
+    @abstractmethod
+    def models(self, parts: RandomParts, task: TaskConfig) -> dict[str, Any]:
+        """The pipeline's denoising models and how it routes between them."""
 
     def inputs(self, work: Workload) -> dict[str, Any]:
         """The call's inputs besides steps and seed: what every Wan pipeline takes, then the task's own."""
@@ -85,16 +98,9 @@ def unipc(task: TaskConfig) -> UniPCMultistepScheduler:
 class WanT2VPeer(Peer):
     """``WanPipeline`` with both experts: high-noise ``transformer``, low-noise ``transformer_2``."""
 
-    def pipeline(self, parts: RandomParts, task: TaskConfig) -> DiffusionPipeline:
-        return WanPipeline(
-            tokenizer=parts.tokenizer,
-            text_encoder=parts.text_encoder,
-            vae=parts.vae,
-            scheduler=unipc(task),
-            transformer=parts.experts[HIGH],
-            transformer_2=parts.experts[LOW],
-            boundary_ratio=task.boundary,
-        )
+    def models(self, parts: RandomParts, task: TaskConfig) -> dict[str, Any]:
+        experts = {"transformer": parts.experts[HIGH], "transformer_2": parts.experts[LOW]}
+        return {**experts, "boundary_ratio": task.boundary}
 
     def task_inputs(self, work: Workload) -> dict[str, Any]:
         return {"guidance_scale_2": work.task.guide_scale_low}
@@ -104,16 +110,7 @@ class WanI2VPeer(WanT2VPeer):
     """``WanImageToVideoPipeline`` with both experts and no image encoder (Wan2.2's I2V conditions on the
     image latent only)."""
 
-    def pipeline(self, parts: RandomParts, task: TaskConfig) -> DiffusionPipeline:
-        return WanImageToVideoPipeline(
-            tokenizer=parts.tokenizer,
-            text_encoder=parts.text_encoder,
-            vae=parts.vae,
-            scheduler=unipc(task),
-            transformer=parts.experts[HIGH],
-            transformer_2=parts.experts[LOW],
-            boundary_ratio=task.boundary,
-        )
+    pipeline_class = WanImageToVideoPipeline
 
     def task_inputs(self, work: Workload) -> dict[str, Any]:
         if work.image is None:
@@ -125,16 +122,8 @@ class WanI2VPeer(WanT2VPeer):
 class WanTI2VPeer(Peer):
     """``WanPipeline`` with TI2V-5B's one transformer and per-token timesteps (``expand_timesteps``)."""
 
-    def pipeline(self, parts: RandomParts, task: TaskConfig) -> DiffusionPipeline:
-        return WanPipeline(
-            tokenizer=parts.tokenizer,
-            text_encoder=parts.text_encoder,
-            vae=parts.vae,
-            scheduler=unipc(task),
-            transformer=parts.experts[HIGH],
-            transformer_2=None,
-            expand_timesteps=True,
-        )
+    def models(self, parts: RandomParts, task: TaskConfig) -> dict[str, Any]:
+        return {"transformer": parts.experts[HIGH], "transformer_2": None, "expand_timesteps": True}
 
 
 class FewStepPeer(Peer):
@@ -146,6 +135,9 @@ class FewStepPeer(Peer):
 
     def __init__(self, base: Peer, lora_dir: Path):
         self.base, self.lora_dir = base, lora_dir
+
+    def models(self, parts: RandomParts, task: TaskConfig) -> dict[str, Any]:
+        return self.base.models(parts, task)
 
     def pipeline(self, parts: RandomParts, task: TaskConfig) -> DiffusionPipeline:
         pipeline = self.base.pipeline(parts, task)
