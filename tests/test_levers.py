@@ -241,8 +241,11 @@ def test_fast_takes_sage_where_it_runs_and_says_why_not_elsewhere(monkeypatch):
 
     monkeypatch.setattr(attention, "sage_problem", sage_here)
     levers, notes = resolve_levers("fast", {}, CPU)
-    assert levers == dataclasses.replace(PRESETS["fast"].levers, attention_backend="sage", compile=False)
-    assert notes == ["preset fast: compile left out on cpu (it pays off on a GPU only)"]
+    assert levers == dataclasses.replace(
+        PRESETS["fast"].levers, attention_backend="sage", compile=False, vae_kernels=False
+    )
+    gpu_only = ("compile", "vae_kernels")
+    assert notes == [f"preset fast: {n} left out on cpu (it pays off on a GPU only)" for n in gpu_only]
     assert resolve_levers("exact", {}, CPU)[0].attention_backend is None  # quantised: never in exact
     assert resolve_levers("fast", {"attention_backend": "native"}, CPU)[0].attention_backend == "native"
     levers, notes = resolve_levers("fast", {}, CPU, parallel=True)

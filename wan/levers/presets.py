@@ -18,9 +18,10 @@ preset elsewhere, but runs there when asked for.
   steps change little: ~21 of 72 forwards computed, where the video changes) and CFG truncation 5/3,
   with SageAttention 2 where it is installed (30.4 dB with it, 30.7 without; 1.04x per A14B forward)
   and the default attention elsewhere, and a bfloat16 VAE decode (56 dB from float32's on t2v-tiny;
-  1 s less at 480p, ``wan.levers.vae_precision``).
-- ``lightning``: the distill LoRA pairs' 4-step schedule with fast's bfloat16 decode, which at 4 steps
-  is a fifth of the run.
+  1 s less at 480p, ``wan.levers.vae_precision``) with channels-last convolutions and compiled norms
+  (another third off the encode and decode, ``wan.levers.vae_compile``).
+- ``lightning``: the distill LoRA pairs' 4-step schedule with fast's VAE (bfloat16, channels-last,
+  compiled norms): at 4 steps the encode and decode are a quarter of the run.
   Float8 is left out: every block linear costs t2v-tiny ~32 dB alone, and the feed-forward layers
   alone take the fast preset to 29.97 dB, under its bound (docs/QUALITY.md).
 
@@ -72,16 +73,16 @@ PRESETS: dict[str, Preset] = {
     ),
     "fast": Preset(
         "the fastest whose quality holds on t2v-tiny (compile, fused projections, SeaCache step cache, CFG truncation "
-        "5/3, bfloat16 VAE decode)",
-        Levers(compile=True, fuse_projections=True, cache="sea:0.5:3+5", vae_dtype="bfloat16"),
+        "5/3, bfloat16 VAE with its fast kernels)",
+        Levers(compile=True, fuse_projections=True, cache="sea:0.5:3+5", vae_dtype="bfloat16", vae_kernels=True),
         prefer={"attention_backend": ("sage",)},  # where it is installed and runs; the default attention elsewhere
         generation={"cfg_truncate_steps": 5, "cfg_truncate_high_noise_steps": 3},
     ),
     "lightning": Preset(
         "the 4-step schedule the distill LoRA pairs (Wan2.2-Lightning, LightX2V) were trained on: Euler on "
-        "timesteps 1000/937.5/833/625, two per expert, no CFG, and a bfloat16 VAE decode; give the pair with "
-        "--lora_dir",
-        Levers(vae_dtype="bfloat16"),  # at 4 steps the decode is a fifth of the run; bf16 takes a third off it
+        "timesteps 1000/937.5/833/625, two per expert, no CFG, and fast's bfloat16 VAE with its fast kernels; give "
+        "the pair with --lora_dir",
+        Levers(vae_dtype="bfloat16", vae_kernels=True),  # at 4 steps the VAE is a quarter of the run
         generation={"sample_solver": "euler_distill", "sample_steps": 4, "sample_shift": 5.0, "sample_guide_scale": 1},
     ),
 }

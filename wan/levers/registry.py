@@ -206,7 +206,21 @@ class VaeDtype(Lever):
         cast_vae(pipe, self.value)
 
 
+class VaeKernels(Switch):
+    """Channels-last convolutions and compiled norms in the VAE (``wan.levers.vae_compile``), after its dtype."""
+
+    name = "vae_kernels"
+    help = "the VAE's convolutions channels-last and its RMS norms compiled (a third off the encode and decode)"
+    gpu_only = True
+
+    def apply(self, pipe: Any) -> None:
+        from wan.levers.vae_compile import speed_up_vae
+
+        speed_up_vae(pipe)
+
+
 REGISTRY = Registry(
-    (AttentionBackend, FuseProjections, FuseNormRope, Fp8, FuseGelu, Cache, Compile, VaeDtype), module=__name__
+    (AttentionBackend, FuseProjections, FuseNormRope, Fp8, FuseGelu, Cache, Compile, VaeDtype, VaeKernels),
+    module=__name__,
 )
 Levers = REGISTRY.settings
