@@ -46,7 +46,8 @@ class PeerMode:
 
 
 EXACT_LEVERS = {name: value for name, value in PRESETS["exact"].levers.as_dict().items() if value}
-"""The exact preset's levers, to put on top of another preset's schedule (``preset_lightning_exact``)."""
+"""The exact preset's levers, to put on top of another preset's schedule (``preset_lightning_exact``, which adds
+the VAE's kernels: they too compile once per process)."""
 
 MODES: dict[str, Mode | PeerMode] = {  # in the order they run: the most important first
     PEER: PeerMode(),
@@ -55,7 +56,7 @@ MODES: dict[str, Mode | PeerMode] = {  # in the order they run: the most importa
     "preset_fast": Mode(preset="fast"),
     FEW_STEP_PEER: PeerMode(few_step=True),
     "preset_lightning": Mode(preset="lightning", lora_pair=True),
-    "preset_lightning_exact": Mode(preset="lightning", levers=EXACT_LEVERS, lora_pair=True),
+    "preset_lightning_exact": Mode(preset="lightning", levers={**EXACT_LEVERS, "vae_kernels": True}, lora_pair=True),
     "preset_fast@taylorseer:2": Mode(preset="fast", levers={"cache": "taylorseer:2"}),
     "offload": Mode(placement="offload"),
     "stream": Mode(placement="stream"),

@@ -24,7 +24,7 @@ def test_the_few_step_modes_are_the_lightning_preset_with_the_distill_pair():
     assert MODES["peer_fewstep"] == PeerMode(few_step=True)
     for name in ("preset_lightning", "preset_lightning_exact"):
         assert MODES[name].preset == "lightning" and MODES[name].lora_pair
-    assert MODES["preset_lightning_exact"].levers == EXACT_LEVERS
+    assert MODES["preset_lightning_exact"].levers == {**EXACT_LEVERS, "vae_kernels": True}
     assert EXACT_LEVERS == {k: v for k, v in PRESETS["exact"].levers.as_dict().items() if v}
     with pytest.raises(SystemExit, match="peer takes no levers"):
         selected_modes("peer_fewstep~compile")

@@ -20,8 +20,10 @@ preset elsewhere, but runs there when asked for.
   and the default attention elsewhere, and a bfloat16 VAE decode (56 dB from float32's on t2v-tiny;
   1 s less at 480p, ``wan.levers.vae_precision``) with channels-last convolutions and compiled norms
   (another third off the encode and decode, ``wan.levers.vae_compile``).
-- ``lightning``: the distill LoRA pairs' 4-step schedule with fast's VAE (bfloat16, channels-last,
-  compiled norms): at 4 steps the encode and decode are a quarter of the run.
+- ``lightning``: the distill LoRA pairs' 4-step schedule with fast's bfloat16 VAE: at 4 steps the
+  encode and decode are a quarter of the run. Nothing that compiles: a single 13-s video would wait
+  longer for the compiler than the compiled code saves; many videos per process gain from adding
+  exact's levers and ``--vae_kernels`` (that is the benchmark's ``preset_lightning_exact``).
   Float8 is left out: every block linear costs t2v-tiny ~32 dB alone, and the feed-forward layers
   alone take the fast preset to 29.97 dB, under its bound (docs/QUALITY.md).
 
@@ -80,9 +82,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "lightning": Preset(
         "the 4-step schedule the distill LoRA pairs (Wan2.2-Lightning, LightX2V) were trained on: Euler on "
-        "timesteps 1000/937.5/833/625, two per expert, no CFG, and fast's bfloat16 VAE with its fast kernels; give "
-        "the pair with --lora_dir",
-        Levers(vae_dtype="bfloat16", vae_kernels=True),  # at 4 steps the VAE is a quarter of the run
+        "timesteps 1000/937.5/833/625, two per expert, no CFG, and a bfloat16 VAE; give the pair with --lora_dir",
+        Levers(vae_dtype="bfloat16"),  # at 4 steps the VAE is a quarter of the run
         generation={"sample_solver": "euler_distill", "sample_steps": 4, "sample_shift": 5.0, "sample_guide_scale": 1},
     ),
 }
