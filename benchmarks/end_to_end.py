@@ -12,6 +12,8 @@ import argparse
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from benchmarks.modes import (
     CACHE_SPEC,
     PEER,
     Mode,
+    OverBudget,
     PeerMode,
     budget_estimate,
     mode_of,
@@ -192,13 +195,15 @@ class EndToEnd:
             self.loras = tuple(check_loras(lora_dir_specs(self.lora_dir, task=self.work.task.task)))
         return self.lora_dir
 
-    def planned_forwards(self, mode: Mode | PeerMode) -> int:
-        """Forwards of the mode's timed run, from the engine's plan (for the time budget)."""
+    def planned_forwards(self, mode: Mode | PeerMode, steps: int | None = None) -> int:
+        """Forwards of the mode's run of ``steps`` (default: the timed run's), from the engine's plan (for the
+        time budget)."""
+        steps = steps or self.work.steps
         if isinstance(mode, PeerMode):
             fields = FewStepPeer.schedule if mode.few_step else {}
         else:
-            fields = mode_generation(mode, self.work, self.work.steps)
-        return sum(p.forwards for p in step_plan(self.work.task, mode_steps(fields, self.work.steps), fields))
+            fields = mode_generation(mode, self.work, steps)
+        return sum(p.forwards for p in step_plan(self.work.task, mode_steps(fields, steps), fields))
 
     # ------------------------------------------------------------------ runs
     def run_peer(self, mode: PeerMode) -> dict[str, Any]:
@@ -214,7 +219,7 @@ class EndToEnd:
         self.probe_loop(record, None)
         return record
 
-    def run_ours(self, name: str, mode: Mode) -> dict[str, Any]:
+    def run_ours(self, name: str, mode: Mode, fits: Callable[[float], bool]) -> dict[str, Any]:
         rebuild_s = self.fresh_experts()
         self.components.reset_shared()
         loras = ()
@@ -224,7 +229,7 @@ class EndToEnd:
         self.dirty = True  # from here on a lever or a placement hook may be on the experts
         self.engine, setup, info = build_ours(mode, self.components, self.work, self.device, loras)
         self.dirty = bool(loras) or changes_experts(self.engine)
-        m = run_ours(self.engine, mode, self.work, self.counter, self.model_config, self.device)
+        m = run_ours(self.engine, mode, self.work, self.counter, self.model_config, self.device, fits)
         m.info, m.setup = info, {"rebuild_s": rebuild_s, **setup, **m.setup}
         record = self.summarise(m)
         if name == "cache":
@@ -316,13 +321,18 @@ def run(args: argparse.Namespace, started: float) -> dict[str, Any]:
             report.skip(name, reason)
             continue
         peer = report.data["modes"].get(PEER)
+        is_peer = isinstance(mode, PeerMode)
+        steps = None if is_peer else args.warmup_steps  # ours: its warm-up must fit; then it estimates itself
         if name != PEER and not report.fits(
-            name, budget_estimate(mode, peer, bench.device, bench.planned_forwards(mode))
+            name, budget_estimate(mode, peer, bench.device, bench.planned_forwards(mode, steps))
         ):
             continue
         with report.stage(f"{name} (a warm-up run, then the timed one)", bench.failed):
-            is_peer = isinstance(mode, PeerMode)
-            report.record(name, bench.run_peer(mode) if is_peer else bench.run_ours(name, mode))
+            try:
+                record = bench.run_peer(mode) if is_peer else bench.run_ours(name, mode, partial(report.fits, name))
+            except OverBudget:
+                continue  # recorded as skipped, with the estimate
+            report.record(name, record)
         if name == PEER and PEER not in report.data["modes"]:
             break  # without the peer no ratio can be made
     report.finish()

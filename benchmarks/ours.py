@@ -7,12 +7,13 @@ for the run, LoRAs, levers), handed the parts already in memory instead of a che
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from benchmarks.measure import ForwardCounter, Measurement, StepClock, now, reset_peak_memory
-from benchmarks.modes import Mode, levers_of
+from benchmarks.modes import Mode, OverBudget, levers_of, timed_estimate
 from benchmarks.plan import Workload, released_steps, scaled_generation
 from benchmarks.weights import RandomParts
 from wan.checkpoints import WanComponents
@@ -108,9 +109,18 @@ def changes_experts(engine: Engine) -> bool:
 
 
 def run_ours(
-    engine: Engine, mode: Mode, work: Workload, counter: ForwardCounter, model_config: dict, device: torch.device
+    engine: Engine,
+    mode: Mode,
+    work: Workload,
+    counter: ForwardCounter,
+    model_config: dict,
+    device: torch.device,
+    fits: Callable[[float], bool] = lambda seconds: True,
 ) -> Measurement:
-    """``Engine.generate`` (text + sampling + decode) after a warm-up; per-step marks from ``on_step``."""
+    """``Engine.generate`` (text + sampling + decode) after a warm-up; per-step marks from ``on_step``.
+
+    ``fits(seconds)``: whether the timed run, estimated from the warm-up, fits the time budget; if not,
+    ``OverBudget`` (the levers make a mode faster than the peer, so only its own warm-up tells)."""
     clock = StepClock(device, counter)
 
     def settings(steps: int):
@@ -122,6 +132,8 @@ def run_ours(
     engine.generate(settings(work.warmup_steps), progress=False)
     setup["warmup_s"] = now(device) - start
     setup["warmup_compile_s"] = compile_seconds() - compiled_before
+    if not fits(timed_estimate(setup["warmup_s"], setup["warmup_compile_s"], work.warmup_steps, work.steps)):
+        raise OverBudget
 
     counter.reset()
     reset_peak_memory(device)

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from benchmarks.modes import EXACT_LEVERS, MODES, PeerMode, budget_estimate, mode_of, selected_modes, unavailable
+from benchmarks.modes import (
+    EXACT_LEVERS,
+    MODES,
+    Mode,
+    OverBudget,
+    PeerMode,
+    budget_estimate,
+    mode_of,
+    selected_modes,
+    timed_estimate,
+    unavailable,
+)
+from benchmarks.ours import run_ours
+from wan.config import load_task_config
 from wan.levers.presets import PRESETS
 
 
@@ -46,3 +61,28 @@ def test_the_budget_estimate_scales_with_the_forwards():
     assert budget_estimate(MODES["peer"], peer, cpu, 80) == 0.0
     assert budget_estimate(MODES["default"], peer, cpu, 80) == 100.0  # as many forwards: the peer's time
     assert budget_estimate(MODES["peer_fewstep"], peer, cpu, 4) == 100.0 * 1.5 * 4 / 80
+
+
+def test_a_mode_is_timed_only_if_its_own_warm_up_says_the_run_fits():
+    assert timed_estimate(warmup_s=50.0, compile_s=40.0, warmup_steps=3, steps=30) == 100.0  # 10 s / 3 steps
+    assert timed_estimate(warmup_s=5.0, compile_s=9.0, warmup_steps=3, steps=30) == 0.0  # never negative
+
+    class Engine:
+        runs: list[int] = []
+
+        def generate(self, settings, progress=False, on_step=None):
+            self.runs.append(settings)
+
+    work = SimpleNamespace(
+        task=load_task_config("t2v-A14B"), warmup_steps=2, steps=40, settings=lambda steps, fields: steps
+    )
+    asked: list[float] = []
+
+    def fits(seconds: float) -> bool:
+        asked.append(seconds)
+        return False
+
+    engine = Engine()
+    with pytest.raises(OverBudget):
+        run_ours(engine, Mode(), work, counter=None, model_config={}, device=torch.device("cpu"), fits=fits)
+    assert engine.runs == [2] and len(asked) == 1  # the warm-up ran, the timed run did not
