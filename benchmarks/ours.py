@@ -115,7 +115,7 @@ def run_ours(
     counter: ForwardCounter,
     model_config: dict,
     device: torch.device,
-    fits: Callable[[float], bool] = lambda seconds: True,
+    fits: Callable[[float], bool],
 ) -> Measurement:
     """``Engine.generate`` (text + sampling + decode) after a warm-up; per-step marks from ``on_step``.
 

@@ -13,13 +13,13 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.measure import free_memory, peak_memory_gb, reset_peak_memory, timed  # noqa: E402
 from benchmarks.weights import build_vae  # noqa: E402
 from wan.levers.vae_compile import channels_last, compile_norms  # noqa: E402
 
@@ -32,29 +32,17 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-20))).item()
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[list[float], torch.Tensor]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after one warm-up call, and the last result."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times, out
+def warm_and_timed(run, device: torch.device, repeats: int) -> tuple[list[float], torch.Tensor]:
+    """Seconds of each of ``repeats`` calls of ``run`` after one warm-up call (compiling, if any), and its result."""
+    out = run()
+    return timed(run, device, repeats), out
 
 
 @torch.no_grad()
 def encode_and_decode(vae, video: torch.Tensor, z: torch.Tensor, device: torch.device, repeats: int):
     """(seconds, latents) of the encode of ``video`` and (seconds, video) of the decode of ``z``."""
-    encoded = timed(lambda: vae.encode(video).latent_dist.mode(), device, repeats)
-    return encoded, timed(lambda: vae.decode(z, return_dict=False)[0], device, repeats)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    encoded = warm_and_timed(lambda: vae.encode(video).latent_dist.mode(), device, repeats)
+    return encoded, warm_and_timed(lambda: vae.decode(z, return_dict=False)[0], device, repeats)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -88,8 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
             channels_last(vae)
         if "compile" in options:
             compile_norms(vae)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         (enc_t, enc), (dec_t, dec) = encode_and_decode(vae, video.to(dtype), z.to(dtype), device, args.repeats)
         del vae
         refs.setdefault("encode", enc.float())
@@ -99,12 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
             "decode_s": dec_t,
             "encode_psnr_vs_first_db": psnr(enc.float() / 4, refs["encode"] / 4),
             "decode_psnr_vs_first_db": psnr(dec, refs["decode"]),
-            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "peak_gib": peak_memory_gb(device),
         }
         logger.info("%s: %s", mode, modes[mode])
         Path(args.out).write_text(json.dumps(report, indent=1))
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(device)
     return report
 
 
