@@ -19,7 +19,14 @@ from benchmarks.measure import now
 from benchmarks.plan import sequence_lengths
 from benchmarks.weights import A14B_CONFIG
 from wan.config import load_task_config
-from wan.levers.attention import FlashTile, flash_4_hopper, flash_4_problem, flash_attention_4
+from wan.levers.attention import (
+    FlashTile,
+    flash_3_problem,
+    flash_4_hopper,
+    flash_4_problem,
+    flash_attention_3,
+    flash_attention_4,
+)
 
 logger = logging.getLogger("benchmarks")
 
@@ -58,12 +65,9 @@ def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
             return flash_attention_4(q, k, v)
         return flash_4_hopper(q, k, v, parse_tile(name))
     if name == "flash_3":
-        if not installed("flash_attn_interface"):
-            raise RuntimeError("flash_attn_interface (FlashAttention 3) is not installed")
-        from flash_attn_interface import flash_attn_func
-
-        out = flash_attn_func(q, k, v)
-        return out[0] if isinstance(out, tuple) else out
+        if why := flash_3_problem(q.device):
+            raise RuntimeError(why)
+        return flash_attention_3(q, k, v)
     if name == "sage":
         if not installed("sageattention"):
             raise RuntimeError("sageattention is not installed")

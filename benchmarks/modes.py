@@ -15,13 +15,13 @@ import torch
 
 from wan.errors import ConfigError
 from wan.levers import Levers, parse_levers
-from wan.levers.attention import FLASH_4, SAGE
+from wan.levers.attention import FLASH_3, FLASH_4, SAGE
 from wan.levers.presets import PRESETS, resolve_levers
 
 PEER = "peer"
 FEW_STEP_PEER = "peer_fewstep"
 CACHE_SPEC = "fbc:0.05"  # the cache mode's fixed threshold (the skip decision is meaningless on random weights)
-CUDA_ONLY_BACKENDS = ("_native_cudnn", "flash", "_native_flash", "_native_efficient", FLASH_4, SAGE)
+CUDA_ONLY_BACKENDS = ("_native_cudnn", "flash", "_native_flash", "_native_efficient", FLASH_4, FLASH_3, SAGE)
 BUDGET_ALLOWANCE_S = {"fp8": 200.0, "compile": 90.0, "stream": 60.0, "offload": 30.0}
 """Rough extra seconds a mode's setup may take, for the budget check only (fp8+compile ~193 s first call;
 block-streaming setup 17-28 s per expert); guesses, never reported as results."""
@@ -122,7 +122,7 @@ def unavailable(mode: Mode | PeerMode, device: torch.device, experts: int = 2) -
         levers_of(mode, device)
     except ConfigError as exc:
         return str(exc)
-    if backend and backend not in (FLASH_4, SAGE):  # checked with the levers: installed kernels, no Hub
+    if backend and backend not in (FLASH_4, FLASH_3, SAGE):  # checked with the levers: installed kernels, no Hub
         from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 
         try:  # the check diffusers runs when a model is set to the backend

@@ -8,7 +8,7 @@ backend and the peer run). Kernels from other packages run where installed: ``fl
 (flash-attn-4 through the engine's ``--attention_backend flash_4`` op), ``flash_4:MxN[:nors][:nool]``
 (its Hopper forward with another tile, MMA-PV from shared memory (``nors``) or no intra-warpgroup
 overlap (``nool``): the sweep that picks the engine's tile), ``flash_3`` (FlashAttention 3's Hopper
-build, ``flash_attn_interface``, as diffusers' ``_flash_3`` backend calls it) and ``sage``
+build through the engine's ``--attention_backend flash_3`` op) and ``sage``
 (SageAttention, int8 QK^T: approximate). Installed attention packages are listed, so the report
 says what else could have been tried.
 

@@ -1,4 +1,5 @@
-"""The attention lever on the CPU: flash_4 and sage wiring through stand-in kernels, and their one-line errors."""
+"""The attention lever on the CPU: flash_4, flash_3 and sage wiring through stand-in kernels, and their one-line
+errors."""
 
 import copy
 import functools
@@ -129,6 +130,63 @@ def test_a_broken_flash_4_install_falls_back_by_default_and_fails_when_asked(tes
 def test_a_working_flash_4_is_the_default(stand_in_flash_4):
     assert attention_lever.default_attention_backend(torch.device("cpu")) == "flash_4"
     assert attention_lever.default_attention_backend(torch.device("cpu"), parallel=True) is None
+
+
+@pytest.fixture
+def stand_in_flash_3(monkeypatch):
+    """A ``flash_attn_interface`` (flash_attn_3's module) whose kernel is SDPA on the NHD layout; counts its calls.
+    The machine passes for a Hopper GPU."""
+    calls = Calls()
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False, **options):
+        if calls.broken:
+            raise RuntimeError("no kernel image is available for execution on the device\nlong trace")
+        calls.append(q.shape)
+        return sdpa_nhd(q, k, v, softmax_scale, causal)
+
+    interface = types.ModuleType("flash_attn_interface")
+    interface.flash_attn_func = flash_attn_func
+    calls.broken = False
+    install_stand_ins(monkeypatch, "hopper", {"flash_attn_interface": interface})
+    return calls
+
+
+def test_flash_3_runs_every_attention_through_the_kernel(test_config, parts, stand_in_flash_3):
+    assert_every_attention_runs_through(test_config, parts, "flash_3", stand_in_flash_3)
+
+
+def test_flash_3_is_one_opaque_op_under_fullgraph_compile(stand_in_flash_3):
+    assert_one_opaque_op_under_fullgraph_compile(
+        lambda q, k, v: attention_lever._flash_3_hub_kernel(q=q, k=k, v=v, softmax_scale=None, causal=False)
+    )
+
+
+def test_flash_3_off_hopper_or_without_the_package_is_one_line(test_config, parts, monkeypatch):
+    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    with pytest.raises(ConfigError, match=r"^--attention_backend flash_3: it needs a Hopper GPU \(H100, H200\); run"):
+        apply_levers(pipe, Levers(attention_backend="flash_3"))
+    monkeypatch.setattr(attention_lever, "hopper", lambda device: True)
+    monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: None)
+    why = attention_lever.flash_3_problem(torch.device("cuda"))
+    assert why.startswith("it needs the flash_attn_3 package") and "\n" not in why
+
+
+def test_a_broken_flash_3_install_falls_back_by_default_and_fails_when_asked(test_config, parts, stand_in_flash_3):
+    stand_in_flash_3.broken = True
+    assert attention_lever.default_attention_backend(torch.device("cpu")) is None
+    pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
+    with pytest.raises(
+        ConfigError, match=r"flash_3: flash_attn_3 failed on this GPU \(no kernel image .*\); reinstall"
+    ):
+        apply_levers(pipe, Levers(attention_backend="flash_3"))
+
+
+def test_the_default_is_flash_4_then_flash_3_then_pytorch(stand_in_flash_3, monkeypatch):
+    cpu = torch.device("cpu")
+    assert attention_lever.default_attention_backend(cpu) == "flash_3"  # FlashAttention 4 is not installed
+    assert attention_lever.default_attention_backend(cpu, parallel=True) is None
+    monkeypatch.setattr(attention_lever, "flash_4_available", lambda device, parallel=False: True)
+    assert attention_lever.default_attention_backend(cpu) == "flash_4"
 
 
 def test_the_tuned_hopper_tile_applies_only_where_it_was_measured():

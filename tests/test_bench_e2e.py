@@ -36,7 +36,8 @@ RUN_ON_CPU = {
     "preset_lightning",
 }
 CUDA_ONLY = {"stream", "compile", "fp8", "fp8+compile", "preset_lightning_exact"} | {
-    f"attention:{b}" for b in ("_native_cudnn", "flash", "_native_flash", "_native_efficient", "flash_4", "sage")
+    f"attention:{b}"
+    for b in ("_native_cudnn", "flash", "_native_flash", "_native_efficient", "flash_4", "flash_3", "sage")
 }
 STAGES = ("text_encoding", "high_noise", "low_noise", "vae_decode")
 

@@ -235,6 +235,14 @@ def test_flash_4_is_the_default_attention_only_where_it_runs(monkeypatch):
         resolve_levers("fast", {"attention_backend": "sage"}, CPU)
 
 
+def test_exact_takes_flash_3_where_flash_4_is_not_installed(monkeypatch):
+    monkeypatch.setattr(attention, "flash_3_problem", lambda device, parallel=False: "one GPU" if parallel else None)
+    assert resolve_levers("exact", {}, CPU)[0].attention_backend == "flash_3"
+    assert resolve_levers("exact", {}, CPU, parallel=True)[0].attention_backend is None
+    with pytest.raises(ConfigError, match="^--attention_backend flash_3: one GPU; run without it$"):
+        resolve_levers(None, {"attention_backend": "flash_3"}, CPU, parallel=True)
+
+
 def test_fast_takes_sage_where_it_runs_and_says_why_not_elsewhere(monkeypatch):
     def sage_here(device, parallel=False):
         return "one GPU only" if parallel else None

@@ -8,6 +8,11 @@ It is the default where it runs, so before it is chosen it runs once on a small 
 PyTorch's attention: a broken install or kernel build makes it unavailable (the default falls back
 to PyTorch's attention; asking for it is a one-line error) instead of failing mid-run.
 
+``flash_3``: FlashAttention 3 (the ``flash_attn_3`` package built from flash-attention's ``hopper/``
+folder; no wheel on PyPI) the same way, through the ``_flash_3_hub`` slot and a custom op that returns
+the output alone. Hopper only. It is the default where FlashAttention 4 is not installed: on an H100 at
+A14B's shapes 710 / 690 TFLOP/s (480p / 720p) against cuDNN's 588 / 564, 0.3% from cuDNN's output.
+
 ``sage`` (diffusers' name) runs SageAttention 2 from the installed ``sageattention`` package the same
 way, through the ``sage_hub`` slot and a custom op: diffusers' own ``sage`` backend calls the package's
 Python, whose quantisation kernels are plain pybind calls that break a ``fullgraph`` compile. It
@@ -31,6 +36,7 @@ from wan.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 FLASH_4 = "flash_4"
+FLASH_3 = "flash_3"
 SAGE = "sage"
 
 
@@ -95,6 +101,28 @@ def _output_like(q, k, v, *_, **__):
 flash_attention_4.register_fake(_output_like)
 
 
+@torch.library.custom_op("wan::flash_attention_3", mutates_args=())
+def flash_attention_3(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float | None = None, causal: bool = False
+) -> torch.Tensor:
+    """FlashAttention 3 on (batch, tokens, heads, head_dim) tensors; the output only, not the log-sum-exp."""
+    from flash_attn_interface import flash_attn_func
+
+    out = flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal)
+    return out[0] if isinstance(out, tuple) else out
+
+
+flash_attention_3.register_fake(_output_like)
+
+
+def _flash_3_hub_kernel(q, k, v, softmax_scale=None, causal=False, return_attn_probs=False, **unused):
+    """The call diffusers' ``_flash_3_hub`` backend makes (one GPU: no window, softcap or splits), answered by the
+    installed package through the op."""
+    if return_attn_probs:
+        raise ValueError("the local FlashAttention 3 kernel returns no log-sum-exp")
+    return flash_attention_3(q, k, v, softmax_scale=softmax_scale, causal=causal)
+
+
 @torch.library.custom_op("wan::sage_attention", mutates_args=())
 def sage_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float | None = None, causal: bool = False
@@ -144,6 +172,7 @@ def _local_kernels() -> dict[str, LocalKernel]:
     # Built per call, so the checks are the module's current ones (the tests stand in for them).
     return {
         FLASH_4: LocalKernel(flash_4_problem, "flash_4_hub", flash_attention_4, "flash-attn-4", 1e-2),
+        FLASH_3: LocalKernel(flash_3_problem, "_flash_3_hub", _flash_3_hub_kernel, "flash_attn_3", 1e-2),
         # int8 Q/K and fp8 P/V: 3.9% from cuDNN on A14B's shapes; a broken build is far off or fails
         SAGE: LocalKernel(sage_problem, "sage_hub", _sage_hub_kernel, "sageattention", 0.1),
     }
@@ -156,10 +185,10 @@ def local_kernel_problem(backend: str | None, device: torch.device, parallel: bo
 
 
 def backend_names() -> list[str]:
-    """Every name ``--attention_backend`` takes: diffusers' backends plus ``flash_4``."""
+    """Every name ``--attention_backend`` takes: diffusers' backends plus ``flash_4`` and ``flash_3``."""
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    return [b.value for b in AttentionBackendName] + [FLASH_4]
+    return [b.value for b in AttentionBackendName] + [FLASH_4, FLASH_3]
 
 
 def nvidia_gpu(device: torch.device) -> bool:
@@ -170,6 +199,11 @@ def nvidia_gpu(device: torch.device) -> bool:
 def hopper_or_newer(device: torch.device) -> bool:
     """FlashAttention 4 has forward kernels for compute capability 9.0 and up."""
     return nvidia_gpu(device) and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def hopper(device: torch.device) -> bool:
+    """FlashAttention 3's kernels use Hopper's instructions (compute capability 9.x) and no others."""
+    return nvidia_gpu(device) and torch.cuda.get_device_capability(device)[0] == 9
 
 
 def _one_name(device: torch.device) -> str:
@@ -188,6 +222,17 @@ def flash_4_problem(device: torch.device, parallel: bool = False) -> str | None:
     if parallel:
         return "diffusers has no context-parallel path for it (--ulysses_size, --cfg_parallel)"
     return _kernel_problem(FLASH_4, _one_name(device))
+
+
+def flash_3_problem(device: torch.device, parallel: bool = False) -> str | None:
+    """Why ``flash_3`` cannot run here (one line), or None if it runs."""
+    if not hopper(device):
+        return "it needs a Hopper GPU (H100, H200)"
+    if importlib.util.find_spec("flash_attn_interface") is None or importlib.util.find_spec("flash_attn_3") is None:
+        return "it needs the flash_attn_3 package, built from flash-attention's hopper/ folder (docs/PERFORMANCE.md)"
+    if parallel:
+        return "the engine runs it on one GPU only (--ulysses_size, --cfg_parallel)"
+    return _kernel_problem(FLASH_3, _one_name(device))
 
 
 @functools.cache
@@ -213,12 +258,16 @@ def _kernel_problem(backend: str, device: str) -> str | None:
 
 
 def default_attention_backend(device: torch.device, parallel: bool = False) -> str | None:
-    """The fastest backend that keeps the video and runs here: ``flash_4`` where it runs, else diffusers' default.
+    """The fastest backend that keeps the video and runs here: ``flash_4``, else ``flash_3``, where one runs; else
+    diffusers' default (PyTorch's SDPA).
 
-    Measured on an H200 at A14B's shapes (docs/PERFORMANCE.md): FlashAttention 4 682 TFLOP/s, PyTorch's
-    own choice (cuDNN) 566; the same math, so the video stays within bf16 rounding.
+    Measured at A14B's shapes (docs/PERFORMANCE.md): on an H200 FlashAttention 4 682 TFLOP/s against cuDNN's 566,
+    PyTorch's own choice; on an H100 FlashAttention 3 710 against 588. The same math, so the video stays within
+    bf16 rounding.
     """
-    return FLASH_4 if flash_4_available(device, parallel) else None
+    if flash_4_available(device, parallel):
+        return FLASH_4
+    return FLASH_3 if flash_3_problem(device, parallel) is None else None
 
 
 def flash_4_available(device: torch.device, parallel: bool = False) -> bool:

@@ -27,8 +27,9 @@ class AttentionBackend(Lever):
 
     name = "attention_backend"
     help = (
-        "a diffusers attention backend (e.g. _native_cudnn) or flash_4; default: flash_4 where flash-attn-4 "
-        "is installed on a Hopper or newer GPU (one GPU), else PyTorch's SDPA"
+        "a diffusers attention backend (e.g. _native_cudnn), flash_4 or flash_3; default: flash_4 where flash-attn-4 "
+        "is installed on a Hopper or newer GPU, else flash_3 where flash_attn_3 is installed on a Hopper GPU (one "
+        "GPU), else PyTorch's SDPA"
     )
 
     @classmethod
