@@ -136,10 +136,11 @@ class OverBudget(Exception):
     """A mode's timed run, estimated from its warm-up, does not fit the time budget (the skip is recorded)."""
 
 
-def timed_estimate(warmup_s: float, compile_s: float, warmup_steps: int, steps: int) -> float:
-    """Seconds of a mode's timed run from its own warm-up: the warm-up less its compiling, per step, times the
-    steps (text, encode and decode scale too, which errs long, as a budget should)."""
-    return max(0.0, warmup_s - compile_s) * steps / max(1, warmup_steps)
+def timed_estimate(warmup_s: float, compile_s: float, fixed_s: float, warmup_steps: int, steps: int) -> float:
+    """Seconds of a mode's timed run from its own warm-up: its once-per-video stages (``fixed_s``: text and image
+    encoding, decode) once, and its sampling less the compiling, per step, times the steps."""
+    sampling = max(0.0, warmup_s - compile_s - fixed_s)
+    return fixed_s + sampling * steps / max(1, warmup_steps)
 
 
 def budget_estimate(

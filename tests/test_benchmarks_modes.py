@@ -64,14 +64,16 @@ def test_the_budget_estimate_scales_with_the_forwards():
 
 
 def test_a_mode_is_timed_only_if_its_own_warm_up_says_the_run_fits():
-    assert timed_estimate(warmup_s=50.0, compile_s=40.0, warmup_steps=3, steps=30) == 100.0  # 10 s / 3 steps
-    assert timed_estimate(warmup_s=5.0, compile_s=9.0, warmup_steps=3, steps=30) == 0.0  # never negative
+    # 10 s of sampling over 3 steps; text and decode (4 s) once, not once per step
+    assert timed_estimate(warmup_s=54.0, compile_s=40.0, fixed_s=4.0, warmup_steps=3, steps=30) == 104.0
+    assert timed_estimate(warmup_s=5.0, compile_s=9.0, fixed_s=0.0, warmup_steps=3, steps=30) == 0.0  # never negative
 
     class Engine:
         runs: list[int] = []
 
         def generate(self, settings, progress=False, on_step=None):
             self.runs.append(settings)
+            return SimpleNamespace(timings={"text_encoding": 0.5, "high_noise": 1.0, "vae_decode": 2.0})
 
     work = SimpleNamespace(
         task=load_task_config("t2v-A14B"), warmup_steps=2, steps=40, settings=lambda steps, fields: steps
@@ -86,3 +88,4 @@ def test_a_mode_is_timed_only_if_its_own_warm_up_says_the_run_fits():
     with pytest.raises(OverBudget):
         run_ours(engine, Mode(), work, counter=None, model_config={}, device=torch.device("cpu"), fits=fits)
     assert engine.runs == [2] and len(asked) == 1  # the warm-up ran, the timed run did not
+    assert asked[0] >= 2.5  # its text and decode, once
