@@ -161,6 +161,14 @@ def test_flash_3_is_one_opaque_op_under_fullgraph_compile(stand_in_flash_3):
     )
 
 
+def test_flash_3_refuses_what_it_would_silently_drop(stand_in_flash_3):
+    q, k, v = (torch.randn(1, 16, 2, 8) for _ in range(3))
+    for options in ({"softcap": 30.0}, {"window_size": (64, 64)}, {"return_attn_probs": True}):
+        with pytest.raises(ValueError, match="runs full attention"):
+            attention_lever._flash_3_hub_kernel(q, k, v, **options)
+    assert not stand_in_flash_3
+
+
 def test_flash_3_off_hopper_or_without_the_package_is_one_line(test_config, parts, monkeypatch):
     pipe = WanT2V(test_config, as_components(copy.deepcopy(parts)))
     with pytest.raises(ConfigError, match=r"^--attention_backend flash_3: it needs a Hopper GPU \(H100, H200\); run"):

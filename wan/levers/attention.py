@@ -115,11 +115,13 @@ def flash_attention_3(
 flash_attention_3.register_fake(_output_like)
 
 
-def _flash_3_hub_kernel(q, k, v, softmax_scale=None, causal=False, return_attn_probs=False, **unused):
-    """The call diffusers' ``_flash_3_hub`` backend makes (one GPU: no window, softcap or splits), answered by the
-    installed package through the op."""
-    if return_attn_probs:
-        raise ValueError("the local FlashAttention 3 kernel returns no log-sum-exp")
+def _flash_3_hub_kernel(
+    q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, return_attn_probs=False, **defaults
+):
+    """The call diffusers' ``_flash_3_hub`` backend makes on one GPU, answered by the installed package through the
+    op; its other arguments (splits, descales, ...) are the package's defaults."""
+    if return_attn_probs or tuple(window_size) != (-1, -1) or softcap:
+        raise ValueError("the local FlashAttention 3 kernel runs full attention and returns no log-sum-exp")
     return flash_attention_3(q, k, v, softmax_scale=softmax_scale, causal=causal)
 
 
