@@ -8,7 +8,7 @@ preset elsewhere, but runs there when asked for.
 
 - ``exact``: the fastest combination that keeps the video to bf16 tolerance (same math, other kernels):
   compile, fused q/k/v projections, the q/k norm + RoPE in one kernel and the feed-forward GELU in its
-  GEMM's epilogue, on top of the default attention (FlashAttention 4 where it runs,
+  GEMM's epilogue, on top of the default attention (FlashAttention 4, else 3, where it runs,
   ``wan.levers.attention``).
 - ``fast``: the fastest combination whose quality holds on t2v-tiny (>= 30 dB mean PSNR against the
   baseline over 32 held-out prompts, adherence within 2 points; docs/QUALITY.md has the table):
