@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=16, help="how many prompts to use")
     p.add_argument("--base_seed", type=int, default=0, help="prompt i uses seed base_seed + i in every mode")
     p.add_argument(
+        "--scene_seed",
+        type=int,
+        default=None,
+        help="i2v-tiny: draw the scenes from this seed, not the held-out ones (a tuning set apart from the check)",
+    )
+    p.add_argument(
         "--modes",
         default=",".join(MODES),
         help=f"comma-separated, from: {', '.join(MODES)}; or half@START:END[+stride2][+<completion>][+cfg_trunc]; "
@@ -205,9 +211,9 @@ def load_prompts(args: argparse.Namespace, config: TaskConfig) -> list[Prompt]:
 
         return [Prompt(p.text) for p in held_out_prompts(args.prompts)]
     if config.task == "i2v-tiny":
-        from evaluation.tiny_world import first_frames, held_out_scenes
+        from evaluation.tiny_world import I2V_TINY_SEED, first_frames, held_out_scenes
 
-        scenes = held_out_scenes(args.prompts)
+        scenes = held_out_scenes(args.prompts, I2V_TINY_SEED if args.scene_seed is None else args.scene_seed)
         width, height = (int(v) for v in (args.size or config.default_size).split("*"))
         images = to_uint8_frames(first_frames(scenes, height, width).transpose(0, 1))
         return [Prompt(scene.text, image) for scene, image in zip(scenes, images, strict=True)]

@@ -171,3 +171,13 @@ def test_i2v_prompts_come_only_with_their_images(tmp_path):
     prompts.write_text("a red circle moving left\n", encoding="utf-8")
     with pytest.raises(compare.ConfigError, match="needs an image per prompt"):
         compare.main(["--task", "i2v-tiny", "--prompt_file", str(prompts), "--out_dir", str(tmp_path / "out")])
+
+
+def test_scene_seed_draws_a_tuning_set_apart_from_the_held_out_scenes():
+    """``--scene_seed`` picks other scenes (each with its own image), so settings are not tuned on the check's."""
+    config = compare.load_task_config("i2v-tiny")
+    held_out = compare.load_prompts(compare.parse_args(["--task", "i2v-tiny", "--prompts", "4"]), config)
+    tuning = compare.load_prompts(compare.parse_args(["--prompts", "4", "--scene_seed", "1"]), config)
+    assert [p.text for p in held_out] == [s.text for s in held_out_scenes(4)]
+    assert [p.text for p in tuning] == [s.text for s in held_out_scenes(4, seed=1)]
+    assert not any(np.array_equal(a.image, b.image) for a in held_out for b in tuning)
