@@ -22,9 +22,10 @@ PEER = "peer"
 FEW_STEP_PEER = "peer_fewstep"
 CACHE_SPEC = "fbc:0.05"  # the cache mode's fixed threshold (the skip decision is meaningless on random weights)
 CUDA_ONLY_BACKENDS = ("_native_cudnn", "flash", "_native_flash", "_native_efficient", FLASH_4, FLASH_3, SAGE)
-BUDGET_ALLOWANCE_S = {"fp8": 200.0, "compile": 90.0, "stream": 60.0, "offload": 30.0}
+BUDGET_ALLOWANCE_S = {"fp8": 200.0, "compile": 60.0, "stream": 60.0, "offload": 30.0}
 """Rough extra seconds a mode's setup may take, for the budget check only (fp8+compile ~193 s first call;
-block-streaming setup 17-28 s per expert); guesses, never reported as results."""
+compiling otherwise 8-44 s of a warm-up at full size, 62 s with max-autotune GEMMs; block-streaming setup
+17-28 s per expert); guesses, never reported as results."""
 
 
 @dataclass(frozen=True)
