@@ -72,6 +72,7 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "t
 FILES = {HIGH: "high_noise_model.safetensors", LOW: "low_noise_model.safetensors"}
 PSNR_CAP = 100.0
 TRAIN_SEED_BASE = 1_000_000  # training seeds stay clear of the held-out ones (base_seed + i)
+TUNING_SEED_BASE = 2_000_000  # the tuning set's: clear of both
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,6 +95,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rollout_every", type=int, default=250, help="iterations between student rollout refreshes")
     p.add_argument("--eval_prompts", type=int, default=32, help="held-out prompts scored (compare.py's, same seeds)")
     p.add_argument("--base_seed", type=int, default=0)
+    p.add_argument(
+        "--eval_set",
+        choices=["held_out", "tuning"],
+        default="held_out",
+        help="held_out: compare.py's prompts (the reported scores); tuning: fresh training-split scenes and seeds, "
+        "to choose settings on without looking at the held-out prompts",
+    )
     p.add_argument("--frame_num", type=int, default=None)
     p.add_argument("--teacher_steps", type=int, default=None, help="default: the task's 40")
     p.add_argument("--modes", default=None, help="comma-separated modes to score (default: all)")
@@ -254,9 +262,19 @@ def save_pair(pipe: WanT2V, out: Path, args) -> None:
 
 
 # ----------------------------------------------------------------------------------- quality
+def eval_prompts(args) -> list[tuple[str, int]]:
+    """(prompt, seed) pairs to score: the held-out prompts (seed base_seed + i, as compare.py), or a tuning set of
+    training-split scenes drawn apart from the training trajectories (other draws, other seeds)."""
+    if args.eval_set == "tuning":
+        rng = random.Random(TUNING_SEED_BASE)
+        texts = [sample_scene(rng, "train").caption.text for _ in range(args.eval_prompts)]
+        return [(text, TUNING_SEED_BASE + i) for i, text in enumerate(texts)]
+    return [(p.text, args.base_seed + i) for i, p in enumerate(held_out_prompts(args.eval_prompts))]
+
+
 def score(pipe_base: WanT2V, pipe_student: WanT2V, args, on_prompt=None) -> dict:
-    """Every mode against the 40-step teacher on the held-out prompts (seed base_seed + i, as compare.py)."""
-    prompts = [p.text for p in held_out_prompts(args.eval_prompts)]
+    """Every mode against the 40-step teacher on ``eval_prompts``."""
+    prompts = eval_prompts(args)
     distill = dict(
         sample_solver=LIGHTNING.solver, sample_shift=LIGHTNING.shift, guide_scale_high=1.0, guide_scale_low=1.0
     )
@@ -272,10 +290,8 @@ def score(pipe_base: WanT2V, pipe_student: WanT2V, args, on_prompt=None) -> dict
     if args.modes:
         modes = {m: modes[m] for m in ["teacher_40", *args.modes.split(",")]}
     rows: dict[str, list[dict]] = {m: [] for m in modes}
-    for i, prompt in enumerate(prompts):
-        base = GenerationSettings(
-            prompt=prompt, seed=args.base_seed + i, frame_num=args.frame_num, sample_steps=args.teacher_steps
-        )
+    for i, (prompt, seed) in enumerate(prompts):
+        base = GenerationSettings(prompt=prompt, seed=seed, frame_num=args.frame_num, sample_steps=args.teacher_steps)
         teacher = None
         for mode, (pipe, fields) in modes.items():
             start = time.perf_counter()

@@ -95,3 +95,16 @@ def test_the_shipped_pair_loads_by_folder_and_beats_the_base_at_4_steps():
     apply_loras(student, check_loras(specs, ckpt_dir=ckpt))
     distilled = to_uint8_frames(student.generate(GenerationSettings(**fast), progress=False).video)
     assert psnr(distilled, teacher) > psnr(plain, teacher) + 3.0
+
+
+def test_the_tuning_set_shares_no_prompt_or_seed_with_the_held_out_set_or_the_training_seeds():
+    from evaluation.tiny_world import Caption, is_held_out
+
+    tuning = script.eval_prompts(Namespace(eval_set="tuning", eval_prompts=32, base_seed=0))
+    held_out = script.eval_prompts(Namespace(eval_set="held_out", eval_prompts=32, base_seed=0))
+    assert len(tuning) == len(held_out) == 32
+    assert not any(is_held_out(Caption.parse(text)) for text, _ in tuning)
+    assert {text for text, _ in tuning}.isdisjoint(text for text, _ in held_out)
+    train_seeds = range(script.TRAIN_SEED_BASE, script.TUNING_SEED_BASE)
+    assert not any(seed in train_seeds or seed < 32 for _, seed in tuning)
+    assert [seed for _, seed in held_out] == list(range(32))
