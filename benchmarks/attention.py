@@ -20,12 +20,13 @@ from benchmarks.plan import sequence_lengths
 from benchmarks.weights import A14B_CONFIG
 from wan.config import load_task_config
 from wan.levers.attention import (
+    FLASH_3,
+    FLASH_4,
     FlashTile,
-    flash_3_problem,
     flash_4_hopper,
-    flash_4_problem,
     flash_attention_3,
     flash_attention_4,
+    local_kernel_problem,
 )
 
 logger = logging.getLogger("benchmarks")
@@ -59,13 +60,13 @@ def installed(module: str) -> bool:
 def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Kernel ``name`` on (batch, tokens, heads, dim) tensors, the output in that layout."""
     if name.startswith("flash_4"):
-        if why := flash_4_problem(q.device):
+        if why := local_kernel_problem(FLASH_4, q.device):
             raise RuntimeError(why)
         if name == "flash_4":
             return flash_attention_4(q, k, v)
         return flash_4_hopper(q, k, v, parse_tile(name))
     if name == "flash_3":
-        if why := flash_3_problem(q.device):
+        if why := local_kernel_problem(FLASH_3, q.device):
             raise RuntimeError(why)
         return flash_attention_3(q, k, v)
     if name == "sage":

@@ -175,7 +175,7 @@ def test_flash_3_off_hopper_or_without_the_package_is_one_line(test_config, part
         apply_levers(pipe, Levers(attention_backend="flash_3"))
     monkeypatch.setattr(attention_lever, "hopper", lambda device: True)
     monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: None)
-    why = attention_lever.flash_3_problem(torch.device("cuda"))
+    why = attention_lever.local_kernel_problem("flash_3", torch.device("cuda"))
     assert why.startswith("it needs the flash_attn_3 package") and "\n" not in why
 
 
@@ -212,7 +212,7 @@ def test_the_check_runs_once_per_gpu_however_it_is_named(stand_in_flash_4, monke
     monkeypatch.setattr(attention_lever, "nvidia_gpu", lambda device: True)
     for name in ("cuda", "cuda:0", "cuda"):
         assert attention_lever.flash_4_available(torch.device(name))
-        assert attention_lever.sage_problem(torch.device(name)) is None
+        assert attention_lever.local_kernel_problem("sage", torch.device(name)) is None
     assert checked == [("flash_4", "cuda:0"), ("sage", "cuda:0")]
 
 
@@ -268,7 +268,7 @@ def test_sage_returns_the_layout_its_fake_promises(stand_in_sage):
 )
 def test_the_sage_self_check_allows_its_quantisation_and_nothing_worse(stand_in_sage, broken, error, problem):
     stand_in_sage.broken, stand_in_sage.error = broken, error
-    why = attention_lever.sage_problem(torch.device("cpu"))
+    why = attention_lever.local_kernel_problem("sage", torch.device("cpu"))
     assert why is None if problem is None else re.fullmatch(problem, why)
 
 
@@ -277,6 +277,6 @@ def test_sage_off_a_gpu_or_without_the_package_is_one_line(test_config, parts, m
     with pytest.raises(ConfigError, match="^--attention_backend sage: it needs an NVIDIA GPU; run without it$"):
         apply_levers(pipe, Levers(attention_backend="sage"))
     monkeypatch.setattr(attention_lever.importlib.util, "find_spec", lambda name: None)
-    why = attention_lever.sage_problem(torch.device("cuda"))
+    why = attention_lever.local_kernel_problem("sage", torch.device("cuda"))
     assert why.startswith("it needs the sageattention package") and "\n" not in why
     assert attention_lever.default_attention_backend(torch.device("cpu")) != "sage"

@@ -216,6 +216,16 @@ def test_presets_leave_out_what_the_cpu_lacks_but_explicit_flags_fail():
         resolve_levers("turbo", {}, CPU)
 
 
+def stand_in_for(monkeypatch, backend: str, problem) -> None:
+    """``problem(device, parallel)`` answers for ``backend``'s installed-kernel check; the others stay real."""
+    real = attention.local_kernel_problem
+
+    def local_kernel_problem(name, device, parallel=False):
+        return problem(device, parallel) if name == backend else real(name, device, parallel)
+
+    monkeypatch.setattr(attention, "local_kernel_problem", local_kernel_problem)
+
+
 def test_flash_4_is_the_default_attention_only_where_it_runs(monkeypatch):
     assert resolve_levers("exact", {}, CPU)[0].attention_backend is None  # diffusers' default off Hopper
     with pytest.raises(ConfigError, match="--attention_backend flash_4: it needs a Hopper or newer GPU"):
@@ -224,7 +234,7 @@ def test_flash_4_is_the_default_attention_only_where_it_runs(monkeypatch):
     def on_hopper(device, parallel=False):
         return "no context-parallel path" if parallel else None
 
-    monkeypatch.setattr(attention, "flash_4_problem", on_hopper)
+    stand_in_for(monkeypatch, "flash_4", on_hopper)
     assert resolve_levers(None, {}, CPU)[0].attention_backend == "flash_4"
     assert resolve_levers("exact", {}, CPU)[0].attention_backend == "flash_4"
     assert resolve_levers("exact", {"attention_backend": "native"}, CPU)[0].attention_backend == "native"
@@ -236,7 +246,7 @@ def test_flash_4_is_the_default_attention_only_where_it_runs(monkeypatch):
 
 
 def test_exact_takes_flash_3_where_flash_4_is_not_installed(monkeypatch):
-    monkeypatch.setattr(attention, "flash_3_problem", lambda device, parallel=False: "one GPU" if parallel else None)
+    stand_in_for(monkeypatch, "flash_3", lambda device, parallel=False: "one GPU" if parallel else None)
     assert resolve_levers("exact", {}, CPU)[0].attention_backend == "flash_3"
     assert resolve_levers("exact", {}, CPU, parallel=True)[0].attention_backend is None
     with pytest.raises(ConfigError, match="^--attention_backend flash_3: one GPU; run without it$"):
@@ -247,7 +257,7 @@ def test_fast_takes_sage_where_it_runs_and_says_why_not_elsewhere(monkeypatch):
     def sage_here(device, parallel=False):
         return "one GPU only" if parallel else None
 
-    monkeypatch.setattr(attention, "sage_problem", sage_here)
+    stand_in_for(monkeypatch, "sage", sage_here)
     levers, notes = resolve_levers("fast", {}, CPU)
     assert levers == dataclasses.replace(
         PRESETS["fast"].levers, attention_backend="sage", compile=False, vae_kernels=False
@@ -258,7 +268,7 @@ def test_fast_takes_sage_where_it_runs_and_says_why_not_elsewhere(monkeypatch):
     assert resolve_levers("fast", {"attention_backend": "native"}, CPU)[0].attention_backend == "native"
     levers, notes = resolve_levers("fast", {}, CPU, parallel=True)
     assert levers.attention_backend is None and "preset fast: attention sage left out (one GPU only)" in notes
-    monkeypatch.setattr(attention, "sage_problem", lambda device, parallel=False: "it needs an NVIDIA GPU")
+    stand_in_for(monkeypatch, "sage", lambda device, parallel=False: "it needs an NVIDIA GPU")
     levers, notes = resolve_levers("fast", {}, CPU)
     assert levers.attention_backend is None and "preset fast: attention sage left out (it needs an NVIDIA GPU)" in notes
 

@@ -148,22 +148,19 @@ def _sage_hub_kernel(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=Non
     return sage_attention(q, k, v, sm_scale=sm_scale, causal=is_causal)
 
 
-def sage_problem(device: torch.device, parallel: bool = False) -> str | None:
-    """Why ``sage`` cannot run here (one line), or None if it runs."""
-    if not nvidia_gpu(device):
-        return "it needs an NVIDIA GPU"
-    if importlib.util.find_spec("sageattention") is None:
-        return "it needs the sageattention package (SageAttention 2, built from source; see docs/PERFORMANCE.md)"
-    if parallel:
-        return "the engine runs it on one GPU only (--ulysses_size, --cfg_parallel)"
-    return _kernel_problem(SAGE, _one_name(device))
+ONE_GPU = "the engine runs it on one GPU only (--ulysses_size, --cfg_parallel)"
 
 
 class LocalKernel(NamedTuple):
-    """A backend the engine runs from an installed package: its check, diffusers' Hub slot it fills, the kernel
-    (on the NHD layout), the package's name, and how far from PyTorch's attention its self-check lets it be."""
+    """A backend the engine runs from an installed package: what it needs before its self-check (a GPU it has
+    kernels for, its modules, one GPU) with the one line each says when missing, diffusers' Hub slot it fills,
+    the kernel (on the NHD layout), the package's name, and how far from PyTorch's attention it may be."""
 
-    problem: Callable[[torch.device, bool], str | None]
+    gpu: Callable[[torch.device], bool]
+    no_gpu: str
+    modules: tuple[str, ...]
+    no_package: str
+    no_parallel: str
     hub_slot: str
     kernel: Callable
     package: str
@@ -171,19 +168,60 @@ class LocalKernel(NamedTuple):
 
 
 def _local_kernels() -> dict[str, LocalKernel]:
-    # Built per call, so the checks are the module's current ones (the tests stand in for them).
+    # Built per call and calling the GPU checks by name, so the tests can stand in for them.
     return {
-        FLASH_4: LocalKernel(flash_4_problem, "flash_4_hub", flash_attention_4, "flash-attn-4", 1e-2),
-        FLASH_3: LocalKernel(flash_3_problem, "_flash_3_hub", _flash_3_hub_kernel, "flash_attn_3", 1e-2),
+        FLASH_4: LocalKernel(
+            gpu=lambda device: hopper_or_newer(device),
+            no_gpu="it needs a Hopper or newer GPU",
+            modules=("flash_attn", "flash_attn.cute"),
+            no_package="it needs the flash-attn-4 package; pip install flash-attn-4",
+            no_parallel="diffusers has no context-parallel path for it (--ulysses_size, --cfg_parallel)",
+            hub_slot="flash_4_hub",
+            kernel=flash_attention_4,
+            package="flash-attn-4",
+            tolerance=1e-2,
+        ),
+        FLASH_3: LocalKernel(
+            gpu=lambda device: hopper(device),
+            no_gpu="it needs a Hopper GPU (H100, H200)",
+            modules=("flash_attn_interface", "flash_attn_3"),
+            no_package="it needs the flash_attn_3 package, built from flash-attention's hopper/ folder "
+            "(docs/PERFORMANCE.md)",
+            no_parallel=ONE_GPU,
+            hub_slot="_flash_3_hub",
+            kernel=_flash_3_hub_kernel,
+            package="flash_attn_3",
+            tolerance=1e-2,
+        ),
         # int8 Q/K and fp8 P/V: 3.9% from cuDNN on A14B's shapes; a broken build is far off or fails
-        SAGE: LocalKernel(sage_problem, "sage_hub", _sage_hub_kernel, "sageattention", 0.1),
+        SAGE: LocalKernel(
+            gpu=lambda device: nvidia_gpu(device),
+            no_gpu="it needs an NVIDIA GPU",
+            modules=("sageattention",),
+            no_package="it needs the sageattention package (SageAttention 2, built from source; "
+            "see docs/PERFORMANCE.md)",
+            no_parallel=ONE_GPU,
+            hub_slot="sage_hub",
+            kernel=_sage_hub_kernel,
+            package="sageattention",
+            tolerance=0.1,
+        ),
     }
 
 
 def local_kernel_problem(backend: str | None, device: torch.device, parallel: bool = False) -> str | None:
-    """Why ``backend``, if it is one the engine runs from an installed package, cannot run here; else None."""
+    """Why ``backend``, if it is one the engine runs from an installed package, cannot run here (one line);
+    else None. The package's kernel runs once per GPU against PyTorch's attention before it is said to run."""
     local = _local_kernels().get(backend)
-    return local.problem(device, parallel) if local else None
+    if local is None:
+        return None
+    if not local.gpu(device):
+        return local.no_gpu
+    if any(importlib.util.find_spec(name) is None for name in local.modules):  # left to right: parents first
+        return local.no_package
+    if parallel:
+        return local.no_parallel
+    return _kernel_problem(backend, _one_name(device))
 
 
 def backend_names() -> list[str]:
@@ -213,28 +251,6 @@ def _one_name(device: torch.device) -> str:
     if device.type == "cuda" and device.index is None:
         device = torch.device(device.type, torch.cuda.current_device())
     return str(device)
-
-
-def flash_4_problem(device: torch.device, parallel: bool = False) -> str | None:
-    """Why ``flash_4`` cannot run here (one line), or None if it runs."""
-    if not hopper_or_newer(device):
-        return "it needs a Hopper or newer GPU"
-    if importlib.util.find_spec("flash_attn") is None or importlib.util.find_spec("flash_attn.cute") is None:
-        return "it needs the flash-attn-4 package; pip install flash-attn-4"
-    if parallel:
-        return "diffusers has no context-parallel path for it (--ulysses_size, --cfg_parallel)"
-    return _kernel_problem(FLASH_4, _one_name(device))
-
-
-def flash_3_problem(device: torch.device, parallel: bool = False) -> str | None:
-    """Why ``flash_3`` cannot run here (one line), or None if it runs."""
-    if not hopper(device):
-        return "it needs a Hopper GPU (H100, H200)"
-    if importlib.util.find_spec("flash_attn_interface") is None or importlib.util.find_spec("flash_attn_3") is None:
-        return "it needs the flash_attn_3 package, built from flash-attention's hopper/ folder (docs/PERFORMANCE.md)"
-    if parallel:
-        return "the engine runs it on one GPU only (--ulysses_size, --cfg_parallel)"
-    return _kernel_problem(FLASH_3, _one_name(device))
 
 
 @functools.cache
@@ -269,12 +285,12 @@ def default_attention_backend(device: torch.device, parallel: bool = False) -> s
     """
     if flash_4_available(device, parallel):
         return FLASH_4
-    return FLASH_3 if flash_3_problem(device, parallel) is None else None
+    return FLASH_3 if local_kernel_problem(FLASH_3, device, parallel) is None else None
 
 
 def flash_4_available(device: torch.device, parallel: bool = False) -> bool:
-    """Whether ``flash_4`` runs here (``flash_4_problem`` says why not)."""
-    return flash_4_problem(device, parallel) is None
+    """Whether ``flash_4`` runs here (``local_kernel_problem`` says why not)."""
+    return local_kernel_problem(FLASH_4, device, parallel) is None
 
 
 def _use_local_kernel(local: LocalKernel) -> str:
@@ -306,7 +322,7 @@ def set_attention_backend(pipe, backend: str) -> None:
     """Use ``backend`` in both experts; a backend this machine lacks is a one-line error."""
     check_backend_name(backend)
     if local := _local_kernels().get(backend):
-        if why := local.problem(pipe.device, False):
+        if why := local_kernel_problem(backend, pipe.device):
             raise ConfigError(f"--attention_backend {backend}: {why}; run without it")
         diffusers_name = _use_local_kernel(local)
         for expert in pipe.experts.values():
