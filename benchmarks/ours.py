@@ -128,14 +128,23 @@ def run_ours(
     def settings(steps: int):
         return work.settings(steps, mode_generation(mode, work, steps))
 
+    def warm_up() -> tuple[float, float, float]:
+        """A warm-up run: its seconds, the compiling counted in them, and the timed run's estimate from it."""
+        compiled_before, start = compile_seconds(), now(device)
+        warmup = engine.generate(settings(work.warmup_steps), progress=False)
+        seconds, compile_s = now(device) - start, compile_seconds() - compiled_before
+        fixed = sum(seconds for stage, seconds in warmup.timings.items() if stage in ONCE_PER_VIDEO)
+        return seconds, compile_s, timed_estimate(seconds, compile_s, fixed, work.warmup_steps, work.steps)
+
     setup: dict[str, Any] = {}
-    compiled_before = compile_seconds()
-    start = now(device)
-    warmup = engine.generate(settings(work.warmup_steps), progress=False)
-    setup["warmup_s"] = now(device) - start
-    setup["warmup_compile_s"] = compile_seconds() - compiled_before
-    fixed = sum(seconds for stage, seconds in warmup.timings.items() if stage in ONCE_PER_VIDEO)
-    if not fits(timed_estimate(setup["warmup_s"], setup["warmup_compile_s"], fixed, work.warmup_steps, work.steps)):
+    setup["warmup_s"], setup["warmup_compile_s"], estimate = warm_up()
+    fit = fits(estimate)
+    if not fit and setup["warmup_compile_s"] > 0:
+        # Compiling hides partly from dynamo's counter: a float8 warm-up of one step took 198 s, most of it
+        # uncounted, and was taken for a 492-s timed run. A second, compiled warm-up tells.
+        setup["second_warmup_s"], _, estimate = warm_up()
+        fit = fits(estimate)
+    if not fit:
         raise OverBudget
 
     counter.reset()
