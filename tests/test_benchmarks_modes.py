@@ -64,20 +64,23 @@ def test_the_budget_estimate_scales_with_the_forwards():
     assert budget_estimate(MODES["peer_fewstep"], peer, cpu, 4) == 100.0 * 1.5 * 4 / 80
 
 
-def test_a_mode_is_timed_only_if_its_own_warm_up_says_the_run_fits():
-    # 10 s of sampling over 3 steps; text and decode (4 s) once, not once per step
-    assert timed_estimate(warmup_s=54.0, compile_s=40.0, fixed_s=4.0, warmup_steps=3, steps=30) == 104.0
-    assert timed_estimate(warmup_s=5.0, compile_s=9.0, fixed_s=0.0, warmup_steps=3, steps=30) == 0.0  # never negative
+class WarmUpEngine:
+    """Records the steps each run is asked for; ``on_run(first)`` lets a test move a fake clock."""
 
-    class Engine:
-        runs: list[int] = []
+    def __init__(self, on_run=lambda first: None):
+        self.runs: list[int] = []
+        self.on_run = on_run
 
-        def generate(self, settings, progress=False, on_step=None):
-            self.runs.append(settings)
-            return SimpleNamespace(timings={"text_encoding": 0.5, "high_noise": 1.0, "vae_decode": 2.0})
+    def generate(self, settings, progress=False, on_step=None):
+        self.on_run(not self.runs)
+        self.runs.append(settings)
+        return SimpleNamespace(timings={"text_encoding": 0.5, "high_noise": 1.0, "vae_decode": 2.0})  # 2.5 s once
 
+
+def estimates_when_nothing_fits(engine: WarmUpEngine, warmup_steps: int, steps: int) -> list[float]:
+    """Run one of our modes under a budget nothing fits; the timed-run estimates it was judged by."""
     work = SimpleNamespace(
-        task=load_task_config("t2v-A14B"), warmup_steps=2, steps=40, settings=lambda steps, fields: steps
+        task=load_task_config("t2v-A14B"), warmup_steps=warmup_steps, steps=steps, settings=lambda s, fields: s
     )
     asked: list[float] = []
 
@@ -85,9 +88,18 @@ def test_a_mode_is_timed_only_if_its_own_warm_up_says_the_run_fits():
         asked.append(seconds)
         return False
 
-    engine = Engine()
     with pytest.raises(OverBudget):
         run_ours(engine, Mode(), work, counter=None, model_config={}, device=torch.device("cpu"), fits=fits)
+    return asked
+
+
+def test_a_mode_is_timed_only_if_its_own_warm_up_says_the_run_fits():
+    # 10 s of sampling over 3 steps; text and decode (4 s) once, not once per step
+    assert timed_estimate(warmup_s=54.0, compile_s=40.0, fixed_s=4.0, warmup_steps=3, steps=30) == 104.0
+    assert timed_estimate(warmup_s=5.0, compile_s=9.0, fixed_s=0.0, warmup_steps=3, steps=30) == 0.0  # never negative
+
+    engine = WarmUpEngine()
+    asked = estimates_when_nothing_fits(engine, warmup_steps=2, steps=40)
     assert engine.runs == [2] and len(asked) == 1  # the warm-up ran, the timed run did not
     assert asked[0] >= 2.5  # its text and decode, once
 
@@ -97,27 +109,13 @@ def test_a_compiling_warm_up_that_seems_over_budget_is_judged_by_a_second_one(mo
     clock = [0.0]
     compiled = [0.0]
 
-    class Engine:
-        runs: list[int] = []
-
-        def generate(self, settings, progress=False, on_step=None):
-            first = not self.runs
-            self.runs.append(settings)
-            clock[0] += 200.0 if first else 3.0  # 70 s of compiling counted, the rest not
-            compiled[0] += 70.0 if first else 0.0
-            return SimpleNamespace(timings={"text_encoding": 0.5, "high_noise": 1.0, "vae_decode": 2.0})
+    def on_run(first: bool) -> None:
+        clock[0] += 200.0 if first else 3.0  # 70 s of compiling counted, the rest not
+        compiled[0] += 70.0 if first else 0.0
 
     monkeypatch.setattr(ours, "now", lambda device: clock[0])
     monkeypatch.setattr(ours, "compile_seconds", lambda: compiled[0])
-    work = SimpleNamespace(task=load_task_config("t2v-A14B"), warmup_steps=1, steps=4, settings=lambda s, f: s)
-    asked: list[float] = []
-
-    def fits(seconds: float) -> bool:
-        asked.append(seconds)
-        return False
-
-    engine = Engine()
-    with pytest.raises(OverBudget):
-        run_ours(engine, Mode(), work, counter=None, model_config={}, device=torch.device("cpu"), fits=fits)
+    engine = WarmUpEngine(on_run)
+    asked = estimates_when_nothing_fits(engine, warmup_steps=1, steps=4)
     assert engine.runs == [1, 1]  # two warm-ups, no timed run
     assert asked == [2.5 + (200.0 - 70.0 - 2.5) * 4, 2.5 + (3.0 - 2.5) * 4]  # judged again on the second
