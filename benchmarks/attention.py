@@ -22,6 +22,7 @@ from wan.config import load_task_config
 from wan.levers.attention import (
     FLASH_3,
     FLASH_4,
+    SAGE,
     FlashTile,
     flash_4_hopper,
     flash_attention_3,
@@ -70,8 +71,8 @@ def attend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
             raise RuntimeError(why)
         return flash_attention_3(q, k, v)
     if name == "sage":
-        if not installed("sageattention"):
-            raise RuntimeError("sageattention is not installed")
+        if why := local_kernel_problem(SAGE, q.device):
+            raise RuntimeError(why)
         from sageattention import sageattn
 
         return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)

@@ -22,7 +22,7 @@ def test_cpu_report(tmp_path):
             "--repeats",
             "1",
             "--kernels",
-            "math,cudnn,flash_4,flash_3",
+            "math,cudnn,flash_4,flash_3,sage",
             "--out",
             str(out),
         ]
@@ -34,4 +34,5 @@ def test_cpu_report(tmp_path):
     assert "error" in shape["cudnn"]  # no cuDNN kernel on a CPU: recorded, not raised
     assert "error" in shape["flash_4"]  # a GPU kernel (or a missing package): recorded, not raised
     assert "error" in shape["flash_3"]
+    assert "it needs an NVIDIA GPU" in shape["sage"]["error"]  # the engine's own check and line
     assert json.loads(out.read_text())["shapes"]["custom"]["tokens"] == 64
