@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +218,7 @@ class EndToEnd:
         self.probe_loop(record, None)
         return record
 
-    def run_ours(self, name: str, mode: Mode, fits: Callable[[float], bool]) -> dict[str, Any]:
+    def run_ours(self, name: str, mode: Mode, over_budget: Callable[[float], str | None]) -> dict[str, Any]:
         rebuild_s = self.fresh_experts()
         self.components.reset_shared()
         loras = ()
@@ -229,7 +228,7 @@ class EndToEnd:
         self.dirty = True  # from here on a lever or a placement hook may be on the experts
         self.engine, setup, info = build_ours(mode, self.components, self.work, self.device, loras)
         self.dirty = bool(loras) or changes_experts(self.engine)
-        m = run_ours(self.engine, mode, self.work, self.counter, self.model_config, self.device, fits)
+        m = run_ours(self.engine, mode, self.work, self.counter, self.model_config, self.device, over_budget)
         m.info, m.setup = info, {"rebuild_s": rebuild_s, **setup, **m.setup}
         record = self.summarise(m)
         if name == "cache":
@@ -329,9 +328,10 @@ def run(args: argparse.Namespace, started: float) -> dict[str, Any]:
             continue
         with report.stage(f"{name} (a warm-up run, then the timed one)", bench.failed):
             try:
-                record = bench.run_peer(mode) if is_peer else bench.run_ours(name, mode, partial(report.fits, name))
-            except OverBudget:
-                continue  # recorded as skipped, with the estimate
+                record = bench.run_peer(mode) if is_peer else bench.run_ours(name, mode, report.over_budget)
+            except OverBudget as exc:
+                report.skip(name, str(exc))
+                continue
             report.record(name, record)
         if name == PEER and PEER not in report.data["modes"]:
             break  # without the peer no ratio can be made

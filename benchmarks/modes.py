@@ -134,7 +134,7 @@ def unavailable(mode: Mode | PeerMode, device: torch.device, experts: int = 2) -
 
 
 class OverBudget(Exception):
-    """A mode's timed run, estimated from its warm-up, does not fit the time budget (the skip is recorded)."""
+    """A mode's timed run, estimated from its warm-up, does not fit the time budget; the message says by how much."""
 
 
 def timed_estimate(warmup_s: float, compile_s: float, fixed_s: float, warmup_steps: int, steps: int) -> float:

@@ -117,12 +117,13 @@ def run_ours(
     counter: ForwardCounter,
     model_config: dict,
     device: torch.device,
-    fits: Callable[[float], bool],
+    over_budget: Callable[[float], str | None],
 ) -> Measurement:
     """``Engine.generate`` (text + sampling + decode) after a warm-up; per-step marks from ``on_step``.
 
-    ``fits(seconds)``: whether the timed run, estimated from the warm-up, fits the time budget; if not,
-    ``OverBudget`` (the levers make a mode faster than the peer, so only its own warm-up tells)."""
+    ``over_budget(seconds)``: why the timed run, estimated from the warm-up, does not fit the time budget, or
+    None; ``OverBudget`` with that line if it does not (the levers make a mode faster than the peer, so only its
+    own warm-up tells)."""
     clock = StepClock(device, counter)
 
     def settings(steps: int):
@@ -138,14 +139,14 @@ def run_ours(
 
     setup: dict[str, Any] = {}
     setup["warmup_s"], setup["warmup_compile_s"], estimate = warm_up()
-    fit = fits(estimate)
-    if not fit and setup["warmup_compile_s"] > 0:
+    reason = over_budget(estimate)
+    if reason and setup["warmup_compile_s"] > 0:
         # Compiling hides partly from dynamo's counter: a float8 warm-up of one step took 198 s, most of it
         # uncounted, and was taken for a 492-s timed run. A second, compiled warm-up tells.
         setup["second_warmup_s"], _, estimate = warm_up()
-        fit = fits(estimate)
-    if not fit:
-        raise OverBudget
+        reason = over_budget(estimate)
+    if reason:
+        raise OverBudget(reason)
 
     counter.reset()
     reset_peak_memory(device)

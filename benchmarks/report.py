@@ -72,12 +72,21 @@ class Report:
         logger.warning("skipping %s (%s)", name, reason)
         self.data["skipped"][name] = reason
 
+    def over_budget(self, estimate_s: float) -> str | None:
+        """Why a run estimated at ``estimate_s`` does not fit in the budget (one line), or None if it fits.
+
+        Records nothing: a mode judged twice (a compiling warm-up, then a compiled one) is skipped only by the
+        last judgement."""
+        if self.elapsed() + estimate_s <= self.budget_s:
+            return None
+        return f"over budget: {self.elapsed():.0f} s spent + ~{estimate_s:.0f} s > --budget_s {self.budget_s}"
+
     def fits(self, name: str, estimate_s: float) -> bool:
         """Whether ``name`` (estimated ``estimate_s``) fits in the budget; records the skip otherwise."""
-        if self.elapsed() + estimate_s <= self.budget_s:
-            return True
-        self.skip(name, f"over budget: {self.elapsed():.0f} s spent + ~{estimate_s:.0f} s > --budget_s {self.budget_s}")
-        return False
+        if reason := self.over_budget(estimate_s):
+            self.skip(name, reason)
+            return False
+        return True
 
     @contextmanager
     def stage(self, name: str, on_failure: Callable[[], None]) -> Iterator[None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +23,7 @@ from benchmarks.modes import (
     unavailable,
 )
 from benchmarks.ours import run_ours
+from benchmarks.report import Report
 from wan.config import load_task_config
 from wan.levers.presets import PRESETS
 
@@ -77,19 +80,25 @@ class WarmUpEngine:
         return SimpleNamespace(timings={"text_encoding": 0.5, "high_noise": 1.0, "vae_decode": 2.0})  # 2.5 s once
 
 
-def estimates_when_nothing_fits(engine: WarmUpEngine, warmup_steps: int, steps: int) -> list[float]:
-    """Run one of our modes under a budget nothing fits; the timed-run estimates it was judged by."""
+def run_under_budget(engine: WarmUpEngine, over_budget, warmup_steps: int, steps: int):
+    """Run one of our modes with a budget check ``over_budget`` (why a timed-run estimate does not fit, or None)."""
     work = SimpleNamespace(
         task=load_task_config("t2v-A14B"), warmup_steps=warmup_steps, steps=steps, settings=lambda s, fields: s
     )
+    counter = SimpleNamespace(reset=lambda: None, total=lambda: 0)
+    return run_ours(engine, Mode(), work, counter, model_config={}, device=torch.device("cpu"), over_budget=over_budget)
+
+
+def estimates_when_nothing_fits(engine: WarmUpEngine, warmup_steps: int, steps: int) -> list[float]:
+    """Run one of our modes under a budget nothing fits; the timed-run estimates it was judged by."""
     asked: list[float] = []
 
-    def fits(seconds: float) -> bool:
+    def over_budget(seconds: float) -> str:
         asked.append(seconds)
-        return False
+        return f"over budget: ~{seconds:.0f} s"
 
-    with pytest.raises(OverBudget):
-        run_ours(engine, Mode(), work, counter=None, model_config={}, device=torch.device("cpu"), fits=fits)
+    with pytest.raises(OverBudget, match="over budget"):
+        run_under_budget(engine, over_budget, warmup_steps, steps)
     return asked
 
 
@@ -104,18 +113,41 @@ def test_a_mode_is_timed_only_if_its_own_warm_up_says_the_run_fits():
     assert asked[0] >= 2.5  # its text and decode, once
 
 
-def test_a_compiling_warm_up_that_seems_over_budget_is_judged_by_a_second_one(monkeypatch):
-    """Compiling the counter missed makes the first warm-up look slow; the second, compiled, shows the run fits."""
-    clock = [0.0]
-    compiled = [0.0]
+def compiling_clock(monkeypatch) -> Callable[[bool], None]:
+    """A fake clock on which the first warm-up takes 200 s, 70 s of it counted as compiling, and later runs 3 s."""
+    clock, compiled = [0.0], [0.0]
 
     def on_run(first: bool) -> None:
-        clock[0] += 200.0 if first else 3.0  # 70 s of compiling counted, the rest not
+        clock[0] += 200.0 if first else 3.0
         compiled[0] += 70.0 if first else 0.0
 
     monkeypatch.setattr(ours, "now", lambda device: clock[0])
     monkeypatch.setattr(ours, "compile_seconds", lambda: compiled[0])
-    engine = WarmUpEngine(on_run)
+    return on_run
+
+
+def test_a_compiling_warm_up_that_seems_over_budget_is_judged_by_a_second_one(monkeypatch):
+    """Compiling the counter missed makes the first warm-up look slow; the second, compiled, shows the run fits."""
+    engine = WarmUpEngine(compiling_clock(monkeypatch))
     asked = estimates_when_nothing_fits(engine, warmup_steps=1, steps=4)
     assert engine.runs == [1, 1]  # two warm-ups, no timed run
     assert asked == [2.5 + (200.0 - 70.0 - 2.5) * 4, 2.5 + (3.0 - 2.5) * 4]  # judged again on the second
+
+
+class TimedRunStarted(Exception):
+    pass
+
+
+def test_a_mode_its_second_warm_up_fits_is_timed_and_not_reported_skipped(monkeypatch, tmp_path):
+    tick = compiling_clock(monkeypatch)
+
+    def on_run(first: bool) -> None:
+        if len(engine.runs) == 2:
+            raise TimedRunStarted
+        tick(first)
+
+    engine = WarmUpEngine(on_run)
+    report = Report(tmp_path / "r.json", time.perf_counter(), 100.0, {})  # 510 s, then 4.5 s, estimated
+    with pytest.raises(TimedRunStarted):
+        run_under_budget(engine, report.over_budget, warmup_steps=1, steps=4)
+    assert report.data["skipped"] == {}

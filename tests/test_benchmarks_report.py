@@ -32,6 +32,8 @@ def test_budget_skips_with_the_reason(tmp_path):
     assert report.fits("quick", 1.0)
     assert not report.fits("slow", 60.0)
     assert "--budget_s 10.0" in report.data["skipped"]["slow"] and "quick" not in report.data["skipped"]
+    assert "--budget_s 10.0" in report.over_budget(60.0) and report.over_budget(1.0) is None
+    assert set(report.data["skipped"]) == {"slow"}  # asking why records nothing
 
 
 def test_finish_gives_ratios_to_the_peer(tmp_path):
