@@ -122,6 +122,7 @@ class EndToEnd:
                     "warmup_steps": args.warmup_steps,
                     "dtype": args.dtype,
                     "vae_dtype": args.vae_dtype,
+                    "vae_tiling": args.vae_tiling,
                     "tiny": args.tiny,
                     "model_config": self.model_config,
                     "init_std": args.init_std,
@@ -155,6 +156,8 @@ class EndToEnd:
             vae_dtype=getattr(torch, a.vae_dtype),
             init_std=a.init_std,
         )
+        self.components.vae_tiling = a.vae_tiling
+        self.components.reset_shared()
         self.counter = ForwardCounter(self.components.experts, tuple(self.model_config["patch_size"]))
         params = self.components.params()
         self.report.data["build"] = {

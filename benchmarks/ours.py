@@ -90,7 +90,7 @@ def build_ours(
         "levers": levers.as_dict(),
         "preset": mode.preset,
         "preset_notes": notes,
-        "vae_tiling": mode.vae_tiling,
+        "vae_tiling": parts.vae.use_tiling,  # the mode's, or the whole run's (--vae_tiling)
         "vae_dtype": str(parts.vae.dtype).removeprefix("torch."),  # after the levers: what the decode runs in
         "loras": [f.spec.path.name for f in loras],
         "generation": generation,

@@ -232,6 +232,7 @@ def run_peer(
         "scheduler": type(pipeline.scheduler).__name__,
         "placement": peer.placement,
         "levers": {},
+        "vae_tiling": parts.vae.use_tiling,
         "generation": peer.generation(),
         "generation_released": peer.generation(),
     }

@@ -250,6 +250,7 @@ class RandomParts:
         self.text_encoder = build_text_encoder(text_config, device, dtype, 2)
         self.vae = build_vae(vae_config, device, vae_dtype, 3)
         self.experts: dict[str, torch.nn.Module] = {}
+        self.vae_tiling = False  # the whole run's: every mode, the peers too, decodes in tiles
         self.rebuild_experts()
 
     @classmethod
@@ -277,8 +278,12 @@ class RandomParts:
         return [self.text_encoder, self.vae, *self.experts.values()]
 
     def reset_shared(self) -> None:
-        """Undo what a mode before this one did to the shared parts: VAE tiling and precision, attention backends."""
-        self.vae.disable_tiling()
+        """Undo what a mode before this one did to the shared parts: VAE tiling (back to the run's) and precision,
+        attention backends."""
+        if self.vae_tiling:
+            self.vae.enable_tiling()
+        else:
+            self.vae.disable_tiling()
         self.vae.to(dtype=self.vae_dtype)
         for expert in self.experts.values():
             expert.reset_attention_backend()

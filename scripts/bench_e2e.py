@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--vae_dtype", default="float32", choices=["bfloat16", "float16", "float32"])
+    p.add_argument(
+        "--vae_tiling",
+        action="store_true",
+        help="every mode, the peers too, encodes and decodes in tiles (diffusers' enable_tiling): 720p on an "
+        "80-GB GPU, where the pipelines' whole-video decode beside both experts does not fit",
+    )
     p.add_argument("--init_std", type=float, default=0.02, help="std of the experts' random weight matrices")
     p.add_argument("--prompt", default=PROMPT)
     p.add_argument("--matmul_n", type=int, default=None, help="matmul size for the peak (default 8192; 256 tiny)")

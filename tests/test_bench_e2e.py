@@ -177,6 +177,12 @@ def test_loop_probe_times_resident_modes_and_says_why_not_elsewhere(report):
     assert "model_offload" in report["modes"]["offload"]["loop_probe"]["skipped"]
 
 
+def test_only_the_tiling_mode_decodes_in_tiles_unless_the_run_asks(report):
+    assert not report["setup"]["vae_tiling"]
+    tiled = {name for name, r in report["modes"].items() if r["vae_tiling"]}
+    assert tiled == {"vae_tiling"}  # the modes after it decode whole again
+
+
 def test_the_few_step_modes_run_the_same_distill_pair(report):
     modes = report["modes"]
     assert modes["peer_fewstep"]["kind"] == "peer" and modes["peer_fewstep"]["generation"]["sample_steps"] == 4
@@ -194,8 +200,10 @@ def test_the_few_step_modes_run_the_same_distill_pair(report):
 )
 def test_image_tasks_run_against_their_own_peer(tmp_path, task, peer, experts):
     modes = "--modes=peer,default,offload,peer_fewstep"
-    report = run_bench(tmp_path / "b.json", f"--task={task}", "--warmup_steps=1", "--lora_rank=4", modes)
+    flags = ("--warmup_steps=1", "--lora_rank=4", "--vae_tiling", modes)  # 720p on an 80-GB GPU: all tiled
+    report = run_bench(tmp_path / "b.json", f"--task={task}", *flags)
     assert report["status"] == "done" and not report["errors"]
+    assert report["setup"]["vae_tiling"] and all(r["vae_tiling"] for r in report["modes"].values())
     assert set(report["modes"]) == {"peer", "default", "offload"} | ({"peer_fewstep"} if len(experts) == 2 else set())
     assert report["modes"]["peer"]["pipeline"] == peer
     assert report["setup"]["task"] == task
