@@ -155,9 +155,8 @@ class EndToEnd:
             dtype=getattr(torch, a.dtype),
             vae_dtype=getattr(torch, a.vae_dtype),
             init_std=a.init_std,
+            vae_tiling=a.vae_tiling,  # set by every mode's reset_shared before it runs
         )
-        self.components.vae_tiling = a.vae_tiling
-        self.components.reset_shared()
         self.counter = ForwardCounter(self.components.experts, tuple(self.model_config["patch_size"]))
         params = self.components.params()
         self.report.data["build"] = {

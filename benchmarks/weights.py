@@ -243,6 +243,8 @@ class RandomParts:
         vae_dtype: torch.dtype,
         init_std: float,
         expert_names: tuple[str, ...] = (HIGH, LOW),
+        *,
+        vae_tiling: bool = False,
     ):
         self.model_config, self.text_config, self.expert_names = model_config, text_config, expert_names
         self.device, self.dtype, self.vae_dtype, self.init_std = device, dtype, vae_dtype, init_std
@@ -250,12 +252,21 @@ class RandomParts:
         self.text_encoder = build_text_encoder(text_config, device, dtype, 2)
         self.vae = build_vae(vae_config, device, vae_dtype, 3)
         self.experts: dict[str, torch.nn.Module] = {}
-        self.vae_tiling = False  # the whole run's: every mode, the peers too, decodes in tiles
+        self.vae_tiling = vae_tiling  # the whole run's: every mode, the peers too, decodes in tiles
         self.rebuild_experts()
 
     @classmethod
     def for_task(
-        cls, task: str, *, tiny: bool, layers: int | None, device, dtype, vae_dtype, init_std: float
+        cls,
+        task: str,
+        *,
+        tiny: bool,
+        layers: int | None,
+        device,
+        dtype,
+        vae_dtype,
+        init_std: float,
+        vae_tiling: bool = False,
     ) -> RandomParts:
         """The task's parts (umT5-XXL, its VAE, its experts, ``TASK_PARTS``); toy dims of each with ``tiny``."""
         spec = TASK_PARTS[task]
@@ -265,7 +276,18 @@ class RandomParts:
         if tiny:
             text_config.update(d_model=model_config["text_dim"], vocab_size=len(tokenizer))
         vae_config = spec.tiny_vae if tiny else spec.vae
-        return cls(tokenizer, model_config, text_config, vae_config, device, dtype, vae_dtype, init_std, spec.experts)
+        return cls(
+            tokenizer,
+            model_config,
+            text_config,
+            vae_config,
+            device,
+            dtype,
+            vae_dtype,
+            init_std,
+            spec.experts,
+            vae_tiling=vae_tiling,
+        )
 
     def rebuild_experts(self) -> None:
         self.experts = {}  # the old experts go before the new ones are made: both pairs may not fit
