@@ -99,12 +99,14 @@ def build_page(service: JobService) -> gr.Blocks:
             yield f"error: {exc}", None, gr.skip(), progress_bar(0, "refused")
             return
         yield f"{job.id}: queued", None, gr.skip(), progress_bar(0, "queued")
-        while job.status not in FINISHED:
+        while True:
             time.sleep(POLL_S)
             job = service.get(job.id)
             if job is None:  # deleted through the API meanwhile
                 yield "error: the job was deleted", None, gallery(), progress_bar(0, "deleted")
                 return
+            if job.status in FINISHED:  # the final line below, never a "completed 100%" before it
+                break
             percent = service.progress(job)
             yield f"{job.id}: {job.status} {percent}%", gr.skip(), gr.skip(), progress_bar(percent, job.status)
         if job.status == COMPLETED:
